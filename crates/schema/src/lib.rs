@@ -1,0 +1,28 @@
+//! Sluice's domain, shared by every service and the CLI.
+//!
+//! This crate owns what a connector's schema is and what a valid record is:
+//! the eight field types, field and connector names, schemas and their edits,
+//! record validation straight from request bytes (JSON, NDJSON, CSV) into one
+//! normalised form, and the JSON Schema export of a record.
+//!
+//! It must never do I/O: no HTTP, no database, no message bus. Everything here
+//! is plain data and functions, so that it can be tested in isolation and used
+//! wherever a schema needs checking.
+
+pub mod change;
+pub mod connector;
+pub mod field;
+pub mod json_schema;
+pub mod problem;
+pub mod record;
+pub mod schema;
+
+pub use change::{ChangeError, ChangeStep, Conversion, IncompatibleChange, SchemaChange};
+pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS};
+pub use field::{Field, FieldId, FieldName, FieldType};
+pub use problem::{Problem, ProblemCode};
+pub use record::{
+    Format, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation, Value,
+    validate,
+};
+pub use schema::{FieldSpec, Schema};
