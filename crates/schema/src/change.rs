@@ -43,9 +43,10 @@ impl Conversion {
     pub const MAX_EXACT_INTEGER_IN_NUMBER: i64 = 1 << 53;
 }
 
-/// One step the stored data goes through; steps are listed removals first,
-/// then renames, type changes, and additions, an order in which they can be
-/// applied one by one without name clashes (see [`SchemaChange::steps`]).
+/// One step the stored data goes through. Steps are listed removals first,
+/// then renames, type changes (named by the field's new name) and additions.
+/// Renames may form chains or swaps (`a`→`b`, `b`→`a`): whoever applies them
+/// one by one must go through temporary names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum ChangeStep {
@@ -152,7 +153,10 @@ impl Schema {
                 (Some(o), _) => claimed[o] = Some(i),
                 (None, None) => {}
             }
-            matches.push(old.filter(|&o| claimed[o] == Some(i)).map(|o| &self.fields()[o]));
+            matches.push(
+                old.filter(|&o| claimed[o] == Some(i))
+                    .map(|o| &self.fields()[o]),
+            );
         }
         if !problems.is_empty() {
             return Err(ChangeError::Invalid(problems));
@@ -214,11 +218,8 @@ impl Schema {
             return Err(ChangeError::Incompatible(incompatible));
         }
 
-        // Renames are ordered so that none takes a name another still holds
-        // (see `order_renames`); a swap of two names goes through a
-        // temporary name, which is the caller's to pick.
         let mut steps = removals;
-        steps.extend(order_renames(renames));
+        steps.extend(renames);
         steps.extend(type_changes);
         steps.extend(additions);
         Ok(SchemaChange {
@@ -226,31 +227,6 @@ impl Schema {
             steps,
         })
     }
-}
-
-/// Orders renames so that a field is renamed to a name only after the field
-/// holding that name has moved away. Cycles (a swap) remain; they are left in
-/// their order, and a caller applying them one by one must break them with a
-/// temporary name.
-fn order_renames(mut pending: Vec<ChangeStep>) -> Vec<ChangeStep> {
-    let mut ordered = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let free = pending.iter().position(|step| {
-            let ChangeStep::Rename { to, .. } = step else {
-                return true;
-            };
-            !pending.iter().any(|other| {
-                matches!(other, ChangeStep::Rename { from, .. } if from.folded() == to.folded())
-            })
-        });
-        match free {
-            Some(i) => ordered.push(pending.remove(i)),
-            None => {
-                ordered.append(&mut pending);
-            }
-        }
-    }
-    ordered
 }
 
 #[cfg(test)]
@@ -293,9 +269,17 @@ mod tests {
             ])
             .unwrap();
         let ids: Vec<u32> = change.schema.fields().iter().map(|f| f.id.0).collect();
-        assert_eq!(ids, [1, 2, 4], "kept fields keep their ids, new ones never reuse");
-        assert!(matches!(&change.steps[0], ChangeStep::Remove { field } if field.name.as_str() == "note"));
-        assert!(matches!(&change.steps[1], ChangeStep::Rename { from, to, .. } if from.as_str() == "id" && to.as_str() == "key"));
+        assert_eq!(
+            ids,
+            [1, 2, 4],
+            "kept fields keep their ids, new ones never reuse"
+        );
+        assert!(
+            matches!(&change.steps[0], ChangeStep::Remove { field } if field.name.as_str() == "note")
+        );
+        assert!(
+            matches!(&change.steps[1], ChangeStep::Rename { from, to, .. } if from.as_str() == "id" && to.as_str() == "key")
+        );
         assert!(matches!(
             change.steps[2],
             ChangeStep::ChangeType {
@@ -316,13 +300,20 @@ mod tests {
     #[test]
     fn narrowing_is_incompatible_and_names_field_and_types() {
         let err = base()
-            .change(&[spec("id", "string"), spec("day", "integer"), spec("note", "date")])
+            .change(&[
+                spec("id", "string"),
+                spec("day", "integer"),
+                spec("note", "date"),
+            ])
             .unwrap_err();
         let ChangeError::Incompatible(list) = err else {
             panic!("expected incompatible, got {err:?}")
         };
         assert_eq!(list.len(), 2);
-        assert_eq!((list[0].field.as_str(), list[0].from, list[0].to), ("day", FieldType::Date, FieldType::Integer));
+        assert_eq!(
+            (list[0].field.as_str(), list[0].from, list[0].to),
+            ("day", FieldType::Date, FieldType::Integer)
+        );
         assert!(list[1].message.contains("string") && list[1].message.contains("date"));
     }
 
@@ -346,44 +337,56 @@ mod tests {
                     continue;
                 }
                 let expected = allowed.contains(&(from, to)) || to == Json;
-                assert_eq!(Conversion::between(from, to).is_some(), expected, "{from} -> {to}");
+                assert_eq!(
+                    Conversion::between(from, to).is_some(),
+                    expected,
+                    "{from} -> {to}"
+                );
             }
         }
     }
 
     #[test]
-    fn renames_are_ordered_and_problems_reported() {
+    fn swaps_are_allowed_and_rename_problems_reported() {
         let change = base()
             .change(&[
                 renamed("day", "integer", "id"),
-                renamed("when", "date", "day"),
+                renamed("id", "date", "day"),
                 spec("note", "string"),
             ])
             .unwrap();
-        let order: Vec<&str> = change
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                ChangeStep::Rename { to, .. } => Some(to.as_str()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(order, ["when", "day"], "day must move away before id takes its name");
+        assert_eq!(change.steps.len(), 2);
+        assert_eq!(change.schema.fields()[0].id, FieldId(1));
+        assert_eq!(change.schema.fields()[0].name.as_str(), "day");
 
         let err = base()
-            .change(&[renamed("a", "integer", "nope"), renamed("b", "date", "day"), renamed("c", "date", "day")])
+            .change(&[
+                renamed("a", "integer", "nope"),
+                renamed("b", "date", "day"),
+                renamed("c", "date", "day"),
+            ])
             .unwrap_err();
         let ChangeError::Invalid(problems) = err else {
             panic!("{err:?}")
         };
         let codes: Vec<ProblemCode> = problems.iter().map(|p| p.code).collect();
-        assert_eq!(codes, [ProblemCode::UnknownPreviousName, ProblemCode::DuplicatePreviousName]);
+        assert_eq!(
+            codes,
+            [
+                ProblemCode::UnknownPreviousName,
+                ProblemCode::DuplicatePreviousName
+            ]
+        );
     }
 
     #[test]
     fn nullability_and_description_alone_are_changes_without_steps() {
         let before = base();
-        let mut specs = vec![spec("id", "integer"), spec("day", "date"), spec("note", "string")];
+        let mut specs = vec![
+            spec("id", "integer"),
+            spec("day", "date"),
+            spec("note", "string"),
+        ];
         let same = before.change(&specs).unwrap();
         assert!(same.is_noop(&before));
         specs[2].nullable = true;

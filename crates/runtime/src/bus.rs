@@ -1,0 +1,330 @@
+//! Everything the services agree on about NATS: names, headers, documents
+//! and messages, and the set-up of the stream and bucket.
+//!
+//! Every name derives from the namespace (`SLUICE_NAMESPACE`), so several
+//! deployments or test runs share one NATS server without seeing each other.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_schema::{ExtraFields, FieldId, FieldType, Record, RecordError, Schema, Value};
+use uuid::Uuid;
+
+use crate::token::TokenHash;
+
+/// A valid namespace: 1 to 32 characters of `[A-Za-z0-9_-]`, which fit in
+/// subjects, stream, consumer and bucket names alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn new(ns: &str) -> Result<Namespace, String> {
+        let valid = !ns.is_empty()
+            && ns.len() <= 32
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Namespace(ns.to_owned()))
+        } else {
+            Err(format!(
+                "{ns:?} must be 1 to 32 characters of letters, digits, '_' and '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The stream holding every connector's record batches.
+    pub fn records_stream(&self) -> String {
+        format!("{}_records", self.0)
+    }
+
+    pub fn records_subject(&self, connector: Uuid) -> String {
+        format!("{}.records.{connector}", self.0)
+    }
+
+    /// The durable consumer that every read-API replica pulls from.
+    pub fn store_consumer(&self) -> String {
+        format!("{}_store", self.0)
+    }
+
+    /// Messages that can never be stored (malformed), kept for inspection.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_dead_letters", self.0)
+    }
+
+    pub fn dead_letter_subject(&self, connector: &str) -> String {
+        format!("{}.dead.{connector}", self.0)
+    }
+
+    /// Core NATS subject on which the read API announces stored batches.
+    pub fn stored_subject(&self, connector: Uuid) -> String {
+        format!("{}.stored.{connector}", self.0)
+    }
+
+    /// The key-value bucket of connector definitions, keyed by connector id.
+    pub fn connectors_bucket(&self) -> String {
+        format!("{}_connectors", self.0)
+    }
+}
+
+/// Message headers set by the ingest gateway.
+pub mod headers {
+    pub const CONNECTOR_ID: &str = "Sluice-Connector";
+    pub const SCHEMA_VERSION: &str = "Sluice-Schema-Version";
+    pub const BATCH_ID: &str = "Sluice-Batch";
+    pub const REQUEST_ID: &str = "X-Request-Id";
+}
+
+/// How long JetStream remembers message ids: a retry with the same
+/// `Idempotency-Key` within this window stores nothing twice (SPEC 7).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// A connector's definition as the control plane publishes it to the bucket;
+/// gateways and readers keep a copy of each (see [`crate::catalog`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectorDoc {
+    pub id: Uuid,
+    pub name: String,
+    pub schema_version: i64,
+    pub schema: Schema,
+    pub extra_fields: ExtraFields,
+    pub write_token_hash: TokenHash,
+    pub read_token_hash: TokenHash,
+}
+
+/// One message on the records stream: a chunk of one ingest request.
+///
+/// Accepted records travel column by column, each column tagged with the id
+/// and type of its field at the version the gateway validated against, so a
+/// reader can store them under a newer schema (renamed, widened or removed
+/// fields) and bind each column as one typed array.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordBatch {
+    pub batch_id: Uuid,
+    /// Index of this chunk within its request, from 0.
+    pub chunk: u32,
+    pub chunks: u32,
+    pub schema_version: i64,
+    pub received_at: DateTime<Utc>,
+    pub rows: usize,
+    pub columns: Vec<Column>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Column {
+    pub field: FieldId,
+    #[serde(flatten)]
+    pub values: ColumnValues,
+}
+
+/// The values of one column in normalised form; `None` is null.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", content = "values", rename_all = "snake_case")]
+pub enum ColumnValues {
+    String(Vec<Option<String>>),
+    Integer(Vec<Option<i64>>),
+    Number(Vec<Option<f64>>),
+    /// Exact literals, never rounded.
+    Decimal(Vec<Option<String>>),
+    Boolean(Vec<Option<bool>>),
+    /// `YYYY-MM-DD`.
+    Date(Vec<Option<String>>),
+    /// RFC 3339 in UTC.
+    Timestamp(Vec<Option<String>>),
+    Json(Vec<Option<Box<RawValue>>>),
+}
+
+impl ColumnValues {
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            ColumnValues::String(_) => FieldType::String,
+            ColumnValues::Integer(_) => FieldType::Integer,
+            ColumnValues::Number(_) => FieldType::Number,
+            ColumnValues::Decimal(_) => FieldType::Decimal,
+            ColumnValues::Boolean(_) => FieldType::Boolean,
+            ColumnValues::Date(_) => FieldType::Date,
+            ColumnValues::Timestamp(_) => FieldType::Timestamp,
+            ColumnValues::Json(_) => FieldType::Json,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnValues::String(v)
+            | ColumnValues::Decimal(v)
+            | ColumnValues::Date(v)
+            | ColumnValues::Timestamp(v) => v.len(),
+            ColumnValues::Integer(v) => v.len(),
+            ColumnValues::Number(v) => v.len(),
+            ColumnValues::Boolean(v) => v.len(),
+            ColumnValues::Json(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn with_capacity(ty: FieldType, n: usize) -> ColumnValues {
+        match ty {
+            FieldType::String => ColumnValues::String(Vec::with_capacity(n)),
+            FieldType::Integer => ColumnValues::Integer(Vec::with_capacity(n)),
+            FieldType::Number => ColumnValues::Number(Vec::with_capacity(n)),
+            FieldType::Decimal => ColumnValues::Decimal(Vec::with_capacity(n)),
+            FieldType::Boolean => ColumnValues::Boolean(Vec::with_capacity(n)),
+            FieldType::Date => ColumnValues::Date(Vec::with_capacity(n)),
+            FieldType::Timestamp => ColumnValues::Timestamp(Vec::with_capacity(n)),
+            FieldType::Json => ColumnValues::Json(Vec::with_capacity(n)),
+        }
+    }
+
+    /// Appends `value`, which the schema crate validated for this column's
+    /// type; a value of another type is stored as null rather than panicking.
+    fn push(&mut self, value: &Value) {
+        use chrono::SecondsFormat;
+        match (self, value) {
+            (ColumnValues::String(v), Value::String(s)) => v.push(Some(s.clone())),
+            (ColumnValues::Integer(v), Value::Integer(i)) => v.push(Some(*i)),
+            (ColumnValues::Number(v), Value::Number(n)) => v.push(Some(*n)),
+            (ColumnValues::Decimal(v), Value::Decimal(d)) => v.push(Some(d.clone())),
+            (ColumnValues::Boolean(v), Value::Boolean(b)) => v.push(Some(*b)),
+            (ColumnValues::Date(v), Value::Date(d)) => v.push(Some(d.to_string())),
+            (ColumnValues::Timestamp(v), Value::Timestamp(t)) => {
+                v.push(Some(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+            }
+            (ColumnValues::Json(v), Value::Json(j)) => v.push(Some(j.clone())),
+            (ColumnValues::String(v), _)
+            | (ColumnValues::Decimal(v), _)
+            | (ColumnValues::Date(v), _)
+            | (ColumnValues::Timestamp(v), _) => v.push(None),
+            (ColumnValues::Integer(v), _) => v.push(None),
+            (ColumnValues::Number(v), _) => v.push(None),
+            (ColumnValues::Boolean(v), _) => v.push(None),
+            (ColumnValues::Json(v), _) => v.push(None),
+        }
+    }
+}
+
+/// A record refused in partial mode, kept to be served by `/rejected`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    pub record: serde_json::Value,
+    /// [`RecordError`]s as JSON; the read API stores them as they are.
+    pub errors: serde_json::Value,
+}
+
+impl RejectedRecord {
+    pub fn new(record: serde_json::Value, errors: &[RecordError]) -> RejectedRecord {
+        RejectedRecord {
+            record,
+            errors: serde_json::to_value(errors).unwrap_or_default(),
+        }
+    }
+}
+
+impl RecordBatch {
+    /// Lays `records` (validated against `schema`) out column by column.
+    pub fn columns_of(schema: &Schema, records: &[Record]) -> Vec<Column> {
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let mut values = ColumnValues::with_capacity(field.ty, records.len());
+                for record in records {
+                    values.push(record.0.get(i).unwrap_or(&Value::Null));
+                }
+                Column {
+                    field: field.id,
+                    values,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Announced on [`Namespace::stored_subject`] after a chunk is committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredNotice {
+    pub batch_id: Uuid,
+    pub chunk: u32,
+    /// The highest `_id` stored by this commit, if it stored any record.
+    pub last_id: Option<i64>,
+}
+
+/// Connects to NATS, retrying in the background if it is down at start, so
+/// a service can come up before its bus and report itself not ready.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await?;
+    Ok(client)
+}
+
+/// A JetStream context whose requests (publish acks included) give up after
+/// `timeout`, so that a slow or absent server becomes a 503, not a hang.
+pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
+}
+
+/// Creates the records stream and the dead-letter stream if missing, and
+/// brings their settings up to date if they exist.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    max_bytes: Option<i64>,
+) -> anyhow::Result<()> {
+    js.create_or_update_stream(stream::Config {
+        name: ns.records_stream(),
+        subjects: vec![format!("{}.records.>", ns.as_str())],
+        storage: stream::StorageType::File,
+        // A full stream refuses new messages, so ingest answers 503 instead of
+        // JetStream silently dropping old, unstored records.
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_bytes: max_bytes.unwrap_or(-1),
+        ..Default::default()
+    })
+    .await?;
+    js.create_or_update_stream(stream::Config {
+        name: ns.dead_letter_stream(),
+        subjects: vec![format!("{}.dead.>", ns.as_str())],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Opens the bucket of connector definitions, creating it if missing.
+pub async fn connectors_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+) -> anyhow::Result<kv::Store> {
+    let bucket = ns.connectors_bucket();
+    match js.get_key_value(&bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => Ok(js
+            .create_or_update_key_value(kv::Config {
+                bucket,
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?),
+    }
+}

@@ -1,0 +1,26 @@
+//! What Sluice's services share about their platform, written once.
+//!
+//! - [`bus`]: NATS names derived from the namespace, message headers, the
+//!   key-value document of a connector, the record batch on the stream, and
+//!   the set-up of the stream and bucket.
+//! - [`catalog`]: a live copy of every connector's definition, loaded from
+//!   the bucket and kept current by watching it.
+//! - [`store`]: the PostgreSQL side: connecting and migrating, the layout of
+//!   each connector's records table and the SQL that builds and converts it.
+//! - [`token`]: connector tokens, their hashes, and constant-time checks.
+//! - [`http`]: problem+json errors, bearer tokens, health and metrics routes,
+//!   request ids, and serving with graceful shutdown.
+//! - [`settings`] and [`telemetry`]: configuration and logging.
+//!
+//! It knows nothing of any one service's routes; services decide what to
+//! serve, this crate only makes sure they agree on names and formats.
+
+pub mod bus;
+pub mod catalog;
+pub mod http;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod token;
+
+pub use settings::Settings;

