@@ -208,6 +208,29 @@ pub fn readiness(checks: &[(&str, bool)]) -> Response {
     (status, Json(Value::Object(body))).into_response()
 }
 
+/// Readiness checks of a service, run on each `/readyz`.
+pub type ReadinessCheck = std::sync::Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync,
+>;
+
+/// The whole router a process serves: the API routes, `/openapi.json`,
+/// `/readyz`, `/healthz`, `/metrics`, problem+json for unknown routes, all
+/// instrumented. Each service's binary and the all-in-one binary use it.
+pub fn app(api: Router, openapi: &impl serde::Serialize, ready: ReadinessCheck) -> Router {
+    let openapi = serde_json::to_value(openapi).unwrap_or_default();
+    let routes = Router::new()
+        .route("/openapi.json", get(move || async move { Json(openapi) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { readiness(&ready().await) }
+            }),
+        )
+        .merge(operational_routes());
+    instrument(api.merge(routes).fallback(no_such_route))
+}
+
 /// Problem+json for routes that do not exist.
 pub async fn no_such_route() -> Problem {
     Problem::not_found("no such route")

@@ -55,12 +55,17 @@ impl fmt::Debug for NewToken {
 
 impl NewToken {
     pub fn generate(kind: TokenKind) -> NewToken {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let secret = format!("{}{}", kind.prefix(), hex::encode(bytes));
+        let secret = random_secret(kind.prefix());
         let hash = TokenHash::of(&secret);
         NewToken { secret, hash }
     }
+}
+
+/// `prefix` followed by 256 random bits in hex.
+pub fn random_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 /// Hex SHA-256 of a token. Tokens carry 256 bits of randomness, so a plain
