@@ -20,7 +20,10 @@ impl ConnectorName {
             return Err(Problem::new(
                 ProblemCode::InvalidConnectorName,
                 "name",
-                format!("name must be 1 to {} characters, got {chars}", Self::MAX_CHARS),
+                format!(
+                    "name must be 1 to {} characters, got {chars}",
+                    Self::MAX_CHARS
+                ),
             ));
         }
         if name.trim().is_empty() || name.chars().any(char::is_control) {

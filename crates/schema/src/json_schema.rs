@@ -85,7 +85,10 @@ mod tests {
         let js = record_json_schema("orders", &schema, ExtraFields::Reject);
         assert_eq!(js["required"], json!(["a"]));
         assert_eq!(js["properties"]["a"]["description"], "the a");
-        assert_eq!(js["properties"]["b"]["type"], json!(["number", "string", "null"]));
+        assert_eq!(
+            js["properties"]["b"]["type"],
+            json!(["number", "string", "null"])
+        );
         assert_eq!(js["additionalProperties"], false);
     }
 }

@@ -1,11 +1,67 @@
 //! Record validation straight from request bytes, into one normalised form.
+//!
+//! [`validate`] reads a body once and serves both ingest modes: the valid
+//! records, the refused ones with every error, and the listing that a 422
+//! answer shows. It never builds a generic JSON tree: JSON is deserialised by
+//! schema-driven seeds, each field's value parsed straight into its type.
+//!
+//! Decisions that SPEC section 5 leaves open, and that the README repeats:
+//!
+//! - The body must be UTF-8 in every format; invalid UTF-8 anywhere, a CSV
+//!   cell included, is a [`SyntaxError`] at its line and column. A UTF-8 byte
+//!   order mark at the very start is skipped in every format.
+//! - Columns of a [`SyntaxError`] count bytes from the start of the line,
+//!   from 1, as serde_json does.
+//! - JSON: a top-level value that is not an object or an array (`5`, `"x"`)
+//!   is one record that is `malformed`. An element that is a number beyond
+//!   the range of `f64` (`[1e999]`) is a syntax error, because serde_json
+//!   refuses to read it outside a field.
+//! - CSV: the header names fields exactly. A column that the schema does not
+//!   name gives every row an `unknown_field` error (unless extra fields are
+//!   ignored); a column named twice gives every row a `duplicate_field`
+//!   error; a field without a column is missing from every row. A row with
+//!   more or fewer cells than the header is `malformed`, and only that is
+//!   reported for it. Blank lines are skipped. An empty cell is null in every
+//!   type, so an empty string cannot be sent in CSV. A `json` cell that is not
+//!   JSON text is a `type_mismatch`.
+//! - `integer` and `number` cells in CSV that are not numeric literals at all
+//!   are `invalid_number`; a fractional literal in an `integer` field is a
+//!   `type_mismatch`, in JSON as in CSV.
+//! - `decimal` literals are kept exactly as sent, and are at most
+//!   [`MAX_DECIMAL_CHARS`] characters with an exponent of at most
+//!   [`MAX_DECIMAL_EXPONENT`] in magnitude (PostgreSQL's `numeric` refuses
+//!   larger exponents); beyond that they are `out_of_range`.
+//! - `json` values nest at most [`MAX_JSON_DEPTH`] levels, else
+//!   `out_of_range`, so that every service can read them back with serde_json
+//!   (whose limit is 128) even inside a message envelope.
+//! - `timestamp` values must fall in years 0000 to 9999 once converted to UTC
+//!   (else `out_of_range`), so that their normalised form is RFC 3339 again.
+//! - A rejected JSON record whose text serde_json cannot hold as a value (a
+//!   number beyond `f64`, nesting deeper than 128) keeps its `raw` as the JSON
+//!   text in a string. A CSV row's `raw` is an object of header to cell,
+//!   unless the header names a column twice or the row is ragged: then it is
+//!   the array of the row's cells.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+mod csv;
+mod json;
+mod values;
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::connector::ExtraFields;
 use crate::schema::Schema;
+
+/// Longest `decimal` literal kept, in characters.
+pub const MAX_DECIMAL_CHARS: usize = 1000;
+/// Largest exponent magnitude of a `decimal` literal; PostgreSQL's `numeric`
+/// input refuses larger ones.
+pub const MAX_DECIMAL_EXPONENT: u32 = 1000;
+/// Deepest nesting of arrays and objects in a `json` value.
+pub const MAX_JSON_DEPTH: usize = 100;
 
 /// The body formats producers may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +93,93 @@ pub enum Value {
     Json(Box<RawValue>),
 }
 
+impl Value {
+    /// The value as SPEC section 5 returns it: decimals, dates and timestamps
+    /// as strings, timestamps in UTC.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::String(s) | Value::Decimal(s) => serde_json::Value::String(s.clone()),
+            Value::Integer(i) => (*i).into(),
+            Value::Number(n) => serde_json::Number::from_f64(*n)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Boolean(b) => (*b).into(),
+            Value::Date(_) | Value::Timestamp(_) => {
+                serde_json::Value::String(self.csv_cell().into_owned())
+            }
+            // Validation keeps json values shallow enough for serde_json, so
+            // the fallback is never taken; it only avoids a panic path.
+            Value::Json(raw) => serde_json::from_str(raw.get())
+                .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_owned())),
+        }
+    }
+
+    /// The CSV cell that reads back to this value: null is the empty cell,
+    /// a `json` value its JSON text.
+    pub fn csv_cell(&self) -> Cow<'_, str> {
+        match self {
+            Value::Null => Cow::Borrowed(""),
+            Value::String(s) | Value::Decimal(s) => Cow::Borrowed(s),
+            Value::Integer(i) => Cow::Owned(i.to_string()),
+            // Display of f64 is the shortest text that parses back exactly.
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            Value::Boolean(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Value::Date(d) => Cow::Owned(d.format("%Y-%m-%d").to_string()),
+            Value::Timestamp(t) => Cow::Owned(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            Value::Json(raw) => Cow::Borrowed(raw.get()),
+        }
+    }
+}
+
+/// Compares `json` values by their text, which validation keeps as sent.
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::String(a), Value::String(b)) | (Value::Decimal(a), Value::Decimal(b)) => a == b,
+            (Value::Integer(a), Value::Integer(b)) => a == b,
+            (Value::Number(a), Value::Number(b)) => a == b,
+            (Value::Boolean(a), Value::Boolean(b)) => a == b,
+            (Value::Date(a), Value::Date(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            (Value::Json(a), Value::Json(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
+}
+
+/// Serialises to the normalised JSON form of [`Value::to_json`], without
+/// building it; a `json` value is written as its text.
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => serializer.serialize_unit(),
+            Value::String(s) | Value::Decimal(s) => serializer.serialize_str(s),
+            Value::Integer(i) => serializer.serialize_i64(*i),
+            Value::Number(n) => serializer.serialize_f64(*n),
+            Value::Boolean(b) => serializer.serialize_bool(*b),
+            Value::Date(_) | Value::Timestamp(_) => serializer.serialize_str(&self.csv_cell()),
+            Value::Json(raw) => raw.serialize(serializer),
+        }
+    }
+}
+
 /// One valid record: a value per schema field, in schema order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record(pub Vec<Value>);
+
+impl Record {
+    /// The record as a JSON object keyed by the names of `schema`, the schema
+    /// it was validated against.
+    pub fn to_json_object(&self, schema: &Schema) -> serde_json::Map<String, serde_json::Value> {
+        schema
+            .fields()
+            .iter()
+            .zip(&self.0)
+            .map(|(field, value)| (field.name.to_string(), value.to_json()))
+            .collect()
+    }
+}
 
 /// Stable codes of record errors; clients may match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -56,6 +196,30 @@ pub enum RecordErrorCode {
     InvalidTimestamp,
     InvalidDecimal,
     Malformed,
+}
+
+impl RecordErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordErrorCode::TypeMismatch => "type_mismatch",
+            RecordErrorCode::MissingField => "missing_field",
+            RecordErrorCode::NullNotAllowed => "null_not_allowed",
+            RecordErrorCode::UnknownField => "unknown_field",
+            RecordErrorCode::DuplicateField => "duplicate_field",
+            RecordErrorCode::OutOfRange => "out_of_range",
+            RecordErrorCode::InvalidNumber => "invalid_number",
+            RecordErrorCode::InvalidDate => "invalid_date",
+            RecordErrorCode::InvalidTimestamp => "invalid_timestamp",
+            RecordErrorCode::InvalidDecimal => "invalid_decimal",
+            RecordErrorCode::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why one record was refused.
@@ -81,6 +245,34 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+impl SyntaxError {
+    /// The error at byte `offset` of `text`, located by line and column.
+    fn at_offset(text: &[u8], offset: usize, message: impl Into<String>) -> SyntaxError {
+        let before = &text[..offset.min(text.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        SyntaxError {
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: offset - line_start + 1,
+            message: message.into(),
+        }
+    }
+
+    /// serde_json's error without the location that its `Display` appends.
+    fn from_json(error: &serde_json::Error, line_offset: usize) -> SyntaxError {
+        let full = error.to_string();
+        let location = format!(" at line {} column {}", error.line(), error.column());
+        let message = full.strip_suffix(&location).unwrap_or(&full).to_owned();
+        SyntaxError {
+            line: error.line().max(1) + line_offset,
+            column: error.column().max(1),
+            message,
+        }
+    }
+}
+
 /// A refused record: where it was, what it was as sent, and every error.
 #[derive(Debug, Clone)]
 pub struct Rejected {
@@ -89,7 +281,13 @@ pub struct Rejected {
     /// The record as sent: the JSON object, or for CSV an object of the row's
     /// cells keyed by header.
     pub raw: serde_json::Value,
+    /// At most [`Rejected::MAX_ERRORS`]; [`Validation::error_count`] counts
+    /// the rest.
     pub errors: Vec<RecordError>,
+}
+
+impl Rejected {
+    pub const MAX_ERRORS: usize = 100;
 }
 
 /// The outcome of one pass over a body; both ingest modes read it.
@@ -110,12 +308,154 @@ impl Validation {
 }
 
 /// Validates every record of `body` against `schema` in one pass.
+///
+/// A body that is not well-formed is a [`SyntaxError`]; everything else,
+/// records that are not objects included, lands in the [`Validation`]. An
+/// empty body holds no records.
 pub fn validate(
     schema: &Schema,
     extra: ExtraFields,
     format: Format,
     body: &[u8],
 ) -> Result<Validation, SyntaxError> {
-    let _ = (schema, extra, format, body);
-    todo!("record validation is being written")
+    let text = std::str::from_utf8(body)
+        .map_err(|e| SyntaxError::at_offset(body, e.valid_up_to(), "invalid UTF-8"))?;
+    const BOM: &str = "\u{feff}";
+    let (text, bom) = match text.strip_prefix(BOM) {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let reader = RecordReader::new(schema, extra);
+    match format {
+        Format::Json => json::validate_json(reader, text),
+        Format::Ndjson => json::validate_ndjson(reader, text),
+        Format::Csv => csv::validate_csv(reader, text),
+    }
+    .map_err(|mut e| {
+        // Columns count from the start of the body as sent.
+        if bom && e.line == 1 {
+            e.column += BOM.len();
+        }
+        e
+    })
 }
+
+/// What every format shares while reading records: the schema's fields, how
+/// to find them by name, and the outcome so far.
+struct RecordReader<'s> {
+    schema: &'s Schema,
+    extra: ExtraFields,
+    lookup: FieldLookup<'s>,
+    /// Which fields the record being read has given, reused between records.
+    provided: Vec<bool>,
+    out: Validation,
+    /// Errors of the record being read.
+    current: Vec<RecordError>,
+    index: usize,
+    line: Option<usize>,
+}
+
+impl<'s> RecordReader<'s> {
+    fn new(schema: &'s Schema, extra: ExtraFields) -> Self {
+        RecordReader {
+            schema,
+            extra,
+            lookup: FieldLookup::new(schema),
+            provided: Vec::new(),
+            out: Validation::default(),
+            current: Vec::new(),
+            index: 0,
+            line: None,
+        }
+    }
+
+    fn begin(&mut self, index: usize, line: Option<usize>) {
+        self.index = index;
+        self.line = line;
+        self.current.clear();
+    }
+
+    fn error(&mut self, field: Option<&str>, code: RecordErrorCode, message: String) {
+        self.out.error_count += 1;
+        let listed = self.out.errors.len() < Validation::MAX_LISTED_ERRORS;
+        let kept = self.current.len() < Rejected::MAX_ERRORS;
+        if !listed && !kept {
+            return;
+        }
+        let error = RecordError {
+            record: self.index,
+            line: self.line,
+            field: field.map(|f| values::snippet(f).into_owned()),
+            code,
+            message,
+        };
+        if listed {
+            self.out.errors.push(error.clone());
+        }
+        if kept {
+            self.current.push(error);
+        }
+    }
+
+    /// Ends the record: accepted if it had no error, else refused with `raw`,
+    /// which is only built then.
+    fn finish(&mut self, values: Vec<Value>, raw: impl FnOnce() -> serde_json::Value) {
+        if self.current.is_empty() {
+            self.out.records.push(Record(values));
+        } else {
+            self.out.rejected.push(Rejected {
+                record: self.index,
+                line: self.line,
+                raw: raw(),
+                errors: std::mem::take(&mut self.current),
+            });
+        }
+    }
+
+    /// Reports every field that no key or column provided and that may not
+    /// be null.
+    fn missing_fields(&mut self, provided: impl Fn(usize) -> bool) {
+        let schema = self.schema;
+        for (i, field) in schema.fields().iter().enumerate() {
+            if !field.nullable && !provided(i) {
+                self.error(
+                    Some(field.name.as_str()),
+                    RecordErrorCode::MissingField,
+                    format!("field \"{}\" is required", field.name),
+                );
+            }
+        }
+    }
+}
+
+/// Finds a field by exact name. Producers mostly send fields in schema
+/// order, so the field after the previous match is tried first; then a
+/// linear scan for small schemas and a hash map for large ones.
+struct FieldLookup<'s> {
+    names: Vec<&'s str>,
+    by_name: Option<std::collections::HashMap<&'s str, usize>>,
+}
+
+impl<'s> FieldLookup<'s> {
+    const LINEAR_UP_TO: usize = 16;
+
+    fn new(schema: &'s Schema) -> Self {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name.as_str()).collect();
+        let by_name = (names.len() > Self::LINEAR_UP_TO)
+            .then(|| names.iter().enumerate().map(|(i, n)| (*n, i)).collect());
+        FieldLookup { names, by_name }
+    }
+
+    fn find(&self, name: &str, guess: usize) -> Option<usize> {
+        if self.names.get(guess) == Some(&name) {
+            return Some(guess);
+        }
+        match &self.by_name {
+            Some(map) => map.get(name).copied(),
+            None => self.names.iter().position(|n| *n == name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
