@@ -22,7 +22,7 @@ pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS};
 pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
-    Format, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation, Value,
-    validate,
+    Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation,
+    Value, validate,
 };
 pub use schema::{FieldSpec, Schema};

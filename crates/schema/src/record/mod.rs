@@ -96,6 +96,10 @@ pub enum Value {
 impl Value {
     /// The value as SPEC section 5 returns it: decimals, dates and timestamps
     /// as strings, timestamps in UTC.
+    ///
+    /// A `json` value is parsed into a tree here, and serde_json (without its
+    /// `float_roundtrip` feature) may change the last digit of a float in it;
+    /// serialising the [`Value`] itself writes the text as sent.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
@@ -169,8 +173,18 @@ impl Serialize for Value {
 pub struct Record(pub Vec<Value>);
 
 impl Record {
-    /// The record as a JSON object keyed by the names of `schema`, the schema
-    /// it was validated against.
+    /// The record as a JSON object keyed by the field names of `schema`, the
+    /// schema it was validated against, for serialising without building a
+    /// tree (and so exactly, `json` values included).
+    pub fn named<'a>(&'a self, schema: &'a Schema) -> NamedRecord<'a> {
+        NamedRecord {
+            record: self,
+            schema,
+        }
+    }
+
+    /// The record as a JSON object keyed by the field names of `schema`; see
+    /// [`Value::to_json`] for its one caveat.
     pub fn to_json_object(&self, schema: &Schema) -> serde_json::Map<String, serde_json::Value> {
         schema
             .fields()
@@ -178,6 +192,25 @@ impl Record {
             .zip(&self.0)
             .map(|(field, value)| (field.name.to_string(), value.to_json()))
             .collect()
+    }
+}
+
+/// A [`Record`] that serialises as an object of field name to value.
+#[derive(Debug, Clone, Copy)]
+pub struct NamedRecord<'a> {
+    record: &'a Record,
+    schema: &'a Schema,
+}
+
+impl Serialize for NamedRecord<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self.schema.fields();
+        let mut map = serializer.serialize_map(Some(fields.len().min(self.record.0.len())))?;
+        for (field, value) in fields.iter().zip(&self.record.0) {
+            map.serialize_entry(field.name.as_str(), value)?;
+        }
+        map.end()
     }
 }
 
