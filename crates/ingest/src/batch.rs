@@ -1,0 +1,277 @@
+//! Laying a validated body out as `RecordBatch` messages, each small enough
+//! for the bus.
+//!
+//! NATS refuses a message (payload plus headers) larger than the server's
+//! `max_payload`, 1 MiB by default, while a body may be up to
+//! `SLUICE_MAX_BODY_BYTES`. So a body becomes several chunks: accepted
+//! records first, in body order (the reader stores chunks in stream order,
+//! so `_id`s follow the body), then the rejected ones of partial mode.
+//!
+//! Splitting is deterministic for a given body, schema and limit, which is
+//! what lets a retried idempotent request produce the same message ids.
+
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use sluice_runtime::bus::{RecordBatch, RejectedRecord};
+use sluice_schema::{Record, Rejected, Schema};
+use uuid::Uuid;
+
+/// What every chunk of one request shares.
+pub(crate) struct BatchHeader<'a> {
+    pub batch_id: Uuid,
+    pub schema: &'a Schema,
+    pub schema_version: i64,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Room left in every message for the headers and for the final chunk
+/// numbers (chunks are measured as "0 of 1").
+pub(crate) const HEADROOM: usize = 4 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChunkError {
+    /// This record (index in the body) does not fit in a message alone.
+    #[error("record {0} alone exceeds the message size limit")]
+    RecordTooLarge(usize),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Encodes `records` and `rejected` as JSON `RecordBatch` messages of at
+/// most `limit` bytes each. `size_hint` (the body's size) gives the first
+/// guess of how many chunks are needed, so a large body is not encoded whole
+/// only to learn that it must be split.
+pub(crate) fn encode_chunks(
+    header: &BatchHeader<'_>,
+    records: &[Record],
+    rejected: &[Rejected],
+    size_hint: usize,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, ChunkError> {
+    let items = Items { records, rejected };
+    let total = items.len();
+    if total == 0 {
+        return Ok(Vec::new());
+    }
+    let guess = (size_hint / limit.max(1) + 1).clamp(1, total);
+    let mut parts = Vec::new();
+    for range in even_ranges(total, guess) {
+        fit(header, &items, range, limit, &mut parts)?;
+    }
+    if parts.len() == 1 {
+        // Measured as chunk 0 of 1, which it is.
+        return Ok(parts.into_iter().map(|(_, bytes)| bytes).collect());
+    }
+    let chunks = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (range, _))| {
+            let chunk = u32::try_from(i).unwrap_or(u32::MAX);
+            encode(header, &items, range, chunk, chunks).map_err(ChunkError::from)
+        })
+        .collect()
+}
+
+/// Accepted records, then rejected ones, as one sequence of items.
+struct Items<'a> {
+    records: &'a [Record],
+    rejected: &'a [Rejected],
+}
+
+impl Items<'_> {
+    fn len(&self) -> usize {
+        self.records.len() + self.rejected.len()
+    }
+
+    fn split(&self, range: &Range<usize>) -> (&[Record], &[Rejected]) {
+        let n = self.records.len();
+        let records = &self.records[range.start.min(n)..range.end.min(n)];
+        let rejected = &self.rejected[range.start.max(n) - n..range.end.max(n) - n];
+        (records, rejected)
+    }
+
+    /// The index in the body of item `i`. Accepted records carry no index,
+    /// but they fill the places that rejected ones leave free.
+    fn body_index(&self, i: usize) -> usize {
+        if let Some(rejected) = i
+            .checked_sub(self.records.len())
+            .and_then(|j| self.rejected.get(j))
+        {
+            return rejected.record;
+        }
+        let mut index = i;
+        for rejected in self.rejected {
+            if rejected.record <= index {
+                index += 1;
+            } else {
+                break;
+            }
+        }
+        index
+    }
+}
+
+/// Pushes `range` as one part if it fits, else its halves, recursively.
+fn fit(
+    header: &BatchHeader<'_>,
+    items: &Items<'_>,
+    range: Range<usize>,
+    limit: usize,
+    parts: &mut Vec<(Range<usize>, Vec<u8>)>,
+) -> Result<(), ChunkError> {
+    let bytes = encode(header, items, range.clone(), 0, 1)?;
+    if bytes.len() <= limit {
+        parts.push((range, bytes));
+        return Ok(());
+    }
+    if range.len() <= 1 {
+        return Err(ChunkError::RecordTooLarge(items.body_index(range.start)));
+    }
+    let middle = range.start + range.len() / 2;
+    fit(header, items, range.start..middle, limit, parts)?;
+    fit(header, items, middle..range.end, limit, parts)
+}
+
+fn encode(
+    header: &BatchHeader<'_>,
+    items: &Items<'_>,
+    range: Range<usize>,
+    chunk: u32,
+    chunks: u32,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let (records, rejected) = items.split(&range);
+    let batch = RecordBatch {
+        batch_id: header.batch_id,
+        chunk,
+        chunks,
+        schema_version: header.schema_version,
+        received_at: header.received_at,
+        rows: records.len(),
+        columns: RecordBatch::columns_of(header.schema, records),
+        rejected: rejected
+            .iter()
+            .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
+            .collect(),
+    };
+    serde_json::to_vec(&batch)
+}
+
+/// `total` items cut into `parts` consecutive ranges of near-equal length.
+fn even_ranges(total: usize, parts: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..parts).map(move |i| (total * i / parts)..(total * (i + 1) / parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_schema::{ExtraFields, FieldSpec, Format, validate};
+
+    fn schema() -> Schema {
+        let specs: Vec<FieldSpec> = serde_json::from_value(serde_json::json!([
+            {"name": "n", "type": "integer"},
+            {"name": "s", "type": "string", "nullable": true}
+        ]))
+        .unwrap();
+        Schema::define(&specs).unwrap()
+    }
+
+    fn header(schema: &Schema) -> BatchHeader<'_> {
+        BatchHeader {
+            batch_id: Uuid::nil(),
+            schema,
+            schema_version: 3,
+            received_at: Utc::now(),
+        }
+    }
+
+    fn decode(chunks: &[Vec<u8>]) -> Vec<RecordBatch> {
+        chunks
+            .iter()
+            .map(|c| serde_json::from_slice(c).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_small_body_is_one_chunk() {
+        let schema = schema();
+        let body = br#"[{"n": 1, "s": "a"}, {"n": 2}]"#;
+        let v = validate(&schema, ExtraFields::Reject, Format::Json, body).unwrap();
+        let chunks = encode_chunks(&header(&schema), &v.records, &v.rejected, 30, 1 << 20).unwrap();
+        let batches = decode(&chunks);
+        assert_eq!(batches.len(), 1);
+        assert_eq!((batches[0].chunk, batches[0].chunks), (0, 1));
+        assert_eq!(batches[0].rows, 2);
+        assert_eq!(batches[0].schema_version, 3);
+    }
+
+    #[test]
+    fn a_large_body_is_split_in_order_under_the_limit() {
+        let schema = schema();
+        let mut body = String::new();
+        for i in 0..5000 {
+            body.push_str(&format!(
+                "{{\"n\": {i}, \"s\": \"{}\"}}\n",
+                "x".repeat(i % 50)
+            ));
+        }
+        body.push_str("{\"n\": \"bad\"}\n{\"n\": 1, \"zz\": 2}\n");
+        let v = validate(
+            &schema,
+            ExtraFields::Reject,
+            Format::Ndjson,
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(v.rejected.len(), 2);
+        let limit = 16 * 1024;
+        // A hint far too small forces the halving path as well.
+        for hint in [0, body.len()] {
+            let chunks =
+                encode_chunks(&header(&schema), &v.records, &v.rejected, hint, limit).unwrap();
+            assert!(chunks.len() > 5);
+            assert!(chunks.iter().all(|c| c.len() <= limit));
+            let batches = decode(&chunks);
+            let n = batches.len() as u32;
+            let mut next = 0i64;
+            for (i, batch) in batches.iter().enumerate() {
+                assert_eq!((batch.chunk, batch.chunks), (i as u32, n));
+                let sluice_runtime::bus::ColumnValues::Integer(values) = &batch.columns[0].values
+                else {
+                    panic!("n is an integer column");
+                };
+                for value in values {
+                    assert_eq!(*value, Some(next));
+                    next += 1;
+                }
+            }
+            assert_eq!(next, 5000);
+            let rejected: usize = batches.iter().map(|b| b.rejected.len()).sum();
+            assert_eq!(rejected, 2);
+        }
+    }
+
+    #[test]
+    fn a_record_too_large_alone_is_named() {
+        let schema = schema();
+        let big = "y".repeat(10_000);
+        let body = format!("{{\"n\": \"x\"}}\n{{\"n\": 1}}\n{{\"n\": 2, \"s\": \"{big}\"}}\n");
+        let v = validate(
+            &schema,
+            ExtraFields::Reject,
+            Format::Ndjson,
+            body.as_bytes(),
+        )
+        .unwrap();
+        let outcome = encode_chunks(&header(&schema), &v.records, &v.rejected, 0, 4096);
+        assert!(matches!(outcome, Err(ChunkError::RecordTooLarge(2))));
+    }
+
+    #[test]
+    fn nothing_to_send_is_no_chunk() {
+        let schema = schema();
+        let chunks = encode_chunks(&header(&schema), &[], &[], 0, 4096).unwrap();
+        assert!(chunks.is_empty());
+    }
+}

@@ -1,0 +1,252 @@
+//! `Idempotency-Key` (SPEC 7): a retry within 10 minutes stores nothing twice
+//! and answers as the first did.
+//!
+//! Correctness comes from JetStream, not from this process: every message of
+//! an idempotent request carries a `Nats-Msg-Id` derived from the connector,
+//! the key and the chunk index, and the records stream drops a message whose
+//! id it saw within its duplicate window (10 minutes). The batch id derives
+//! from the connector and key too, and chunking is deterministic, so a retry
+//! of the same body, served by any gateway, publishes the same message ids
+//! (all dropped as duplicates) and computes the same answer (`accepted`,
+//! `rejected`, `batch_id`, `schema_version` — unless the schema changed in
+//! between).
+//!
+//! [`RecentAnswers`] is only a fast path on top: the gateway that served the
+//! first request answers a retry from memory, and refuses the key reused for
+//! another body (which JetStream alone could not tell apart from a retry).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use sluice_runtime::bus::DUPLICATE_WINDOW;
+use uuid::Uuid;
+
+use crate::error::IngestError;
+
+pub(crate) const HEADER: &str = "idempotency-key";
+
+/// A checked `Idempotency-Key`: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, IngestError> {
+        let mut values = headers.get_all(HEADER).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(IngestError::InvalidIdempotencyKey);
+        }
+        IdempotencyKey::parse(value.as_bytes()).map(Some)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<IdempotencyKey, IngestError> {
+        let visible = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        if bytes.is_empty() || bytes.len() > 255 || !visible {
+            return Err(IngestError::InvalidIdempotencyKey);
+        }
+        Ok(IdempotencyKey(
+            String::from_utf8(bytes.to_vec()).map_err(|_| IngestError::InvalidIdempotencyKey)?,
+        ))
+    }
+
+    /// SHA-256 of the connector and key: the key itself may hold characters
+    /// that are awkward in ids, and need not be stored anywhere.
+    fn digest(&self, connector: Uuid) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(connector.as_bytes());
+        hash.update(self.0.as_bytes());
+        hash.finalize().into()
+    }
+
+    /// The request's batch id, the same for every retry: a UUID (version 8,
+    /// "custom") made of the digest's first bytes.
+    pub(crate) fn batch_id(&self, connector: Uuid) -> Uuid {
+        let digest = self.digest(connector);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// `Nats-Msg-Id` of chunk `chunk`: connector, key digest and chunk.
+    pub(crate) fn message_id(&self, connector: Uuid, chunk: usize) -> String {
+        format!(
+            "{}.{}.{chunk}",
+            connector.simple(),
+            hex::encode(self.digest(connector))
+        )
+    }
+}
+
+/// What a request was, to tell a retry from a reuse of its key.
+pub(crate) fn request_digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
+}
+
+/// Answers given to idempotent requests in the last [`DUPLICATE_WINDOW`],
+/// bounded in number so that it cannot grow without limit.
+pub(crate) struct RecentAnswers<A> {
+    inner: Mutex<Recent<A>>,
+    window: Duration,
+    capacity: usize,
+}
+
+struct Recent<A> {
+    by_key: HashMap<(Uuid, IdempotencyKey), Remembered<A>>,
+    /// Insertion order, for expiry.
+    order: VecDeque<(Instant, (Uuid, IdempotencyKey))>,
+}
+
+struct Remembered<A> {
+    request: [u8; 32],
+    answer: A,
+    at: Instant,
+}
+
+/// What [`RecentAnswers::lookup`] knows about a key.
+pub(crate) enum Seen<A> {
+    New,
+    /// The same request: here is its answer.
+    Retry(A),
+    /// The key was used for another request.
+    Reused,
+}
+
+impl<A: Clone> RecentAnswers<A> {
+    pub(crate) fn new(capacity: usize) -> RecentAnswers<A> {
+        RecentAnswers {
+            inner: Mutex::new(Recent {
+                by_key: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            window: DUPLICATE_WINDOW,
+            capacity,
+        }
+    }
+
+    pub(crate) fn lookup(
+        &self,
+        connector: Uuid,
+        key: &IdempotencyKey,
+        request: &[u8; 32],
+    ) -> Seen<A> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.expire(self.window);
+        match inner.by_key.get(&(connector, key.clone())) {
+            None => Seen::New,
+            Some(known) if known.request == *request => Seen::Retry(known.answer.clone()),
+            Some(_) => Seen::Reused,
+        }
+    }
+
+    pub(crate) fn remember(
+        &self,
+        connector: Uuid,
+        key: IdempotencyKey,
+        request: [u8; 32],
+        answer: A,
+    ) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.expire(self.window);
+        if inner.by_key.len() >= self.capacity {
+            // Full of recent keys: the fast path is skipped, JetStream still
+            // deduplicates.
+            return;
+        }
+        let now = Instant::now();
+        let id = (connector, key);
+        inner.order.push_back((now, id.clone()));
+        inner.by_key.insert(
+            id,
+            Remembered {
+                request,
+                answer,
+                at: now,
+            },
+        );
+    }
+}
+
+impl<A> Recent<A> {
+    fn expire(&mut self, window: Duration) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            let Some((at, id)) = self.order.pop_front() else {
+                break;
+            };
+            // Only if not remembered again since.
+            if self.by_key.get(&id).is_some_and(|r| r.at == at) {
+                self.by_key.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> IdempotencyKey {
+        IdempotencyKey::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn keys_are_one_to_255_visible_ascii_characters() {
+        assert!(IdempotencyKey::parse(b"a").is_ok());
+        assert!(IdempotencyKey::parse(b"order-42/retry~!").is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 255]).is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; 256]).is_err());
+        assert!(IdempotencyKey::parse(b"").is_err());
+        assert!(IdempotencyKey::parse(b"with space").is_err());
+        assert!(IdempotencyKey::parse("caf\u{e9}".as_bytes()).is_err());
+        assert!(IdempotencyKey::parse(b"tab\t").is_err());
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_specific_to_connector_key_and_chunk() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(key("k").batch_id(a), key("k").batch_id(a));
+        assert_ne!(key("k").batch_id(a), key("k").batch_id(b));
+        assert_ne!(key("k").batch_id(a), key("l").batch_id(a));
+        assert_eq!(key("k").batch_id(a).get_version_num(), 8);
+        assert_eq!(key("k").message_id(a, 0), key("k").message_id(a, 0));
+        assert_ne!(key("k").message_id(a, 0), key("k").message_id(a, 1));
+        assert_ne!(key("k").message_id(a, 0), key("k").message_id(b, 0));
+    }
+
+    #[test]
+    fn recent_answers_tell_retries_from_reuse_and_stay_bounded() {
+        let recent = RecentAnswers::new(2);
+        let c = Uuid::now_v7();
+        let (one, two) = (request_digest(&[b"one"]), request_digest(&[b"two"]));
+        assert!(matches!(recent.lookup(c, &key("a"), &one), Seen::New));
+        recent.remember(c, key("a"), one, 1);
+        assert!(matches!(recent.lookup(c, &key("a"), &one), Seen::Retry(1)));
+        assert!(matches!(recent.lookup(c, &key("a"), &two), Seen::Reused));
+        recent.remember(c, key("b"), two, 2);
+        recent.remember(c, key("c"), two, 3);
+        assert!(matches!(recent.lookup(c, &key("c"), &two), Seen::New));
+    }
+
+    #[test]
+    fn recent_answers_expire() {
+        let mut recent = RecentAnswers::new(10);
+        recent.window = Duration::ZERO;
+        let c = Uuid::now_v7();
+        let one = request_digest(&[b"one"]);
+        recent.remember(c, key("a"), one, 1);
+        assert!(matches!(recent.lookup(c, &key("a"), &one), Seen::New));
+    }
+}

@@ -1,0 +1,306 @@
+//! Sluice's ingest gateway: the front door producers POST records to
+//! (SPEC 7, with sections 3 and 4).
+//!
+//! It owns `POST /v1/connectors/{id}/records`: checking the write token
+//! against its live copy of the connector definitions (the key-value bucket,
+//! watched through `sluice_runtime::catalog`), reading the body under its
+//! size limit (decompressing gzip as it streams), validating every record
+//! with `sluice_schema`, and publishing the accepted ones (and in partial mode
+//! the rejected ones) as `RecordBatch` messages on the records stream. It
+//! answers 202 only once JetStream acknowledged every message of the request.
+//!
+//! It must never touch PostgreSQL, nor keep state that another replica would
+//! need: any number of gateways can serve the same connectors at once, and
+//! they keep serving from their copy of the definitions while the control
+//! plane is down. Deduplication of idempotent retries is JetStream's (see
+//! `idempotency`), not this process's.
+
+mod batch;
+mod body;
+mod error;
+mod idempotency;
+mod publish;
+mod records;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::connection::State;
+use async_nats::jetstream;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use sluice_runtime::Settings;
+use sluice_runtime::bus::{self, Namespace};
+use sluice_runtime::catalog::Catalog;
+use sluice_runtime::http::{
+    Problem, instrument, no_such_route, operational_routes, readiness, serve,
+};
+use sluice_runtime::token::TokenHash;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::error::IngestError;
+use crate::idempotency::RecentAnswers;
+use crate::records::IngestAnswer;
+
+/// How long a JetStream request (a publish ack included) may take before the
+/// request gets a 503.
+const BUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time given to in-flight requests at shutdown: a `wait=true` request may
+/// hold its answer for 10 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Idempotent answers remembered for the fast path (about 1 KiB each).
+const RECENT_ANSWERS: usize = 10_000;
+
+/// The gateway with its connections and background tasks.
+#[derive(Clone)]
+pub struct Service {
+    state: AppState,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    namespace: Namespace,
+    /// Set once the streams exist and the bucket is loaded; until then
+    /// (NATS down at start) every request is a 503.
+    catalog: Arc<OnceLock<Catalog>>,
+    admin: Option<TokenHash>,
+    max_body_bytes: usize,
+    recent: Arc<RecentAnswers<(StatusCode, IngestAnswer)>>,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub(crate) fn catalog(&self) -> Result<&Catalog, IngestError> {
+        self.catalog.get().ok_or_else(|| {
+            IngestError::BusUnavailable("connector definitions not loaded yet".to_owned())
+        })
+    }
+
+    /// Fails fast while NATS is disconnected, rather than letting publishes
+    /// queue in the client until their acks time out.
+    pub(crate) fn ensure_connected(&self) -> Result<(), IngestError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(IngestError::BusUnavailable(format!("NATS is {state:?}"))),
+        }
+    }
+
+    /// The largest encoded `RecordBatch`: the server's `max_payload` (which
+    /// counts headers too) less room for the headers.
+    pub(crate) fn chunk_limit(&self) -> usize {
+        let max_payload = match self.client.server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        };
+        max_payload
+            .saturating_sub(batch::HEADROOM)
+            .max(batch::HEADROOM)
+    }
+}
+
+impl Service {
+    /// Connects to NATS, makes sure the streams and the bucket exist, and
+    /// starts watching the bucket. If NATS does not answer, the service
+    /// still starts (not ready, answering 503) and keeps trying.
+    pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
+        let client = bus::connect(&settings.nats_url, "sluice-ingest")
+            .await
+            .context("connecting to NATS")?;
+        let js = bus::jetstream(client.clone(), BUS_TIMEOUT);
+        let catalog = Arc::new(OnceLock::new());
+        let setup = Setup {
+            js: js.clone(),
+            namespace: settings.namespace.clone(),
+            stream_max_bytes: settings.stream_max_bytes,
+            shutdown: shutdown.clone(),
+        };
+        match setup.open_catalog().await {
+            Ok(loaded) => {
+                let _ = catalog.set(loaded);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "NATS not ready; retrying in the background"
+                );
+                let slot = Arc::clone(&catalog);
+                tokio::spawn(async move { setup.retry_until_open(slot).await });
+            }
+        }
+        let admin = settings
+            .admin_token
+            .as_ref()
+            .map(|token| TokenHash::of(token.expose_secret()));
+        Ok(Service {
+            state: AppState {
+                client,
+                js,
+                namespace: settings.namespace,
+                catalog,
+                admin,
+                max_body_bytes: settings.max_body_bytes,
+                recent: Arc::new(RecentAnswers::new(RECENT_ANSWERS)),
+                shutdown,
+            },
+        })
+    }
+
+    /// `POST /v1/connectors/{id}/records`, with state applied.
+    pub fn router(&self) -> Router {
+        records::router().with_state(self.state.clone())
+    }
+
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        ApiDoc::openapi()
+    }
+
+    /// NATS connected, and the connector definitions loaded.
+    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            (
+                "nats",
+                self.state.client.connection_state() == State::Connected,
+            ),
+            ("connectors", self.state.catalog.get().is_some()),
+        ]
+    }
+}
+
+struct Setup {
+    js: jetstream::Context,
+    namespace: Namespace,
+    stream_max_bytes: Option<i64>,
+    shutdown: CancellationToken,
+}
+
+impl Setup {
+    async fn open_catalog(&self) -> anyhow::Result<Catalog> {
+        bus::ensure_streams(&self.js, &self.namespace, self.stream_max_bytes)
+            .await
+            .context("creating the streams")?;
+        let bucket = bus::connectors_bucket(&self.js, &self.namespace)
+            .await
+            .context("opening the connectors bucket")?;
+        Catalog::start(bucket, self.shutdown.clone())
+            .await
+            .context("loading the connectors")
+    }
+
+    async fn retry_until_open(self, slot: Arc<OnceLock<Catalog>>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            match self.open_catalog().await {
+                Ok(catalog) => {
+                    let _ = slot.set(catalog);
+                    tracing::info!("connected to NATS; connector definitions loaded");
+                    return;
+                }
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "NATS still not ready"),
+            }
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice ingest gateway",
+        description = "Producers POST records to a connector's endpoint; they are validated against its schema and made durable in JetStream."
+    ),
+    paths(records::post_records),
+    components(schemas(IngestAnswer)),
+    modifiers(&BearerAuth),
+    tags((name = "ingest", description = "Sending records"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The gateway bound to its listener, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    service: Service,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let service = Service::start(settings, shutdown.clone()).await?;
+        Ok(Application {
+            listener,
+            local_addr,
+            service,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until shutdown, then lets in-flight requests finish.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let service = self.service.clone();
+        let openapi = Json(self.service.openapi());
+        let router = self
+            .service
+            .router()
+            .merge(operational_routes())
+            .route(
+                "/readyz",
+                get(move || async move { readiness(&service.readiness().await) }),
+            )
+            .route("/openapi.json", get(move || async move { openapi }))
+            .method_not_allowed_fallback(method_not_allowed)
+            .fallback(no_such_route);
+        tracing::info!(address = %self.local_addr, "ingest gateway listening");
+        serve(
+            self.listener,
+            instrument(router),
+            self.shutdown,
+            SHUTDOWN_GRACE,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}

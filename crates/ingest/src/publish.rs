@@ -1,0 +1,121 @@
+//! Putting one request's chunks on the records stream, and waiting for the
+//! read API to report them stored.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
+use sluice_runtime::bus::{StoredNotice, headers};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::IngestError;
+use crate::idempotency::IdempotencyKey;
+
+/// The longest a whole request's publishing may take. Each ack already has
+/// the JetStream context's timeout; this also bounds the wait for an
+/// in-flight permit, so a request never hangs on a stalled bus.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What every message of one request carries in its headers.
+pub(crate) struct Envelope<'a> {
+    pub connector: Uuid,
+    pub schema_version: i64,
+    pub batch_id: Uuid,
+    pub request_id: Option<&'a str>,
+    pub key: Option<&'a IdempotencyKey>,
+}
+
+/// Publishes every chunk without waiting in between, then awaits every ack.
+/// `Ok` means every chunk is durable in the stream; any error or timeout
+/// means the request must not be reported as accepted.
+pub(crate) async fn publish_chunks(
+    js: &jetstream::Context,
+    subject: &str,
+    envelope: &Envelope<'_>,
+    chunks: Vec<Vec<u8>>,
+) -> Result<(), IngestError> {
+    let started = Instant::now();
+    let work = async {
+        let mut acks = Vec::with_capacity(chunks.len());
+        for (chunk, payload) in chunks.into_iter().enumerate() {
+            let mut message = PublishMessage::build()
+                .payload(payload.into())
+                .header(headers::CONNECTOR_ID, envelope.connector.to_string())
+                .header(headers::SCHEMA_VERSION, envelope.schema_version.to_string())
+                .header(headers::BATCH_ID, envelope.batch_id.to_string());
+            if let Some(request_id) = envelope.request_id {
+                message = message.header(headers::REQUEST_ID, request_id);
+            }
+            // Only idempotent requests are deduplicated: two distinct
+            // requests with the same body are two batches.
+            if let Some(key) = envelope.key {
+                message = message.message_id(key.message_id(envelope.connector, chunk));
+            }
+            let ack = js
+                .send_publish(subject.to_owned(), message)
+                .await
+                .map_err(|e| IngestError::BusUnavailable(format!("publish: {e}")))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            let ack = ack
+                .await
+                .map_err(|e| IngestError::BusUnavailable(format!("publish ack: {e}")))?;
+            if ack.duplicate {
+                tracing::debug!(sequence = ack.sequence, "chunk already in the stream");
+            }
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(PUBLISH_DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(IngestError::BusUnavailable(
+                "publishing took longer than its deadline".to_owned(),
+            ))
+        });
+    let result = if outcome.is_ok() { "ok" } else { "error" };
+    metrics::histogram!("sluice_ingest_publish_duration_seconds", "result" => result)
+        .record(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// Waits until the read API has announced every chunk of `batch_id` stored.
+/// `false` when `patience` ran out (or the process is shutting down) first.
+pub(crate) async fn wait_until_stored(
+    mut notices: async_nats::Subscriber,
+    batch_id: Uuid,
+    chunks: usize,
+    patience: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut stored = vec![false; chunks];
+    let mut missing = chunks;
+    let deadline = tokio::time::Instant::now() + patience;
+    while missing > 0 {
+        let message = tokio::select! {
+            message = notices.next() => message,
+            _ = tokio::time::sleep_until(deadline) => return false,
+            _ = shutdown.cancelled() => return false,
+        };
+        let Some(message) = message else {
+            return false;
+        };
+        // Notices of other batches of this connector share the subject.
+        let Ok(notice) = serde_json::from_slice::<StoredNotice>(&message.payload) else {
+            continue;
+        };
+        if notice.batch_id != batch_id {
+            continue;
+        }
+        if let Some(seen) = stored.get_mut(notice.chunk as usize)
+            && !*seen
+        {
+            *seen = true;
+            missing -= 1;
+        }
+    }
+    let _ = notices.unsubscribe().await;
+    true
+}

@@ -1,0 +1,388 @@
+//! `POST /v1/connectors/{id}/records` (SPEC 7).
+//!
+//! In order: the token (401/403/404, before anything about the request is
+//! looked at), the query and headers (400/415), the body under its size limit
+//! (413), validation (400/422), then publishing (503 unless every chunk is
+//! acknowledged), and with `wait=true` the read API's notices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sluice_runtime::bus::ConnectorDoc;
+use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
+use sluice_runtime::token::TokenKind;
+use sluice_schema::{Format, RecordError, validate};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::batch::{BatchHeader, ChunkError, encode_chunks};
+use crate::body::{self, Encoding};
+use crate::error::IngestError;
+use crate::idempotency::{IdempotencyKey, Seen, request_digest};
+use crate::publish::{Envelope, publish_chunks, wait_until_stored};
+
+/// How long `wait=true` holds the answer for the read API (SPEC 7).
+const WAIT_FOR_STORED: Duration = Duration::from_secs(10);
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v1/connectors/{id}/records", post(post_records))
+}
+
+/// The answer to an accepted request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct IngestAnswer {
+    /// Records accepted: durable in the bus, to be stored.
+    accepted: usize,
+    /// Records refused (partial mode only), kept as rejected records.
+    rejected: usize,
+    /// Identifies the request's records in the bus; the same for every
+    /// retry with one `Idempotency-Key`.
+    batch_id: Uuid,
+    /// The schema version the records were validated against.
+    schema_version: i64,
+    /// Partial mode: the first 100 errors, as in a 422 answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    errors: Option<Vec<RecordError>>,
+    /// Partial mode: how many errors there were in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_count: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    AllOrNothing,
+    Partial,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::AllOrNothing => "all_or_nothing",
+            Mode::Partial => "partial",
+        }
+    }
+}
+
+/// The query string, read by hand so that a bad one is a problem+json 400
+/// given after the token check, not axum's text rejection.
+#[derive(Debug, Default, Deserialize)]
+struct RawParams {
+    mode: Option<String>,
+    wait: Option<String>,
+}
+
+struct Params {
+    mode: Mode,
+    wait: bool,
+}
+
+impl Params {
+    fn from_uri(uri: &Uri) -> Result<Params, IngestError> {
+        let Query(raw) =
+            Query::<RawParams>::try_from_uri(uri).map_err(|e| IngestError::InvalidParameter {
+                name: "query",
+                detail: format!("the query string cannot be read: {}", e.body_text()),
+            })?;
+        let mode = match raw.mode.as_deref() {
+            None | Some("all_or_nothing") => Mode::AllOrNothing,
+            Some("partial") => Mode::Partial,
+            Some(other) => {
+                return Err(IngestError::InvalidParameter {
+                    name: "mode",
+                    detail: format!("mode must be all_or_nothing or partial, not {other:?}"),
+                });
+            }
+        };
+        let wait = match raw.wait.as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(IngestError::InvalidParameter {
+                    name: "wait",
+                    detail: format!("wait must be true or false, not {other:?}"),
+                });
+            }
+        };
+        Ok(Params { mode, wait })
+    }
+}
+
+/// Accept records for a connector.
+///
+/// The body is a JSON array of objects or one object (`application/json`),
+/// newline-delimited JSON (`application/x-ndjson`) or CSV with a header row
+/// (`text/csv`), optionally `Content-Encoding: gzip`. Authorised by the
+/// connector's write token or the operator token.
+#[utoipa::path(
+    post,
+    path = "/v1/connectors/{id}/records",
+    tag = "ingest",
+    params(
+        ("id" = Uuid, Path, description = "The connector's id"),
+        ("mode" = Option<String>, Query, description = "`all_or_nothing` (default) or `partial`"),
+        ("wait" = Option<bool>, Query, description = "Answer 200 once the records are readable (202 after 10 s)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry within 10 minutes stores nothing twice and gets the same answer"),
+    ),
+    request_body(
+        description = "Records, in the format that Content-Type names",
+        content(
+            (Object = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every accepted record is durable in the bus", body = IngestAnswer),
+        (status = 200, description = "With wait=true: the records are readable", body = IngestAnswer),
+        (status = 400, description = "Malformed body (with line and column), bad parameter or Idempotency-Key", content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 403, description = "A token of another connector, or a read token", content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed", content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
+        (status = 422, description = "Records failed validation (all_or_nothing): `errors` and `error_count`", content_type = "application/problem+json"),
+        (status = 503, description = "The bus cannot take records now; retry after Retry-After", content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+#[tracing::instrument(skip_all, fields(connector))]
+pub(crate) async fn post_records(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    token: Result<BearerToken, Problem>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = match token {
+        Ok(BearerToken(token)) => {
+            // An id that is not a UUID names no connector: the token check
+            // still decides between 401, 403 and 404.
+            let connector = id
+                .ok()
+                .and_then(|Path(id)| id.parse::<Uuid>().ok())
+                .unwrap_or(Uuid::nil());
+            tracing::Span::current().record("connector", tracing::field::display(connector));
+            ingest(&state, connector, &token, &uri, &headers, body).await
+        }
+        Err(problem) => Err(IngestError::NoToken(problem.detail)),
+    };
+    let status = match &outcome {
+        Ok((status, _)) => *status,
+        Err(error) => error.status(),
+    };
+    metrics::counter!("sluice_ingest_requests_total", "status" => status.as_str().to_owned())
+        .increment(1);
+    match outcome {
+        Ok((status, answer)) => (status, axum::Json(answer)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn ingest(
+    state: &AppState,
+    connector: Uuid,
+    token: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, IngestAnswer), IngestError> {
+    let catalog = state.catalog()?;
+    let doc = catalog
+        .authorize(token, state.admin.as_ref(), connector, TokenKind::Write)
+        .map_err(IngestError::Denied)?;
+    let params = Params::from_uri(uri)?;
+    let key = IdempotencyKey::from_headers(headers)?;
+    let format = body::format_of(headers)?;
+    let encoding = body::encoding_of(headers)?;
+    let bytes = body::read_limited(headers, body, encoding, state.max_body_bytes).await?;
+    metrics::counter!("sluice_ingest_bytes_received_total").increment(bytes.len() as u64);
+    if encoding == Encoding::Gzip {
+        tracing::debug!(decompressed = bytes.len(), "gzip body inflated");
+    }
+
+    let request = key.as_ref().map(|_| {
+        request_digest(&[
+            format_name(format).as_bytes(),
+            params.mode.as_str().as_bytes(),
+            &bytes,
+        ])
+    });
+    if let (Some(key), Some(request)) = (&key, &request) {
+        match state.recent.lookup(connector, key, request) {
+            Seen::New => {}
+            Seen::Retry(answer) => return Ok(answer),
+            Seen::Reused => return Err(IngestError::IdempotencyKeyReused),
+        }
+    }
+
+    let batch_id = key
+        .as_ref()
+        .map_or_else(Uuid::now_v7, |key| key.batch_id(connector));
+    let limit = state.chunk_limit();
+    let prepare_doc = Arc::clone(&doc);
+    let mode = params.mode;
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(&prepare_doc, format, mode, &bytes, batch_id, limit)
+    })
+    .await
+    .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation task")))??;
+
+    let answer = IngestAnswer {
+        accepted: prepared.accepted,
+        rejected: prepared.rejected,
+        batch_id,
+        schema_version: doc.schema_version,
+        errors: (mode == Mode::Partial).then_some(prepared.errors),
+        error_count: (mode == Mode::Partial).then_some(prepared.error_count),
+    };
+    let status = if prepared.chunks.is_empty() {
+        // Nothing to store: nothing to wait for either.
+        if params.wait {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        }
+    } else {
+        state.ensure_connected()?;
+        // Subscribed before publishing, so no notice can be missed.
+        let notices = if params.wait {
+            let subject = state.namespace.stored_subject(connector);
+            Some(state.client.subscribe(subject).await.map_err(|e| {
+                IngestError::BusUnavailable(format!("subscribing to stored notices: {e}"))
+            })?)
+        } else {
+            None
+        };
+        let chunks = prepared.chunks.len();
+        let request_id = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok());
+        let envelope = Envelope {
+            connector,
+            schema_version: doc.schema_version,
+            batch_id,
+            request_id,
+            key: key.as_ref(),
+        };
+        let subject = state.namespace.records_subject(connector);
+        publish_chunks(&state.js, &subject, &envelope, prepared.chunks).await?;
+        metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
+        metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
+        match notices {
+            Some(notices) => {
+                let stored =
+                    wait_until_stored(notices, batch_id, chunks, WAIT_FOR_STORED, &state.shutdown)
+                        .await;
+                if stored {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                }
+            }
+            None => StatusCode::ACCEPTED,
+        }
+    };
+    if let (Some(key), Some(request)) = (key, request) {
+        state
+            .recent
+            .remember(connector, key, request, (status, answer.clone()));
+    }
+    Ok((status, answer))
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Json => "json",
+        Format::Ndjson => "ndjson",
+        Format::Csv => "csv",
+    }
+}
+
+/// A validated body, laid out as messages.
+struct Prepared {
+    accepted: usize,
+    rejected: usize,
+    errors: Vec<RecordError>,
+    error_count: usize,
+    chunks: Vec<Vec<u8>>,
+}
+
+/// Validation and encoding: CPU-bound work for a blocking thread.
+fn prepare(
+    doc: &ConnectorDoc,
+    format: Format,
+    mode: Mode,
+    body: &[u8],
+    batch_id: Uuid,
+    limit: usize,
+) -> Result<Prepared, IngestError> {
+    let validation = validate(&doc.schema, doc.extra_fields, format, body)?;
+    if mode == Mode::AllOrNothing && validation.error_count > 0 {
+        return Err(IngestError::ValidationFailed {
+            errors: validation.errors,
+            error_count: validation.error_count,
+        });
+    }
+    let header = BatchHeader {
+        batch_id,
+        schema: &doc.schema,
+        schema_version: doc.schema_version,
+        received_at: Utc::now(),
+    };
+    let chunks = encode_chunks(
+        &header,
+        &validation.records,
+        &validation.rejected,
+        body.len(),
+        limit,
+    )
+    .map_err(|error| match error {
+        ChunkError::RecordTooLarge(record) => IngestError::RecordTooLarge { record, limit },
+        ChunkError::Encode(error) => {
+            IngestError::Internal(anyhow::Error::new(error).context("encoding a record batch"))
+        }
+    })?;
+    Ok(Prepared {
+        accepted: validation.records.len(),
+        rejected: validation.rejected.len(),
+        errors: validation.errors,
+        error_count: validation.error_count,
+        chunks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(query: &str) -> Result<Params, IngestError> {
+        Params::from_uri(&format!("/x?{query}").parse().unwrap())
+    }
+
+    #[test]
+    fn mode_and_wait_are_checked() {
+        let p = params("").unwrap();
+        assert_eq!((p.mode, p.wait), (Mode::AllOrNothing, false));
+        let p = params("mode=partial&wait=true").unwrap();
+        assert_eq!((p.mode, p.wait), (Mode::Partial, true));
+        assert!(matches!(
+            params("mode=some"),
+            Err(IngestError::InvalidParameter { name: "mode", .. })
+        ));
+        assert!(matches!(
+            params("wait=soon"),
+            Err(IngestError::InvalidParameter { name: "wait", .. })
+        ));
+        assert!(params("mode=partial&mode=partial").is_err());
+    }
+}
