@@ -1,0 +1,462 @@
+//! The read API's SQL, in small functions that take a connection.
+//!
+//! Lock order, shared with the control plane so that none of us deadlocks:
+//! a connector's `connectors` row first (the control plane takes it FOR
+//! UPDATE before it alters or drops the records table; the store takes it
+//! FOR SHARE), then its `connector_stats` row, then its records table.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use sluice_runtime::bus::{ColumnValues, RecordBatch, RejectedRecord};
+use sluice_runtime::store::{
+    ID_COLUMN, RECEIVED_AT_COLUMN, convert_sql, quote_ident, records_table,
+};
+use sluice_schema::{Conversion, Schema};
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::query::Query;
+use sqlx::types::Json;
+use sqlx::{Postgres, Row};
+use uuid::Uuid;
+
+use crate::page::{Bind, PagePlan};
+
+/// Records `sequence` of `stream` as applied; false if it already was, in
+/// which case this message's rows are in the database already.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn mark_applied(
+    conn: &mut PgConnection,
+    stream: &str,
+    sequence: i64,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "INSERT INTO applied_messages (stream, sequence) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(stream)
+    .bind(sequence)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The connector's current schema, its row held FOR SHARE until the end of
+/// the transaction: a schema edit (which holds the row FOR UPDATE while it
+/// alters the table) is then either fully before this or fully after it.
+/// `None`: the connector is gone.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn share_connector_schema(
+    conn: &mut PgConnection,
+    connector: Uuid,
+) -> sqlx::Result<Option<Schema>> {
+    let row: Option<(Json<Schema>,)> =
+        sqlx::query_as("SELECT schema FROM connectors WHERE id = $1 FOR SHARE")
+            .bind(connector)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(schema,)| schema.0))
+}
+
+/// The ids last handed out for a connector, read under its stats row lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdCounters {
+    pub last_record_id: i64,
+    pub last_rejected_id: i64,
+}
+
+/// Locks the connector's stats row FOR UPDATE: the lock under which ids are
+/// allocated, so that one connector's writes commit in `_id` order. The
+/// row is made if the connector has none yet.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn lock_counters(
+    conn: &mut PgConnection,
+    connector: Uuid,
+) -> sqlx::Result<Option<IdCounters>> {
+    let lock = "SELECT last_record_id, last_rejected_id FROM connector_stats \
+                WHERE connector_id = $1 FOR UPDATE";
+    if let Some((r, j)) = sqlx::query_as::<_, (i64, i64)>(lock)
+        .bind(connector)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(Some(IdCounters {
+            last_record_id: r,
+            last_rejected_id: j,
+        }));
+    }
+    sqlx::query(
+        "INSERT INTO connector_stats (connector_id) SELECT id FROM connectors WHERE id = $1 \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(connector)
+    .execute(&mut *conn)
+    .await?;
+    Ok(sqlx::query_as::<_, (i64, i64)>(lock)
+        .bind(connector)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|(r, j)| IdCounters {
+            last_record_id: r,
+            last_rejected_id: j,
+        }))
+}
+
+/// Why a batch cannot be stored as it is, ever.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unstorable(pub String);
+
+/// One column of the insert: what is bound, and how it is cast to the
+/// field's current type.
+enum ArrayBind {
+    Integer(Vec<Option<i64>>),
+    Number(Vec<Option<f64>>),
+    Boolean(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+    Date(Vec<Option<NaiveDate>>),
+    Timestamp(Vec<Option<DateTime<Utc>>>),
+}
+
+/// The insert of a batch's rows into the records table, with ONE statement:
+/// every column bound as one typed array and unnested.
+pub(crate) struct RecordInsert {
+    sql: String,
+    ids: Vec<i64>,
+    received_at: DateTime<Utc>,
+    arrays: Vec<ArrayBind>,
+}
+
+impl RecordInsert {
+    /// Maps the batch's columns onto `schema`, the connector's current one:
+    /// by field id, so renamed fields follow their id and removed ones are
+    /// dropped; a column of an older type is converted exactly as the
+    /// control plane converted the stored values; fields the batch lacks
+    /// stay null.
+    pub(crate) fn plan(
+        connector: Uuid,
+        schema: &Schema,
+        batch: RecordBatch,
+        first_id: i64,
+    ) -> Result<RecordInsert, Unstorable> {
+        let rows = batch.rows;
+        let mut targets = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
+        let mut selects = vec!["u.c0".to_owned(), "$2".to_owned()];
+        // $1 ids, $2 received_at, then one array per column from $3.
+        let mut unnest = vec!["$1::bigint[]".to_owned()];
+        let mut aliases = vec!["c0".to_owned()];
+        let mut arrays = Vec::new();
+        let mut seen = Vec::new();
+        for column in batch.columns {
+            if column.values.len() != rows {
+                return Err(Unstorable(format!(
+                    "column of field {} holds {} values for {rows} rows",
+                    column.field.0,
+                    column.values.len()
+                )));
+            }
+            let Some(field) = schema.field_by_id(column.field) else {
+                // Removed since the gateway validated: its values go.
+                continue;
+            };
+            if seen.contains(&field.id) {
+                return Err(Unstorable(format!(
+                    "field {} has two columns",
+                    column.field.0
+                )));
+            }
+            seen.push(field.id);
+            let from = column.values.field_type();
+            let n = arrays.len() + 3;
+            let alias = format!("c{}", arrays.len() + 1);
+            let (array, pg_array, cast) = array_of(column.values)?;
+            let value = format!("u.{alias}{cast}");
+            let value = if from == field.ty {
+                value
+            } else {
+                let conversion = Conversion::between(from, field.ty).ok_or_else(|| {
+                    Unstorable(format!(
+                        "field {:?} is now {} and a {from} value cannot become one",
+                        field.name.as_str(),
+                        field.ty
+                    ))
+                })?;
+                convert_sql(conversion, from, &value)
+            };
+            targets.push(quote_ident(field.name.as_str()));
+            selects.push(value);
+            unnest.push(format!("${n}::{pg_array}"));
+            aliases.push(alias);
+            arrays.push(array);
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({})",
+            records_table(connector),
+            targets.join(", "),
+            selects.join(", "),
+            unnest.join(", "),
+            aliases.join(", "),
+        );
+        let count = i64::try_from(rows).map_err(|_| Unstorable("too many rows".into()))?;
+        Ok(RecordInsert {
+            sql,
+            ids: (first_id..first_id + count).collect(),
+            received_at: batch.received_at,
+            arrays,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(rows = self.ids.len()))]
+    pub(crate) async fn execute(self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let mut query = sqlx::query(&self.sql).bind(self.ids).bind(self.received_at);
+        for array in self.arrays {
+            query = match array {
+                ArrayBind::Integer(v) => query.bind(v),
+                ArrayBind::Number(v) => query.bind(v),
+                ArrayBind::Boolean(v) => query.bind(v),
+                ArrayBind::Text(v) => query.bind(v),
+                ArrayBind::Date(v) => query.bind(v),
+                ArrayBind::Timestamp(v) => query.bind(v),
+            };
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// The array to bind for a column, its PostgreSQL array type, and the cast
+/// that makes an element its field type. Dates and timestamps are parsed
+/// here and sent in binary, so PostgreSQL never reparses their text.
+fn array_of(values: ColumnValues) -> Result<(ArrayBind, &'static str, &'static str), Unstorable> {
+    Ok(match values {
+        ColumnValues::String(v) => (ArrayBind::Text(v), "text[]", ""),
+        ColumnValues::Integer(v) => (ArrayBind::Integer(v), "bigint[]", ""),
+        ColumnValues::Number(v) => (ArrayBind::Number(v), "float8[]", ""),
+        ColumnValues::Decimal(v) => (ArrayBind::Text(v), "text[]", "::numeric"),
+        ColumnValues::Boolean(v) => (ArrayBind::Boolean(v), "boolean[]", ""),
+        ColumnValues::Date(v) => {
+            let dates = v
+                .into_iter()
+                .map(|d| {
+                    d.map(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d"))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Unstorable(format!("a date value is malformed: {e}")))?;
+            (ArrayBind::Date(dates), "date[]", "")
+        }
+        ColumnValues::Timestamp(v) => {
+            let times = v
+                .into_iter()
+                .map(|t| {
+                    t.map(|t| DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Unstorable(format!("a timestamp value is malformed: {e}")))?;
+            (ArrayBind::Timestamp(times), "timestamptz[]", "")
+        }
+        ColumnValues::Json(v) => (
+            ArrayBind::Text(
+                v.into_iter()
+                    .map(|j| j.map(|j| String::from(Box::<str>::from(j))))
+                    .collect(),
+            ),
+            "text[]",
+            "::jsonb",
+        ),
+    })
+}
+
+/// Keeps refused records for `/rejected`, ids from `first_id` on.
+#[tracing::instrument(skip_all, fields(count = rejected.len()))]
+pub(crate) async fn insert_rejected(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    received_at: DateTime<Utc>,
+    rejected: &[RejectedRecord],
+    first_id: i64,
+) -> sqlx::Result<()> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = (first_id..).take(rejected.len()).collect();
+    let records: Vec<String> = rejected.iter().map(|r| r.record.to_string()).collect();
+    let errors: Vec<String> = rejected.iter().map(|r| r.errors.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO rejected_records (connector_id, id, received_at, record, errors) \
+         SELECT $1, u.id, $2, u.record::jsonb, u.errors::jsonb \
+         FROM UNNEST($3::bigint[], $4::text[], $5::text[]) AS u(id, record, errors)",
+    )
+    .bind(connector)
+    .bind(received_at)
+    .bind(ids)
+    .bind(records)
+    .bind(errors)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the counters past what this batch stored, in the same transaction
+/// as its rows, for the control plane to report.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn advance_stats(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    counters: IdCounters,
+    records: i64,
+    rejected: i64,
+    received_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE connector_stats SET last_record_id = $2, last_rejected_id = $3, \
+         records = records + $4, rejected = rejected + $5, \
+         last_received_at = GREATEST(last_received_at, $6) \
+         WHERE connector_id = $1",
+    )
+    .bind(connector)
+    .bind(counters.last_record_id)
+    .bind(counters.last_rejected_id)
+    .bind(records)
+    .bind(rejected)
+    .bind(received_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets applied sequences that can never be delivered again: every
+/// message up to the consumer's ack floor is acknowledged for good. The
+/// hour of margin covers a replica still holding an older copy of one.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn forget_applied_up_to(
+    conn: &mut PgConnection,
+    stream: &str,
+    ack_floor: i64,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "DELETE FROM applied_messages WHERE stream = $1 AND sequence <= $2 \
+         AND applied_at < now() - interval '1 hour'",
+    )
+    .bind(stream)
+    .bind(ack_floor)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Starts the transaction that one GET reads in: a single snapshot, so the
+/// bound, the probe and the rows agree.
+pub(crate) async fn begin_snapshot(
+    pool: &sqlx::PgPool,
+) -> sqlx::Result<sqlx::Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// What a reader needs of its connector, read at the start of its snapshot.
+pub(crate) struct ReadableConnector {
+    pub schema: Schema,
+    pub last_record_id: i64,
+}
+
+/// Takes the records table's ACCESS SHARE lock (so no schema edit can alter
+/// it until this transaction ends), then reads the connector's schema and
+/// counters. The lock comes first and, in REPEATABLE READ, before the
+/// snapshot: an edit that altered the table commits before the schema is
+/// read, so the schema always names the table's real columns. `None`: the
+/// connector is gone.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn open_connector(
+    conn: &mut PgConnection,
+    connector: Uuid,
+) -> sqlx::Result<Option<ReadableConnector>> {
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS SHARE MODE",
+        records_table(connector)
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query(
+        "SELECT c.schema, COALESCE(s.last_record_id, 0) \
+         FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
+    )
+    .bind(connector)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| {
+        Ok(ReadableConnector {
+            schema: row.try_get::<Json<Schema>, _>(0)?.0,
+            last_record_id: row.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// Binds the page's range and the plan's values, in placeholder order.
+pub(crate) fn bind_page<'q>(
+    mut query: Query<'q, Postgres, PgArguments>,
+    after: i64,
+    up_to: i64,
+    binds: &'q [Bind],
+) -> Query<'q, Postgres, PgArguments> {
+    query = query.bind(after).bind(up_to);
+    for bind in binds {
+        query = match bind {
+            Bind::Integer(v) => query.bind(*v),
+            Bind::Number(v) => query.bind(*v),
+            Bind::Text(v) => query.bind(v.as_str()),
+            Bind::Boolean(v) => query.bind(*v),
+            Bind::Date(v) => query.bind(*v),
+            Bind::Timestamp(v) => query.bind(*v),
+            Bind::Uuid(v) => query.bind(*v),
+        };
+    }
+    query
+}
+
+/// Where a filtered page ends: the ids of at most `limit + 1` matching rows
+/// after `after` and up to `bound`. Returns how many matched (at most
+/// `limit + 1`) and the `limit`-th id if there were that many.
+#[tracing::instrument(skip(conn, plan))]
+pub(crate) async fn probe_page(
+    conn: &mut PgConnection,
+    plan: &PagePlan,
+    after: i64,
+    bound: i64,
+    limit: i64,
+) -> sqlx::Result<(i64, Option<i64>)> {
+    let sql = plan.probe_sql();
+    let mut ids = bind_page(sqlx::query(&sql), after, bound, &plan.binds)
+        .bind(limit + 1)
+        .fetch(&mut *conn);
+    let mut count = 0;
+    let mut last_of_page = None;
+    while let Some(row) = ids.try_next().await? {
+        count += 1;
+        if count == limit {
+            last_of_page = Some(row.try_get::<i64, _>(0)?);
+        }
+    }
+    Ok((count, last_of_page))
+}
+
+/// The bound of `/rejected`: whether the connector exists, and its last id.
+#[tracing::instrument(skip(conn))]
+pub(crate) async fn rejected_bound(
+    conn: &mut PgConnection,
+    connector: Uuid,
+) -> sqlx::Result<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT COALESCE(s.last_rejected_id, 0) \
+         FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
+    )
+    .bind(connector)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(id,)| id))
+}

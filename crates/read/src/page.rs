@@ -1,0 +1,785 @@
+//! What a GET asks for: the query parameters of SPEC 8, checked, and the SQL
+//! that they turn into against a connector's current schema.
+//!
+//! Every field name reaches SQL through [`quote_ident`] after it was found in
+//! the schema, and every value as a bound parameter, typed by its field.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, NaiveDate, Utc};
+use sluice_runtime::store::{ID_COLUMN, RECEIVED_AT_COLUMN, quote_ident};
+use sluice_schema::{FieldType, Schema};
+
+use crate::error::ReadError;
+
+pub(crate) const DEFAULT_LIMIT: i64 = 100;
+pub(crate) const MAX_LIMIT: i64 = 10_000;
+pub(crate) const MAX_WAIT_SECS: u64 = 30;
+
+/// Parameters with a meaning of their own; any other name is a filter.
+const RESERVED: [&str; 5] = ["limit", "cursor", "fields", "format", "wait"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputFormat {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+impl OutputFormat {
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Json => "application/json",
+            OutputFormat::Ndjson => "application/x-ndjson",
+            OutputFormat::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    fn parse(value: &str) -> Option<OutputFormat> {
+        match value {
+            "json" => Some(OutputFormat::Json),
+            "ndjson" => Some(OutputFormat::Ndjson),
+            "csv" => Some(OutputFormat::Csv),
+            _ => None,
+        }
+    }
+
+    /// The first media type of `Accept` that names one of ours; anything
+    /// else (`*/*`, `text/html`, nothing) gets JSON rather than a 406.
+    fn from_accept(accept: &str) -> OutputFormat {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let media = item.split(';').next().unwrap_or_default().trim();
+                match media.to_ascii_lowercase().as_str() {
+                    "application/json" => Some(OutputFormat::Json),
+                    "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                        Some(OutputFormat::Ndjson)
+                    }
+                    "text/csv" => Some(OutputFormat::Csv),
+                    _ => None,
+                }
+            })
+            .next()
+            .unwrap_or(OutputFormat::Json)
+    }
+}
+
+/// The two id spaces that cursors walk. A cursor carries its kind, so a
+/// cursor of `/rejected` given to `/records` is refused rather than misread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CursorKind {
+    Records,
+    Rejected,
+}
+
+impl CursorKind {
+    fn tag(self) -> &'static str {
+        match self {
+            CursorKind::Records => "r",
+            CursorKind::Rejected => "j",
+        }
+    }
+}
+
+/// A position in a connector's records: every `_id` up to and including
+/// `after` has been handed out. Opaque to clients: base64url of `r:<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordCursor {
+    pub kind: CursorKind,
+    pub after: i64,
+}
+
+impl RecordCursor {
+    pub(crate) fn start(kind: CursorKind) -> RecordCursor {
+        RecordCursor { kind, after: 0 }
+    }
+
+    pub(crate) fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.kind.tag(), self.after))
+    }
+
+    pub(crate) fn decode(kind: CursorKind, text: &str) -> Option<RecordCursor> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = std::str::from_utf8(&bytes).ok()?;
+        let (tag, id) = text.split_once(':')?;
+        let after: i64 = id.parse().ok()?;
+        (tag == kind.tag() && after >= 0).then_some(RecordCursor { kind, after })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FilterOp {
+    Eq,
+    Neq,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    IsNull,
+    NotNull,
+}
+
+impl FilterOp {
+    /// Splits `op.value`; `is.null` and `not.null` take no value.
+    fn parse(text: &str) -> Option<(FilterOp, Option<&str>)> {
+        match text {
+            "is.null" => return Some((FilterOp::IsNull, None)),
+            "not.null" => return Some((FilterOp::NotNull, None)),
+            _ => {}
+        }
+        let (op, value) = text.split_once('.')?;
+        let op = match op {
+            "eq" => FilterOp::Eq,
+            "neq" => FilterOp::Neq,
+            "gt" => FilterOp::Gt,
+            "gte" => FilterOp::Gte,
+            "lt" => FilterOp::Lt,
+            "lte" => FilterOp::Lte,
+            _ => return None,
+        };
+        Some((op, Some(value)))
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            // Null is "not equal" to a value too: `status=neq.done` keeps the
+            // records without a status. Add `status=not.null` to drop them.
+            FilterOp::Neq => "IS DISTINCT FROM",
+            FilterOp::Gt => ">",
+            FilterOp::Gte => ">=",
+            FilterOp::Lt => "<",
+            FilterOp::Lte => "<=",
+            FilterOp::IsNull => "IS NULL",
+            FilterOp::NotNull => "IS NOT NULL",
+        }
+    }
+}
+
+/// A filter as the query string gave it, before the schema is known.
+#[derive(Debug, Clone)]
+pub(crate) struct RawFilter {
+    pub field: String,
+    pub op: FilterOp,
+    pub value: Option<String>,
+}
+
+/// The parameters of one GET, checked for everything that does not depend
+/// on the connector's schema.
+#[derive(Debug, Clone)]
+pub(crate) struct PageParams {
+    pub limit: i64,
+    pub cursor: RecordCursor,
+    pub wait: Duration,
+    pub format: OutputFormat,
+    pub fields: Option<Vec<String>>,
+    pub filters: Vec<RawFilter>,
+}
+
+impl PageParams {
+    pub(crate) fn parse(
+        kind: CursorKind,
+        pairs: &[(String, String)],
+        accept: Option<&str>,
+    ) -> Result<PageParams, ReadError> {
+        let mut params = PageParams {
+            limit: DEFAULT_LIMIT,
+            cursor: RecordCursor::start(kind),
+            wait: Duration::ZERO,
+            format: accept.map_or(OutputFormat::Json, OutputFormat::from_accept),
+            fields: None,
+            filters: Vec::new(),
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, value) in pairs {
+            // A field may be called `limit` or `format`: a value shaped like
+            // `op.value` is then a filter on it, since no value of those
+            // parameters reads that way (cursors are base64url, fields are
+            // names, the rest are numbers or words).
+            let reserved = RESERVED.contains(&name.as_str()) && FilterOp::parse(value).is_none();
+            if !reserved {
+                let (op, operand) = FilterOp::parse(value).ok_or_else(|| {
+                    ReadError::bad_parameter(
+                        "invalid_filter",
+                        name,
+                        format!(
+                            "filter {name:?} must read op.value with op one of eq, neq, gt, gte, lt, lte, or be is.null or not.null; got {:?}",
+                            snippet(value)
+                        ),
+                    )
+                })?;
+                params.filters.push(RawFilter {
+                    field: name.clone(),
+                    op,
+                    value: operand.map(str::to_owned),
+                });
+                continue;
+            }
+            if seen.contains(&name.as_str()) {
+                return Err(ReadError::bad_parameter(
+                    "duplicate_parameter",
+                    name,
+                    format!("parameter {name:?} is given more than once"),
+                ));
+            }
+            seen.push(name);
+            match name.as_str() {
+                "limit" => {
+                    params.limit = value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ReadError::bad_parameter(
+                                "invalid_limit",
+                                "limit",
+                                format!(
+                                    "limit must be a whole number from 1 to {MAX_LIMIT}; got {:?}",
+                                    snippet(value)
+                                ),
+                            )
+                        })?;
+                }
+                "cursor" => {
+                    params.cursor = RecordCursor::decode(kind, value).ok_or_else(|| {
+                        ReadError::bad_parameter(
+                            "invalid_cursor",
+                            "cursor",
+                            "cursor is not one this endpoint handed out; use the next_cursor of a previous page, or omit it to start from the beginning",
+                        )
+                    })?;
+                }
+                "wait" => {
+                    let secs = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n <= MAX_WAIT_SECS)
+                        .ok_or_else(|| {
+                            ReadError::bad_parameter(
+                                "invalid_wait",
+                                "wait",
+                                format!(
+                                    "wait must be a whole number of seconds from 0 to {MAX_WAIT_SECS}; got {:?}",
+                                    snippet(value)
+                                ),
+                            )
+                        })?;
+                    params.wait = Duration::from_secs(secs);
+                }
+                "format" => {
+                    params.format = OutputFormat::parse(value).ok_or_else(|| {
+                        ReadError::bad_parameter(
+                            "invalid_format",
+                            "format",
+                            format!(
+                                "format must be json, ndjson or csv; got {:?}",
+                                snippet(value)
+                            ),
+                        )
+                    })?;
+                }
+                "fields" => {
+                    let names: Vec<String> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if names.is_empty() {
+                        return Err(ReadError::bad_parameter(
+                            "invalid_fields",
+                            "fields",
+                            "fields must name at least one field, separated by commas",
+                        ));
+                    }
+                    params.fields = Some(names);
+                }
+                _ => unreachable!("every reserved name is handled above"),
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// A value bound to a statement, typed as its field.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    Integer(i64),
+    Number(f64),
+    Text(String),
+    Boolean(bool),
+    Date(NaiveDate),
+    Timestamp(DateTime<Utc>),
+    Uuid(uuid::Uuid),
+}
+
+/// How a selected column is read back and shown (SPEC 5's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CellKind {
+    /// `_id` and rejected ids: a bigint shown as a string.
+    Id,
+    Text,
+    Integer,
+    Number,
+    Boolean,
+    Date,
+    Timestamp,
+    /// jsonb read as its text and embedded as it is.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct OutputColumn {
+    pub name: String,
+    pub kind: CellKind,
+}
+
+/// The SQL of one page, ready for the range its cursor and bound give.
+///
+/// Statements bind `$1` (after this id) and `$2` (up to this id), then
+/// [`PagePlan::binds`] from `$3` on.
+#[derive(Debug, Clone)]
+pub(crate) struct PagePlan {
+    pub columns: Vec<OutputColumn>,
+    /// The select list, matching `columns`.
+    select: String,
+    from: String,
+    id_column: String,
+    /// ` AND ...` conditions beyond the id range.
+    conditions: String,
+    pub binds: Vec<Bind>,
+    pub filtered: bool,
+}
+
+impl PagePlan {
+    /// The page of a connector's records under its current `schema`.
+    pub(crate) fn records(
+        table: String,
+        schema: &Schema,
+        params: &PageParams,
+    ) -> Result<PagePlan, ReadError> {
+        let mut columns = vec![
+            OutputColumn {
+                name: ID_COLUMN.to_owned(),
+                kind: CellKind::Id,
+            },
+            OutputColumn {
+                name: RECEIVED_AT_COLUMN.to_owned(),
+                kind: CellKind::Timestamp,
+            },
+        ];
+        let mut select = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
+        let chosen: Vec<&sluice_schema::Field> = match &params.fields {
+            None => schema.fields().iter().collect(),
+            Some(names) => {
+                let mut chosen: Vec<&sluice_schema::Field> = Vec::new();
+                for name in names {
+                    // The system fields are always there; naming them is fine.
+                    if name == ID_COLUMN || name == RECEIVED_AT_COLUMN {
+                        continue;
+                    }
+                    let field = schema.field_by_name(name).ok_or_else(|| {
+                        ReadError::bad_parameter(
+                            "unknown_field",
+                            name.clone(),
+                            format!(
+                                "fields names {:?}, which this connector does not have",
+                                snippet(name)
+                            ),
+                        )
+                    })?;
+                    if !chosen.iter().any(|f| f.id == field.id) {
+                        chosen.push(field);
+                    }
+                }
+                chosen
+            }
+        };
+        for field in chosen {
+            let column = quote_ident(field.name.as_str());
+            let (expr, kind) = match field.ty {
+                FieldType::String => (column, CellKind::Text),
+                FieldType::Integer => (column, CellKind::Integer),
+                FieldType::Number => (column, CellKind::Number),
+                // Exact: numeric's text is the value as stored, never a float.
+                FieldType::Decimal => (format!("{column}::text"), CellKind::Text),
+                FieldType::Boolean => (column, CellKind::Boolean),
+                FieldType::Date => (column, CellKind::Date),
+                FieldType::Timestamp => (column, CellKind::Timestamp),
+                FieldType::Json => (format!("{column}::text"), CellKind::Json),
+            };
+            select.push(expr);
+            columns.push(OutputColumn {
+                name: field.name.to_string(),
+                kind,
+            });
+        }
+
+        let mut plan = PagePlan {
+            columns,
+            select: select.join(", "),
+            from: table,
+            id_column: quote_ident(ID_COLUMN),
+            conditions: String::new(),
+            binds: Vec::new(),
+            filtered: !params.filters.is_empty(),
+        };
+        for filter in &params.filters {
+            let (column, ty) = if filter.field == RECEIVED_AT_COLUMN {
+                (quote_ident(RECEIVED_AT_COLUMN), FieldType::Timestamp)
+            } else {
+                let field = schema
+                    .field_by_name(&filter.field)
+                    .ok_or_else(|| unknown_filter_field(&filter.field))?;
+                (quote_ident(field.name.as_str()), field.ty)
+            };
+            plan.add_filter(&column, ty, filter)?;
+        }
+        Ok(plan)
+    }
+
+    /// The page of a connector's rejected records; only `_received_at` can
+    /// be filtered, and `fields` does not apply.
+    pub(crate) fn rejected(
+        connector: uuid::Uuid,
+        params: &PageParams,
+    ) -> Result<PagePlan, ReadError> {
+        if params.fields.is_some() {
+            return Err(ReadError::bad_parameter(
+                "invalid_fields",
+                "fields",
+                "rejected records always carry _id, _received_at, record and errors; fields does not apply",
+            ));
+        }
+        let columns = [
+            ("_id", CellKind::Id),
+            ("_received_at", CellKind::Timestamp),
+            ("record", CellKind::Json),
+            ("errors", CellKind::Json),
+        ]
+        .into_iter()
+        .map(|(name, kind)| OutputColumn {
+            name: name.to_owned(),
+            kind,
+        })
+        .collect();
+        let mut plan = PagePlan {
+            columns,
+            select: "id, received_at, record::text, errors::text".to_owned(),
+            from: "rejected_records".to_owned(),
+            id_column: "id".to_owned(),
+            conditions: " AND connector_id = $3".to_owned(),
+            binds: vec![Bind::Uuid(connector)],
+            filtered: false,
+        };
+        for filter in &params.filters {
+            if filter.field != RECEIVED_AT_COLUMN {
+                return Err(unknown_filter_field(&filter.field));
+            }
+            plan.add_filter("received_at", FieldType::Timestamp, filter)?;
+            plan.filtered = true;
+        }
+        Ok(plan)
+    }
+
+    fn placeholder(&mut self, bind: Bind) -> String {
+        self.binds.push(bind);
+        format!("${}", self.binds.len() + 2)
+    }
+
+    fn add_filter(
+        &mut self,
+        column: &str,
+        ty: FieldType,
+        filter: &RawFilter,
+    ) -> Result<(), ReadError> {
+        let op = filter.op;
+        let Some(text) = filter.value.as_deref() else {
+            self.conditions
+                .push_str(&format!(" AND {column} {}", op.sql()));
+            return Ok(());
+        };
+        if ty == FieldType::Json && !matches!(op, FilterOp::Eq | FilterOp::Neq) {
+            return Err(invalid_filter_value(
+                &filter.field,
+                "json fields can be filtered with eq, neq, is.null and not.null only",
+            ));
+        }
+        let operand = match ty {
+            FieldType::String => self.placeholder(Bind::Text(text.to_owned())),
+            FieldType::Integer => {
+                let value = text.parse::<i64>().map_err(|_| {
+                    invalid_filter_value(
+                        &filter.field,
+                        &format!("{:?} is not an integer", snippet(text)),
+                    )
+                })?;
+                self.placeholder(Bind::Integer(value))
+            }
+            FieldType::Number => {
+                let value = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite())
+                    .ok_or_else(|| {
+                        invalid_filter_value(
+                            &filter.field,
+                            &format!("{:?} is not a finite number", snippet(text)),
+                        )
+                    })?;
+                self.placeholder(Bind::Number(value))
+            }
+            FieldType::Decimal => {
+                if !is_decimal_literal(text) {
+                    return Err(invalid_filter_value(
+                        &filter.field,
+                        &format!("{:?} is not a decimal number", snippet(text)),
+                    ));
+                }
+                format!("{}::numeric", self.placeholder(Bind::Text(text.to_owned())))
+            }
+            FieldType::Boolean => {
+                let value = match text.to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(invalid_filter_value(
+                            &filter.field,
+                            &format!("{:?} is not true or false", snippet(text)),
+                        ));
+                    }
+                };
+                self.placeholder(Bind::Boolean(value))
+            }
+            FieldType::Date => {
+                let value = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+                    invalid_filter_value(
+                        &filter.field,
+                        &format!("{:?} is not a date like 2026-11-29", snippet(text)),
+                    )
+                })?;
+                self.placeholder(Bind::Date(value))
+            }
+            FieldType::Timestamp => {
+                let value = parse_timestamp(text).ok_or_else(|| {
+                    invalid_filter_value(
+                        &filter.field,
+                        &format!(
+                            "{:?} is not an RFC 3339 timestamp like 2026-11-29T13:00:00Z (write + as %2B)",
+                            snippet(text)
+                        ),
+                    )
+                })?;
+                self.placeholder(Bind::Timestamp(value))
+            }
+            FieldType::Json => {
+                if serde_json::from_str::<serde_json::Value>(text).is_err() {
+                    return Err(invalid_filter_value(
+                        &filter.field,
+                        &format!("{:?} is not JSON text", snippet(text)),
+                    ));
+                }
+                format!("{}::jsonb", self.placeholder(Bind::Text(text.to_owned())))
+            }
+        };
+        self.conditions
+            .push_str(&format!(" AND {column} {} {operand}", op.sql()));
+        Ok(())
+    }
+
+    fn range_condition(&self) -> String {
+        let id = &self.id_column;
+        format!("{id} > $1 AND {id} <= $2{}", self.conditions)
+    }
+
+    /// The rows of the page, in id order.
+    pub(crate) fn rows_sql(&self) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {}",
+            self.select,
+            self.from,
+            self.range_condition(),
+            self.id_column
+        )
+    }
+
+    /// The ids of up to `$n` matching rows, where `$n` follows the binds:
+    /// enough to learn where a filtered page ends and whether more follow.
+    pub(crate) fn probe_sql(&self) -> String {
+        format!(
+            "SELECT {id} FROM {} WHERE {} ORDER BY {id} LIMIT ${}",
+            self.from,
+            self.range_condition(),
+            self.binds.len() + 3,
+            id = self.id_column,
+        )
+    }
+}
+
+fn unknown_filter_field(name: &str) -> ReadError {
+    ReadError::bad_parameter(
+        "unknown_field",
+        name,
+        format!(
+            "filter names {:?}, which is neither a field of this connector nor _received_at",
+            snippet(name)
+        ),
+    )
+}
+
+fn invalid_filter_value(field: &str, why: &str) -> ReadError {
+    ReadError::bad_parameter(
+        "invalid_filter",
+        field,
+        format!("filter on {:?}: {why}", snippet(field)),
+    )
+}
+
+/// RFC 3339 with an offset. A `+` that the query string turned into a space
+/// (an unencoded `+01:00`) is taken back.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .or_else(|_| DateTime::parse_from_rfc3339(&text.replace(' ', "+")))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `-?digits[.digits][e[+-]digits]` with a sane exponent, which PostgreSQL's
+/// numeric always accepts (so a bad filter is a 400, never a 500).
+fn is_decimal_literal(text: &str) -> bool {
+    if text.len() > 1000 {
+        return false;
+    }
+    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (body, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (mantissa, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match fraction {
+        None => digits(whole),
+        Some(f) => {
+            (digits(whole) || whole.is_empty()) && (digits(f) || (f.is_empty() && digits(whole)))
+        }
+    };
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        digits(e) && e.len() <= 4 && e.parse::<u32>().is_ok_and(|n| n <= 1000)
+    });
+    mantissa_ok && exponent_ok
+}
+
+/// At most 100 characters of user text, for error messages.
+fn snippet(text: &str) -> String {
+    if text.chars().count() <= 100 {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(100).collect();
+        s.push('…');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn code(error: ReadError) -> &'static str {
+        match error {
+            ReadError::BadParameter { code, .. } => code,
+            other => panic!("expected a bad parameter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_anything_else() {
+        let cursor = RecordCursor {
+            kind: CursorKind::Records,
+            after: 42,
+        };
+        assert_eq!(
+            RecordCursor::decode(CursorKind::Records, &cursor.encode()),
+            Some(cursor)
+        );
+        assert_eq!(
+            RecordCursor::decode(CursorKind::Rejected, &cursor.encode()),
+            None
+        );
+        for bad in [
+            "",
+            "42",
+            "!!",
+            &URL_SAFE_NO_PAD.encode("r:-1"),
+            &URL_SAFE_NO_PAD.encode("r:x"),
+        ] {
+            assert_eq!(
+                RecordCursor::decode(CursorKind::Records, bad),
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_are_checked_and_filters_collected() {
+        let p = PageParams::parse(
+            CursorKind::Records,
+            &pairs(&[
+                ("limit", "5"),
+                ("age", "gt.3"),
+                ("name", "is.null"),
+                ("limit", "eq.2"),
+            ]),
+            Some("text/csv"),
+        )
+        .unwrap();
+        assert_eq!(p.limit, 5);
+        assert_eq!(p.format, OutputFormat::Csv);
+        // `limit=eq.2` filters a field named limit.
+        assert_eq!(p.filters.len(), 3);
+        assert_eq!(p.filters[1].op, FilterOp::IsNull);
+        assert_eq!(p.filters[2].field, "limit");
+
+        let bad = |items: &[(&str, &str)]| {
+            code(PageParams::parse(CursorKind::Records, &pairs(items), None).unwrap_err())
+        };
+        assert_eq!(bad(&[("limit", "0")]), "invalid_limit");
+        assert_eq!(bad(&[("limit", "10001")]), "invalid_limit");
+        assert_eq!(bad(&[("limit", "x")]), "invalid_limit");
+        assert_eq!(bad(&[("cursor", "nope")]), "invalid_cursor");
+        assert_eq!(bad(&[("wait", "31")]), "invalid_wait");
+        assert_eq!(bad(&[("format", "xml")]), "invalid_format");
+        assert_eq!(bad(&[("age", "between.1")]), "invalid_filter");
+        assert_eq!(bad(&[("age", "5")]), "invalid_filter");
+        assert_eq!(
+            bad(&[("limit", "1"), ("limit", "2")]),
+            "duplicate_parameter"
+        );
+    }
+
+    #[test]
+    fn decimal_literals() {
+        for ok in ["1", "-1.5", "0.000", "1e10", "1.5E-3", ".5", "5."] {
+            assert!(is_decimal_literal(ok), "{ok}");
+        }
+        for bad in [
+            "", "-", "1.2.3", "1e", "1e99999", "NaN", "Infinity", "1,5", ".",
+        ] {
+            assert!(!is_decimal_literal(bad), "{bad}");
+        }
+    }
+}
