@@ -1,0 +1,705 @@
+//! The connector routes of SPEC section 6, their request and response bodies.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use sluice_runtime::http::Problem;
+use sluice_runtime::store;
+use sluice_runtime::token::{NewToken, TokenKind};
+use sluice_schema::{
+    ChangeError, ConnectorName, ExtraFields, FieldSpec, MAX_DESCRIPTION_CHARS, ProblemCode, Schema,
+};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::db::{self, ConnectorRow};
+use crate::error::ControlError;
+use crate::extract::{AppJson, ConnectorId, Operator};
+use crate::publish::publish_after_commit;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/connectors",
+            only(post(create_connector).get(list_connectors)),
+        )
+        .route(
+            "/v1/connectors/{id}",
+            only(
+                get(get_connector)
+                    .patch(edit_connector)
+                    .delete(delete_connector),
+            ),
+        )
+        .route(
+            "/v1/connectors/{id}/duplicate",
+            only(post(duplicate_connector)),
+        )
+        .route(
+            "/v1/connectors/{id}/tokens/{kind}",
+            only(post(rotate_token)),
+        )
+        .route("/v1/connectors/{id}/schema", only(get(connector_schema)))
+}
+
+/// Answers other methods with problem+json rather than axum's empty 405.
+/// Set per route, so merging this router with others' stays possible.
+fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.fallback(|| async {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not answer this method",
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Bodies
+
+/// A field of a connector's schema.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FieldBody {
+    /// `^[A-Za-z][A-Za-z0-9_]{0,62}$`, unique ignoring case.
+    #[schema(example = "email")]
+    name: String,
+    /// string, integer, number, decimal, boolean, date, timestamp or json.
+    #[serde(rename = "type")]
+    #[schema(example = "string")]
+    ty: String,
+    #[serde(default)]
+    nullable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    /// On an edit: the field's current name, to rename it keeping its values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_name: Option<String>,
+}
+
+impl FieldBody {
+    fn spec(&self) -> FieldSpec {
+        FieldSpec {
+            name: self.name.clone(),
+            ty: self.ty.clone(),
+            nullable: self.nullable,
+            description: self.description.clone(),
+            previous_name: self.previous_name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateConnector {
+    /// 1 to 100 characters, unique.
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    fields: Vec<FieldBody>,
+    /// `reject` (default) or `ignore`: what to do with record fields the
+    /// schema does not name.
+    #[serde(default)]
+    extra_fields: Option<String>,
+}
+
+/// An edit; members left out stay as they are. `fields` is the full new
+/// field list. `description: null` clears the description.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EditConnector {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    fields: Option<Vec<FieldBody>>,
+    #[serde(default)]
+    extra_fields: Option<String>,
+}
+
+/// Tells `"description": null` (clear it) from no `description` (keep it).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DuplicateConnector {
+    /// The copy's name: 1 to 100 characters, unique.
+    name: String,
+}
+
+/// A field as a connector reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FieldView {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    nullable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatsView {
+    /// Records stored so far.
+    records: i64,
+    /// Records kept as rejected (partial mode).
+    rejected: i64,
+    last_received_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConnectorView {
+    /// UUID v7.
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    fields: Vec<FieldView>,
+    /// `reject` or `ignore`.
+    extra_fields: String,
+    schema_version: i64,
+    /// Where producers POST records and consumers GET them.
+    endpoint: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    stats: StatsView,
+}
+
+/// A new connector with its tokens, which are shown only this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CreatedConnector {
+    #[serde(flatten)]
+    connector: ConnectorView,
+    /// `sluice_w_…`: POST records of this connector.
+    write_token: String,
+    /// `sluice_r_…`: GET records and rejected records of this connector.
+    read_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConnectorPage {
+    connectors: Vec<ConnectorView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RotatedToken {
+    /// The new token, shown only this once; the old one no longer works.
+    token: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Connectors per page: 1 to 1000, default 50.
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 1000;
+
+fn connector_view(state: &AppState, row: &ConnectorRow) -> ConnectorView {
+    ConnectorView {
+        id: row.id,
+        name: row.name.clone(),
+        description: row.description.clone(),
+        fields: row
+            .schema
+            .fields()
+            .iter()
+            .map(|f| FieldView {
+                name: f.name.to_string(),
+                ty: f.ty.to_string(),
+                nullable: f.nullable,
+                description: f.description.clone(),
+            })
+            .collect(),
+        extra_fields: row.extra_fields().as_str().to_owned(),
+        schema_version: row.schema_version,
+        endpoint: format!(
+            "{}/v1/connectors/{}/records",
+            state.settings.public_url, row.id
+        ),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        stats: StatsView {
+            records: row.records,
+            rejected: row.rejected,
+            last_received_at: row.last_received_at,
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checks shared by create, edit and duplicate
+
+fn check_name(name: &str, problems: &mut Vec<sluice_schema::Problem>) {
+    if let Err(problem) = ConnectorName::parse(name) {
+        problems.push(problem);
+    }
+}
+
+fn check_description(description: Option<&str>, problems: &mut Vec<sluice_schema::Problem>) {
+    if description.is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS) {
+        problems.push(sluice_schema::Problem::new(
+            ProblemCode::DescriptionTooLong,
+            "description",
+            format!("a description has at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+}
+
+fn check_extra_fields(
+    extra: Option<&str>,
+    problems: &mut Vec<sluice_schema::Problem>,
+) -> Option<ExtraFields> {
+    extra.and_then(|e| {
+        ExtraFields::parse(e)
+            .map_err(|problem| problems.push(problem))
+            .ok()
+    })
+}
+
+/// Mutations first make sure NATS answers, so that one made while the bus is
+/// down is refused whole rather than committed and left unpublished.
+fn ensure_bus(state: &AppState) -> Result<(), ControlError> {
+    if state.nats.connection_state() == async_nats::connection::State::Connected {
+        Ok(())
+    } else {
+        Err(ControlError::BusUnavailable)
+    }
+}
+
+async fn fetch_view(state: &AppState, id: Uuid) -> Result<ConnectorView, ControlError> {
+    let row = db::fetch_connector(&state.pool, id)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    Ok(connector_view(state, &row))
+}
+
+/// Creates a connector in one transaction: its row, its stats row and its
+/// records table. Then publishes it.
+async fn insert_new_connector(
+    state: &AppState,
+    name: &str,
+    description: Option<&str>,
+    schema: &Schema,
+    extra_fields: ExtraFields,
+) -> Result<CreatedConnector, ControlError> {
+    ensure_bus(state)?;
+    let id = Uuid::now_v7();
+    let write = NewToken::generate(TokenKind::Write);
+    let read = NewToken::generate(TokenKind::Read);
+    let mut tx = state.pool.begin().await?;
+    db::insert_connector(
+        &mut tx,
+        &db::NewConnector {
+            id,
+            name,
+            description,
+            schema,
+            extra_fields,
+            write_token_hash: &write.hash,
+            read_token_hash: &read.hash,
+        },
+    )
+    .await?;
+    store::create_records_table(&mut tx, id, schema).await?;
+    tx.commit().await?;
+    publish_after_commit(state, id).await;
+    Ok(CreatedConnector {
+        connector: fetch_view(state, id).await?,
+        write_token: write.secret,
+        read_token: read.secret,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+/// Create a connector.
+#[utoipa::path(
+    post, path = "/v1/connectors", tag = "connectors",
+    request_body = CreateConnector,
+    responses(
+        (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 409, description = "name_taken"),
+        (status = 422, description = "invalid_schema, listing every problem"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn create_connector(
+    State(state): State<AppState>,
+    _: Operator,
+    AppJson(body): AppJson<CreateConnector>,
+) -> Result<(StatusCode, Json<CreatedConnector>), ControlError> {
+    let mut problems = Vec::new();
+    check_name(&body.name, &mut problems);
+    check_description(body.description.as_deref(), &mut problems);
+    let specs: Vec<FieldSpec> = body.fields.iter().map(FieldBody::spec).collect();
+    let schema = Schema::define(&specs).map_err(|p| problems.extend(p)).ok();
+    let extra = check_extra_fields(body.extra_fields.as_deref(), &mut problems);
+    let Some(schema) = schema.filter(|_| problems.is_empty()) else {
+        return Err(ControlError::InvalidDefinition(problems));
+    };
+    let created = insert_new_connector(
+        &state,
+        &body.name,
+        body.description.as_deref(),
+        &schema,
+        extra.unwrap_or_default(),
+    )
+    .await?;
+    tracing::info!(connector = %created.connector.id, "connector created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// List connectors, oldest first.
+#[utoipa::path(
+    get, path = "/v1/connectors", tag = "connectors",
+    params(ListParams),
+    responses(
+        (status = 200, body = ConnectorPage),
+        (status = 400, description = "invalid_limit or invalid_cursor"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn list_connectors(
+    State(state): State<AppState>,
+    _: Operator,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<ConnectorPage>, ControlError> {
+    let Query(params) =
+        params.map_err(|e| ControlError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ControlError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {MAX_PAGE}"),
+                )
+            })?,
+    };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_cursor(c).ok_or_else(|| {
+                ControlError::bad_request(
+                    "invalid_cursor",
+                    "cursor must be a next_cursor returned by this route",
+                )
+            })
+        })
+        .transpose()?;
+    // One more than asked tells whether another page follows.
+    let mut rows = db::list_connectors(&state.pool, after, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| encode_cursor(r.id)))
+        .flatten();
+    Ok(Json(ConnectorPage {
+        connectors: rows.iter().map(|r| connector_view(&state, r)).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cursors are opaque to clients; today they carry the last id seen.
+fn encode_cursor(id: Uuid) -> String {
+    format!("c1{}", id.simple())
+}
+
+fn decode_cursor(cursor: &str) -> Option<Uuid> {
+    cursor
+        .strip_prefix("c1")
+        .filter(|hex| hex.len() == 32)
+        .and_then(|hex| Uuid::try_parse(hex).ok())
+}
+
+/// One connector.
+#[utoipa::path(
+    get, path = "/v1/connectors/{id}", tag = "connectors",
+    params(("id" = Uuid, Path, description = "Connector id")),
+    responses(
+        (status = 200, body = ConnectorView),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn get_connector(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+) -> Result<Json<ConnectorView>, ControlError> {
+    Ok(Json(fetch_view(&state, id.0).await?))
+}
+
+/// Edit a connector: name, description, fields (the full new list) and
+/// extra_fields. Applies completely or not at all.
+#[utoipa::path(
+    patch, path = "/v1/connectors/{id}", tag = "connectors",
+    params(("id" = Uuid, Path, description = "Connector id")),
+    request_body = EditConnector,
+    responses(
+        (status = 200, body = ConnectorView),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector"),
+        (status = 409, description = "name_taken or incompatible_schema_change"),
+        (status = 422, description = "invalid_schema, listing every problem"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn edit_connector(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+    AppJson(body): AppJson<EditConnector>,
+) -> Result<Json<ConnectorView>, ControlError> {
+    let id = id.0;
+    let mut problems = Vec::new();
+    if let Some(name) = &body.name {
+        check_name(name, &mut problems);
+    }
+    if let Some(description) = &body.description {
+        check_description(description.as_deref(), &mut problems);
+    }
+    let extra = check_extra_fields(body.extra_fields.as_deref(), &mut problems);
+    if !problems.is_empty() && body.fields.is_none() {
+        return Err(ControlError::InvalidDefinition(problems));
+    }
+    ensure_bus(&state)?;
+
+    let mut tx = state.pool.begin().await?;
+    let row = db::lock_connector(&mut tx, id)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    let change = match &body.fields {
+        None => None,
+        Some(fields) => {
+            let specs: Vec<FieldSpec> = fields.iter().map(FieldBody::spec).collect();
+            match row.schema.change(&specs) {
+                Ok(change) => Some(change),
+                Err(ChangeError::Invalid(found)) => {
+                    problems.extend(found);
+                    None
+                }
+                // Every problem of the request first: they are the caller's
+                // to fix before the stored data matters.
+                Err(ChangeError::Incompatible(_)) if !problems.is_empty() => None,
+                Err(ChangeError::Incompatible(changes)) => {
+                    return Err(ControlError::Incompatible(changes));
+                }
+            }
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ControlError::InvalidDefinition(problems));
+    }
+
+    let name = body.name.as_deref().unwrap_or(&row.name);
+    let description = match &body.description {
+        Some(new) => new.as_deref(),
+        None => row.description.as_deref(),
+    };
+    let extra_fields = extra.unwrap_or(row.extra_fields());
+    let schema_changed = change.as_ref().is_some_and(|c| !c.is_noop(&row.schema));
+    // What records are checked against changed: gateways must tell the
+    // versions apart. A rename or a new description changes no record.
+    let validation_changed = schema_changed || extra_fields != row.extra_fields();
+    let anything_changed =
+        validation_changed || name != row.name || description != row.description.as_deref();
+    if !anything_changed {
+        return Ok(Json(connector_view(&state, &row)));
+    }
+    if let Some(change) = &change {
+        store::apply_change(&mut tx, id, change).await?;
+    }
+    let schema = change.as_ref().map_or(&row.schema.0, |c| &c.schema);
+    db::update_connector(
+        &mut tx,
+        id,
+        &db::ConnectorUpdate {
+            name,
+            description,
+            schema,
+            schema_version: row.schema_version + i64::from(validation_changed),
+            extra_fields,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    publish_after_commit(&state, id).await;
+    tracing::info!(schema_changed, "connector edited");
+    Ok(Json(fetch_view(&state, id).await?))
+}
+
+/// Delete a connector and every record it stored.
+#[utoipa::path(
+    delete, path = "/v1/connectors/{id}", tag = "connectors",
+    params(("id" = Uuid, Path, description = "Connector id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn delete_connector(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+) -> Result<StatusCode, ControlError> {
+    let id = id.0;
+    ensure_bus(&state)?;
+    let mut tx = state.pool.begin().await?;
+    if !db::delete_connector(&mut tx, id).await? {
+        return Err(ControlError::NotFound);
+    }
+    store::drop_records_table(&mut tx, id).await?;
+    tx.commit().await?;
+    publish_after_commit(&state, id).await;
+    tracing::info!("connector deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Copy a connector's schema and settings under a new name: new id, new
+/// tokens, schema version 1, no records.
+#[utoipa::path(
+    post, path = "/v1/connectors/{id}/duplicate", tag = "connectors",
+    params(("id" = Uuid, Path, description = "Connector to copy")),
+    request_body = DuplicateConnector,
+    responses(
+        (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector"),
+        (status = 409, description = "name_taken"),
+        (status = 422, description = "invalid_schema (invalid_connector_name)"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn duplicate_connector(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+    AppJson(body): AppJson<DuplicateConnector>,
+) -> Result<(StatusCode, Json<CreatedConnector>), ControlError> {
+    let source = db::fetch_connector(&state.pool, id.0)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    let mut problems = Vec::new();
+    check_name(&body.name, &mut problems);
+    if !problems.is_empty() {
+        return Err(ControlError::InvalidDefinition(problems));
+    }
+    let created = insert_new_connector(
+        &state,
+        &body.name,
+        source.description.as_deref(),
+        &source.schema,
+        source.extra_fields(),
+    )
+    .await?;
+    tracing::info!(copy = %created.connector.id, "connector duplicated");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Replace a connector's write or read token; the old one stops working.
+#[utoipa::path(
+    post, path = "/v1/connectors/{id}/tokens/{kind}", tag = "connectors",
+    params(
+        ("id" = Uuid, Path, description = "Connector id"),
+        ("kind" = String, Path, description = "`write` or `read`"),
+    ),
+    responses(
+        (status = 200, description = "The new token, shown only now", body = RotatedToken),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector, or a kind other than write and read"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn rotate_token(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+    Path((_, kind)): Path<(String, String)>,
+) -> Result<Json<RotatedToken>, ControlError> {
+    let id = id.0;
+    let kind = TokenKind::parse(&kind).ok_or(ControlError::NotFound)?;
+    ensure_bus(&state)?;
+    let token = NewToken::generate(kind);
+    let mut tx = state.pool.begin().await?;
+    db::lock_connector(&mut tx, id)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    db::set_token_hash(&mut tx, id, kind, &token.hash).await?;
+    tx.commit().await?;
+    publish_after_commit(&state, id).await;
+    tracing::info!(kind = kind.as_str(), "token rotated");
+    Ok(Json(RotatedToken {
+        token: token.secret,
+    }))
+}
+
+/// The JSON Schema (draft 2020-12) of one record of this connector.
+#[utoipa::path(
+    get, path = "/v1/connectors/{id}/schema", tag = "connectors",
+    params(("id" = Uuid, Path, description = "Connector id")),
+    responses(
+        (status = 200, description = "JSON Schema 2020-12", body = Object),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 403, description = "A connector token"),
+        (status = 404, description = "No such connector"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(connector = %id.0))]
+pub(crate) async fn connector_schema(
+    State(state): State<AppState>,
+    _: Operator,
+    id: ConnectorId,
+) -> Result<Response, ControlError> {
+    let row = db::fetch_connector(&state.pool, id.0)
+        .await?
+        .ok_or(ControlError::NotFound)?;
+    let schema =
+        sluice_schema::json_schema::record_json_schema(&row.name, &row.schema, row.extra_fields());
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/schema+json")],
+        Json(schema),
+    )
+        .into_response())
+}

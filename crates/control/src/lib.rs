@@ -1,0 +1,210 @@
+//! Sluice's control plane: connectors, their schemas and their tokens.
+//!
+//! It owns the `connectors` table and each connector's records table (made,
+//! changed and dropped in the same transaction as the connector's row), and
+//! it is the only writer of the NATS key-value bucket of connector
+//! definitions, which it keeps equal to the database. Every route asks for
+//! the operator's token.
+//!
+//! It must never store a token (only hashes), never put user text into SQL
+//! other than as a bound value or through `store::quote_ident`, and never
+//! touch the records stream: storing and serving records is the read API's.
+
+mod api;
+mod db;
+mod error;
+mod extract;
+mod publish;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::kv;
+use axum::routing::get;
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use sluice_runtime::token::TokenHash;
+use sluice_runtime::{Settings, bus, http, store};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+/// How long a JetStream request (a bucket write) may take before it fails.
+const BUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight requests may run after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pool: PgPool,
+    nats: async_nats::Client,
+    bucket: kv::Store,
+    settings: Arc<Settings>,
+    admin_token: Arc<TokenHash>,
+    /// Set when a publication failed; the reconciler then retries.
+    needs_reconcile: Arc<AtomicBool>,
+}
+
+/// The control plane with its dependencies connected.
+#[derive(Clone)]
+pub struct Service {
+    state: AppState,
+}
+
+impl Service {
+    /// Connects to PostgreSQL (creating and migrating the database) and NATS
+    /// (creating the streams and the bucket), brings the bucket in line with
+    /// the database, and starts the reconciler, which runs until `shutdown`.
+    pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
+        let admin_token = settings.admin_token.as_ref().context(
+            "SLUICE_ADMIN_TOKEN is not set: the control plane refuses to start without the operator's token",
+        )?;
+        let admin_token = Arc::new(TokenHash::of(admin_token.expose_secret()));
+        let pool = store::connect_and_migrate(&settings.database_url)
+            .await
+            .context("connecting to PostgreSQL (DATABASE_URL)")?;
+        let nats = bus::connect(&settings.nats_url, "sluice-control")
+            .await
+            .context("connecting to NATS (NATS_URL)")?;
+        let js = bus::jetstream(nats.clone(), BUS_TIMEOUT);
+        bus::ensure_streams(&js, &settings.namespace, settings.stream_max_bytes)
+            .await
+            .context("creating the NATS streams")?;
+        let bucket = bus::connectors_bucket(&js, &settings.namespace)
+            .await
+            .context("opening the connectors bucket")?;
+        let state = AppState {
+            pool,
+            nats,
+            bucket,
+            settings: Arc::new(settings),
+            admin_token,
+            needs_reconcile: Arc::new(AtomicBool::new(false)),
+        };
+        publish::reconcile(&state)
+            .await
+            .context("reconciling the connectors bucket with the database")?;
+        tokio::spawn(publish::reconcile_when_needed(state.clone(), shutdown));
+        Ok(Service { state })
+    }
+
+    /// The control-plane routes of SPEC section 6, state applied.
+    pub fn router(&self) -> Router {
+        api::router().with_state(self.state.clone())
+    }
+
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        ApiDoc::openapi()
+    }
+
+    /// PostgreSQL answers a query, and the NATS connection is up.
+    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+        let postgres = tokio::time::timeout(Duration::from_secs(2), db::ping(&self.state.pool))
+            .await
+            .unwrap_or(false);
+        let nats = self.state.nats.connection_state() == async_nats::connection::State::Connected;
+        vec![("postgres", postgres), ("nats", nats)]
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice control plane",
+        description = "Connectors, their schemas and tokens. Every route needs `Authorization: Bearer $SLUICE_ADMIN_TOKEN`; errors are application/problem+json."
+    ),
+    paths(
+        api::create_connector,
+        api::list_connectors,
+        api::get_connector,
+        api::edit_connector,
+        api::delete_connector,
+        api::duplicate_connector,
+        api::rotate_token,
+        api::connector_schema,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The control plane bound to its address, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    service: Service,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
+        let listen = settings.listen;
+        let service = Service::start(settings, shutdown.clone()).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen} (SLUICE_LISTEN)"))?;
+        Ok(Application {
+            listener,
+            service,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then lets in-flight requests finish.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let readiness = self.service.clone();
+        let openapi = Arc::new(self.service.openapi());
+        let router = self
+            .service
+            .router()
+            .merge(http::operational_routes())
+            .route(
+                "/readyz",
+                get(move || {
+                    let service = readiness.clone();
+                    async move { http::readiness(&service.readiness().await) }
+                }),
+            )
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let openapi = openapi.clone();
+                    async move { Json(openapi.as_ref().clone()) }
+                }),
+            )
+            .fallback(http::no_such_route);
+        tracing::info!(address = %self.local_addr(), "control plane listening");
+        http::serve(
+            self.listener,
+            http::instrument(router),
+            self.shutdown,
+            SHUTDOWN_GRACE,
+        )
+        .await?;
+        Ok(())
+    }
+}
