@@ -194,11 +194,17 @@ impl TestApp {
 
     /// Every stored value of `column`, in `_id` order, as JSON.
     pub async fn stored(&self, id: &str, column: &str) -> Vec<Value> {
+        let expr = format!("to_jsonb({})", sluice_runtime::store::quote_ident(column));
+        self.stored_as(id, &expr).await
+    }
+
+    /// `expr` (SQL over the records table's columns) for every stored
+    /// record, in `_id` order, as JSON.
+    pub async fn stored_as(&self, id: &str, expr: &str) -> Vec<Value> {
         let table = sluice_runtime::store::records_table(Uuid::parse_str(id).unwrap());
         let pool = self.db().await;
         let rows: Vec<(Option<Value>,)> = sqlx::query_as(&format!(
-            "SELECT to_jsonb({}) FROM {table} ORDER BY _id",
-            sluice_runtime::store::quote_ident(column)
+            "SELECT to_jsonb({expr}) FROM {table} ORDER BY _id"
         ))
         .fetch_all(&pool)
         .await
@@ -207,6 +213,21 @@ impl TestApp {
         rows.into_iter()
             .map(|(v,)| v.unwrap_or(Value::Null))
             .collect()
+    }
+
+    /// The column names and SQL types of a connector's records table.
+    pub async fn columns(&self, id: &str) -> Vec<(String, String)> {
+        let pool = self.db().await;
+        let columns = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(format!("records_{}", Uuid::parse_str(id).unwrap().simple()))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        columns
     }
 }
 
