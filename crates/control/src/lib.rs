@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::kv;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
@@ -95,7 +96,11 @@ impl Service {
 
     /// The control-plane routes of SPEC section 6, state applied.
     pub fn router(&self) -> Router {
-        api::router().with_state(self.state.clone())
+        api::router()
+            // Definitions are small, but 500 fields with long descriptions
+            // outgrow axum's 2 MB default; the operator's limit applies.
+            .layer(DefaultBodyLimit::max(self.state.settings.max_body_bytes))
+            .with_state(self.state.clone())
     }
 
     pub fn openapi(&self) -> utoipa::openapi::OpenApi {
