@@ -119,11 +119,48 @@ pub struct RecordBatch {
     pub rejected: Vec<RejectedRecord>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// On the wire: `{"field": 3, "type": "integer", "values": [...]}`.
+#[derive(Debug, Serialize)]
 pub struct Column {
     pub field: FieldId,
     #[serde(flatten)]
     pub values: ColumnValues,
+}
+
+/// Read by hand rather than derived: a derived `flatten` buffers the values
+/// in serde's generic form, which cannot hold the `RawValue`s of a `json`
+/// column, so every batch with one would fail to decode.
+impl<'de> Deserialize<'de> for Column {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Column, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            field: FieldId,
+            #[serde(rename = "type")]
+            ty: FieldType,
+            values: Box<RawValue>,
+        }
+        fn parse<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+            raw: &RawValue,
+        ) -> Result<T, E> {
+            serde_json::from_str(raw.get()).map_err(E::custom)
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        let raw = wire.values.as_ref();
+        let values = match wire.ty {
+            FieldType::String => ColumnValues::String(parse(raw)?),
+            FieldType::Integer => ColumnValues::Integer(parse(raw)?),
+            FieldType::Number => ColumnValues::Number(parse(raw)?),
+            FieldType::Decimal => ColumnValues::Decimal(parse(raw)?),
+            FieldType::Boolean => ColumnValues::Boolean(parse(raw)?),
+            FieldType::Date => ColumnValues::Date(parse(raw)?),
+            FieldType::Timestamp => ColumnValues::Timestamp(parse(raw)?),
+            FieldType::Json => ColumnValues::Json(parse(raw)?),
+        };
+        Ok(Column {
+            field: wire.field,
+            values,
+        })
+    }
 }
 
 /// The values of one column in normalised form; `None` is null.
@@ -326,5 +363,54 @@ pub async fn connectors_bucket(
                 ..Default::default()
             })
             .await?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_with_every_column_type_reads_back() {
+        let columns: Vec<Column> = FieldType::ALL
+            .iter()
+            .zip(1..)
+            .map(|(ty, id)| {
+                let mut values = ColumnValues::with_capacity(*ty, 2);
+                if let ColumnValues::Json(v) = &mut values {
+                    v.push(Some(
+                        RawValue::from_string(r#"{"a": [1, 1e400]}"#.into()).unwrap(),
+                    ));
+                    v.push(None);
+                }
+                Column {
+                    field: FieldId(id),
+                    values,
+                }
+            })
+            .collect();
+        let batch = RecordBatch {
+            batch_id: Uuid::nil(),
+            chunk: 0,
+            chunks: 1,
+            schema_version: 1,
+            received_at: Utc::now(),
+            rows: 2,
+            columns,
+            rejected: Vec::new(),
+        };
+        let text = serde_json::to_string(&batch).unwrap();
+        let back: RecordBatch = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.columns.len(), FieldType::ALL.len());
+        let json = back.columns.last().unwrap();
+        assert_eq!(json.field, FieldId(8));
+        match &json.values {
+            ColumnValues::Json(v) => {
+                assert_eq!(v[0].as_ref().unwrap().get(), r#"{"a": [1, 1e400]}"#);
+                assert!(v[1].is_none());
+            }
+            other => panic!("expected a json column, got {other:?}"),
+        }
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
 }
