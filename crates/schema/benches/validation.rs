@@ -16,20 +16,20 @@ const RECORDS: usize = 10_000;
 fn schema() -> Schema {
     let fields = [
         ("id", "integer"),
-        ("customer", "string"),
+        ("name", "string"),
         ("email", "string"),
         ("amount", "decimal"),
         ("score", "number"),
         ("active", "boolean"),
-        ("birthday", "date"),
-        ("seen_at", "timestamp"),
+        ("born", "date"),
+        ("seen", "timestamp"),
     ];
     let specs: Vec<FieldSpec> = fields
         .iter()
         .map(|(name, ty)| FieldSpec {
             name: (*name).into(),
             ty: (*ty).into(),
-            nullable: *name == "birthday",
+            nullable: *name == "born",
             description: None,
             previous_name: None,
         })
@@ -56,13 +56,13 @@ fn dataset() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     ];
     let mut json = String::from("[");
     let mut ndjson = String::new();
-    let mut csv = String::from("id,customer,email,amount,score,active,birthday,seen_at\n");
+    let mut csv = String::from("id,name,email,amount,score,active,born,seen\n");
     for i in 0..RECORDS {
         let r = next();
         let name = names[(r % 5) as usize];
-        let email = format!("user{}@example.com", r % 100_000);
+        let email = format!("u{}@mail.io", r % 100_000);
         let amount = format!("{}.{:02}", r % 10_000, (r >> 8) % 100);
-        let score = ((r >> 16) % 1_000_000) as f64 / 997.0;
+        let score = ((r >> 16) % 100_000) as f64 / 100.0;
         let active = r % 3 == 0;
         let birthday = if r % 7 == 0 {
             None
@@ -86,7 +86,7 @@ fn dataset() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             .as_ref()
             .map_or("null".to_owned(), |d| format!("\"{d}\""));
         let object = format!(
-            r#"{{"id":{i},"customer":"{name}","email":"{email}","amount":{amount},"score":{score},"active":{active},"birthday":{birthday_json},"seen_at":"{seen_at}"}}"#
+            r#"{{"id":{i},"name":"{name}","email":"{email}","amount":{amount},"score":{score},"active":{active},"born":{birthday_json},"seen":"{seen_at}"}}"#
         );
         if i > 0 {
             json.push(',');

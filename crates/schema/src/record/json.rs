@@ -183,7 +183,7 @@ struct OneRecord<'r, 's, 't> {
 }
 
 impl OneRecord<'_, '_, '_> {
-    fn not_an_object(self, got: String) {
+    fn not_an_object<E: Error>(self, got: String) -> Result<(), E> {
         self.reader.begin(self.index, self.line);
         self.reader.error(
             None,
@@ -191,9 +191,11 @@ impl OneRecord<'_, '_, '_> {
             format!("expected a JSON object, got {got}"),
         );
         let text = self.text;
-        self.reader.finish(Vec::new(), || {
-            text.map_or(serde_json::Value::Null, raw_value)
-        });
+        self.reader
+            .finish(Vec::new(), || {
+                text.map_or(serde_json::Value::Null, raw_value)
+            })
+            .map_err(E::custom)
     }
 }
 
@@ -265,46 +267,40 @@ impl<'de> Visitor<'de> for OneRecord<'_, '_, '_> {
         reader.missing_fields(|i| provided[i]);
         reader.provided = provided;
         let text = self.text;
-        reader.finish(values, || text.map_or(serde_json::Value::Null, raw_value));
-        Ok(())
+        reader
+            .finish(values, || text.map_or(serde_json::Value::Null, raw_value))
+            .map_err(A::Error::custom)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         // Skipped without recursion, however deep.
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        self.not_an_object("an array".to_owned());
-        Ok(())
+        self.not_an_object::<A::Error>("an array".to_owned())
     }
 
     fn visit_bool<E: Error>(self, v: bool) -> Result<(), E> {
-        self.not_an_object(format!("boolean {v}"));
-        Ok(())
+        self.not_an_object(format!("boolean {v}"))
     }
 
     fn visit_i64<E: Error>(self, v: i64) -> Result<(), E> {
-        self.not_an_object(format!("number {v}"));
-        Ok(())
+        self.not_an_object(format!("number {v}"))
     }
 
     fn visit_u64<E: Error>(self, v: u64) -> Result<(), E> {
-        self.not_an_object(format!("number {v}"));
-        Ok(())
+        self.not_an_object(format!("number {v}"))
     }
 
     fn visit_f64<E: Error>(self, v: f64) -> Result<(), E> {
-        self.not_an_object(format!("number {v}"));
-        Ok(())
+        self.not_an_object(format!("number {v}"))
     }
 
     fn visit_str<E: Error>(self, v: &str) -> Result<(), E> {
         let shown = serde_json::to_string(&snippet(v)).unwrap_or_default();
-        self.not_an_object(format!("string {shown}"));
-        Ok(())
+        self.not_an_object(format!("string {shown}"))
     }
 
     fn visit_unit<E: Error>(self) -> Result<(), E> {
-        self.not_an_object("null".to_owned());
-        Ok(())
+        self.not_an_object("null".to_owned())
     }
 }
 

@@ -5,7 +5,7 @@
 //! answer shows. It never builds a generic JSON tree: JSON is deserialised by
 //! schema-driven seeds, each field's value parsed straight into its type.
 //!
-//! Decisions that SPEC section 5 leaves open, and that the README repeats:
+//! Decisions that SPEC sections 5 and 7 leave open:
 //!
 //! - The body must be UTF-8 in every format; invalid UTF-8 anywhere, a CSV
 //!   cell included, is a [`SyntaxError`] at its line and column. A UTF-8 byte
@@ -13,9 +13,10 @@
 //! - Columns of a [`SyntaxError`] count bytes from the start of the line,
 //!   from 1, as serde_json does.
 //! - JSON: a top-level value that is not an object or an array (`5`, `"x"`)
-//!   is one record that is `malformed`. An element that is a number beyond
-//!   the range of `f64` (`[1e999]`) is a syntax error, because serde_json
-//!   refuses to read it outside a field.
+//!   is one record that is `malformed`. A record that is a number beyond the
+//!   range of `f64` (`[1e999]`, or such an NDJSON line) is a syntax error,
+//!   because serde_json refuses to read it outside a field; inside a field it
+//!   is the field's error.
 //! - CSV: the header names fields exactly. A column that the schema does not
 //!   name gives every row an `unknown_field` error (unless extra fields are
 //!   ignored); a column named twice gives every row a `duplicate_field`
@@ -31,11 +32,19 @@
 //!   [`MAX_DECIMAL_CHARS`] characters with an exponent of at most
 //!   [`MAX_DECIMAL_EXPONENT`] in magnitude (PostgreSQL's `numeric` refuses
 //!   larger exponents); beyond that they are `out_of_range`.
-//! - `json` values nest at most [`MAX_JSON_DEPTH`] levels, else
-//!   `out_of_range`, so that every service can read them back with serde_json
-//!   (whose limit is 128) even inside a message envelope.
+//! - `json` values must be storable in PostgreSQL's `jsonb` and readable by
+//!   serde_json again, else `out_of_range`: at most [`MAX_JSON_DEPTH`]
+//!   levels deep (serde_json stops at 128, and a message envelope adds a
+//!   few), numbers finite as `f64` and within the `decimal` limits, and no
+//!   `\u0000` or lone surrogate escapes. The text is kept as sent.
+//! - `string` values may not hold the NUL character, which PostgreSQL's
+//!   `text` cannot store (`type_mismatch`).
 //! - `timestamp` values must fall in years 0000 to 9999 once converted to UTC
 //!   (else `out_of_range`), so that their normalised form is RFC 3339 again.
+//!   Digits below the microsecond are kept here; PostgreSQL rounds them.
+//! - Names match exactly, case included, in any key order. A key given twice
+//!   in one object is `duplicate_field` (only the first value is checked).
+//!   Values are never trimmed or coerced: `"5"` is no `integer` in JSON.
 //! - A rejected JSON record whose text serde_json cannot hold as a value (a
 //!   number beyond `f64`, nesting deeper than 128) keeps its `raw` as the JSON
 //!   text in a string. A CSV row's `raw` is an object of header to cell,
@@ -60,6 +69,16 @@ pub const MAX_DECIMAL_CHARS: usize = 1000;
 /// Largest exponent magnitude of a `decimal` literal; PostgreSQL's `numeric`
 /// input refuses larger ones.
 pub const MAX_DECIMAL_EXPONENT: u32 = 1000;
+/// Most values that validating one body may hold: each accepted record
+/// counts one per schema field (absent ones too), each refused record four
+/// plus four per error it keeps (a [`Value`] is 32 bytes; an error or a raw
+/// record is a few times that). Sparse records of a wide schema, or errors
+/// of many empty objects, would otherwise expand a 16 MiB body a
+/// thousandfold; past this budget the body is refused whole with a
+/// [`SyntaxError`] at the record that crossed it, so one body never holds
+/// much more than 512 MiB.
+pub const MAX_HELD_VALUES: usize = 1 << 24;
+
 /// Deepest nesting of arrays and objects in a `json` value.
 pub const MAX_JSON_DEPTH: usize = 100;
 
@@ -351,6 +370,17 @@ pub fn validate(
     format: Format,
     body: &[u8],
 ) -> Result<Validation, SyntaxError> {
+    validate_within(schema, extra, format, body, MAX_HELD_VALUES)
+}
+
+/// [`validate`] with another budget than [`MAX_HELD_VALUES`], for tests.
+fn validate_within(
+    schema: &Schema,
+    extra: ExtraFields,
+    format: Format,
+    body: &[u8],
+    budget: usize,
+) -> Result<Validation, SyntaxError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| SyntaxError::at_offset(body, e.valid_up_to(), "invalid UTF-8"))?;
     const BOM: &str = "\u{feff}";
@@ -358,7 +388,7 @@ pub fn validate(
         Some(rest) => (rest, true),
         None => (text, false),
     };
-    let reader = RecordReader::new(schema, extra);
+    let reader = RecordReader::new(schema, extra, budget);
     match format {
         Format::Json => json::validate_json(reader, text),
         Format::Ndjson => json::validate_ndjson(reader, text),
@@ -386,10 +416,27 @@ struct RecordReader<'s> {
     current: Vec<RecordError>,
     index: usize,
     line: Option<usize>,
+    /// What the outcome holds so far, in values (see [`MAX_HELD_VALUES`]).
+    held: usize,
+    budget: usize,
+}
+
+/// A body expanded beyond [`MAX_HELD_VALUES`].
+#[derive(Debug)]
+struct OverBudget(usize);
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the body expands to more than {} field values; send its records in smaller requests",
+            self.0
+        )
+    }
 }
 
 impl<'s> RecordReader<'s> {
-    fn new(schema: &'s Schema, extra: ExtraFields) -> Self {
+    fn new(schema: &'s Schema, extra: ExtraFields, budget: usize) -> Self {
         RecordReader {
             schema,
             extra,
@@ -399,6 +446,8 @@ impl<'s> RecordReader<'s> {
             current: Vec::new(),
             index: 0,
             line: None,
+            held: 0,
+            budget,
         }
     }
 
@@ -432,16 +481,27 @@ impl<'s> RecordReader<'s> {
 
     /// Ends the record: accepted if it had no error, else refused with `raw`,
     /// which is only built then.
-    fn finish(&mut self, values: Vec<Value>, raw: impl FnOnce() -> serde_json::Value) {
+    fn finish(
+        &mut self,
+        values: Vec<Value>,
+        raw: impl FnOnce() -> serde_json::Value,
+    ) -> Result<(), OverBudget> {
         if self.current.is_empty() {
+            self.held += values.len().max(1);
             self.out.records.push(Record(values));
         } else {
+            self.held += 4 * (1 + self.current.len());
             self.out.rejected.push(Rejected {
                 record: self.index,
                 line: self.line,
                 raw: raw(),
                 errors: std::mem::take(&mut self.current),
             });
+        }
+        if self.held > self.budget {
+            Err(OverBudget(self.budget))
+        } else {
+            Ok(())
         }
     }
 

@@ -1127,3 +1127,66 @@ fn error_codes_serialise_in_snake_case() {
         json!({"record": 0, "line": 1, "field": "age", "code": "type_mismatch", "message": "expected integer, got string \"x\""})
     );
 }
+
+#[test]
+fn a_body_cannot_expand_beyond_its_budget() {
+    // Sparse records count every field of the schema.
+    let schema = schema(&[("a", "string", true), ("b", "integer", true)]);
+    let body = format!("[{}]", vec!["{}"; 50].join(","));
+    let v = validate_within(
+        &schema,
+        ExtraFields::Reject,
+        Format::Json,
+        body.as_bytes(),
+        100,
+    )
+    .unwrap();
+    assert_eq!(v.records.len(), 50);
+    let err = validate_within(
+        &schema,
+        ExtraFields::Reject,
+        Format::Json,
+        body.as_bytes(),
+        99,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("smaller requests"), "{}", err.message);
+    assert_eq!((err.line, err.column), (1, 150));
+
+    // Refused records count their errors.
+    let strict = people();
+    let body = ["{}"; 10].join("\n");
+    let v = validate_within(
+        &strict,
+        ExtraFields::Reject,
+        Format::Ndjson,
+        body.as_bytes(),
+        120,
+    )
+    .unwrap();
+    assert_eq!(v.rejected.len(), 10);
+    let err = validate_within(
+        &strict,
+        ExtraFields::Reject,
+        Format::Ndjson,
+        body.as_bytes(),
+        119,
+    )
+    .unwrap_err();
+    assert_eq!(err.line, 10);
+    let rows = format!("name,age\n{}", [",\n"; 10].concat());
+    let err = validate_within(
+        &strict,
+        ExtraFields::Reject,
+        Format::Csv,
+        rows.as_bytes(),
+        119,
+    )
+    .unwrap_err();
+    assert_eq!((err.line, err.column), (11, 1));
+}
+
+#[test]
+fn values_stay_small_for_the_budget_to_hold() {
+    assert!(std::mem::size_of::<Value>() <= 32);
+}
