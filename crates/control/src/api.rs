@@ -1,6 +1,8 @@
 //! The connector routes of SPEC section 6, their request and response bodies.
 
-use axum::extract::rejection::QueryRejection;
+use std::collections::HashMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -655,10 +657,14 @@ pub(crate) async fn rotate_token(
     State(state): State<AppState>,
     _: Operator,
     id: ConnectorId,
-    Path((_, kind)): Path<(String, String)>,
+    params: Result<Path<HashMap<String, String>>, PathRejection>,
 ) -> Result<Json<RotatedToken>, ControlError> {
     let id = id.0;
-    let kind = TokenKind::parse(&kind).ok_or(ControlError::NotFound)?;
+    // Only `write` and `read` exist; any other kind names no resource.
+    let kind = params
+        .ok()
+        .and_then(|Path(params)| params.get("kind").and_then(|k| TokenKind::parse(k)))
+        .ok_or(ControlError::NotFound)?;
     ensure_bus(&state)?;
     let token = NewToken::generate(kind);
     let mut tx = state.pool.begin().await?;

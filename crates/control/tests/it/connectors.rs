@@ -334,3 +334,28 @@ async fn list_pages_oldest_first_with_a_cursor() {
         .await;
     assert_eq!(max.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn stats_come_from_what_the_read_api_keeps() {
+    let app = spawn_app().await;
+    let id = id_of(
+        &app.create("counted", json!([{"name": "a", "type": "string"}]))
+            .await,
+    );
+    let pool = app.db().await;
+    sqlx::query(
+        "UPDATE connector_stats SET records = 12, rejected = 3, \
+         last_received_at = '2026-11-29T13:00:00Z' WHERE connector_id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let got = app.get(&id).await.body;
+    assert_eq!(
+        got["stats"],
+        json!({"records": 12, "rejected": 3, "last_received_at": "2026-11-29T13:00:00Z"})
+    );
+    let listed = app.admin(Method::GET, "/v1/connectors", None).await.body;
+    assert_eq!(listed["connectors"][0]["stats"]["records"], 12);
+}
