@@ -1,0 +1,89 @@
+//! `sluice serve`: all three services in one process on one port.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sluice_testkit::TestEnv;
+
+use crate::support::{Client, Process};
+
+#[tokio::test]
+async fn sluice_serve_answers_every_route_on_one_port() {
+    let env = TestEnv::new().await;
+    let sluice = Process::start(&env, "sluice", &["serve"], &[]).await;
+    let client = Client::single(&sluice);
+
+    let created = client
+        .create("signups", json!([{"name": "email", "type": "string"}, {"name": "at", "type": "date", "nullable": true}]))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        created["endpoint"],
+        format!("{}/v1/connectors/{id}/records", sluice.url)
+    );
+    let (status, answer) = client
+        .post_records(id, created["write_token"].as_str().unwrap(), "text/csv", "email,at\nx@example.com,2026-02-28\ny@example.com,\n")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let records = client.read_all(id, created["read_token"].as_str().unwrap()).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["at"], "2026-02-28");
+
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = client.admin(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let openapi: serde_json::Value = client.admin(Method::GET, "/openapi.json").send().await.unwrap().json().await.unwrap();
+    let paths = openapi["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/connectors"));
+    assert!(paths.contains_key("/v1/connectors/{id}/records"));
+    assert!(paths.contains_key("/v1/connectors/{id}/rejected"));
+}
+
+#[tokio::test]
+async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
+    let env = TestEnv::new().await;
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("sluice");
+    // Started by hand (not Process::start) to read what it prints.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(binary)
+        .arg("serve")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NATS_URL", &env.nats_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("SLUICE_NAMESPACE", env.namespace.as_str())
+        .env_remove("SLUICE_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut token = None;
+    let mut line = String::new();
+    while tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line).await.unwrap() > 0 {
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("sluice_admin_")) {
+            token = Some(t.to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let token = token.expect("the generated token is printed");
+    let url = format!("http://127.0.0.1:{port}/v1/connectors");
+    let http = reqwest::Client::new();
+    let mut status = StatusCode::IM_A_TEAPOT;
+    for _ in 0..100 {
+        if let Ok(response) = http.get(&url).bearer_auth(&token).send().await {
+            status = response.status();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    let unauthorized = http.get(&url).bearer_auth("sluice_admin_wrong").send().await.unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+}
