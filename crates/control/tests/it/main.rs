@@ -2,6 +2,8 @@
 //! HTTP, one database and namespace per test.
 
 mod auth;
+mod binary;
+mod concurrency;
 mod connectors;
 mod edit;
 mod lifecycle;
