@@ -243,6 +243,8 @@ impl PageParams {
                             )
                         })?;
                 }
+                // An empty cursor is the start, like no cursor.
+                "cursor" if value.is_empty() => {}
                 "cursor" => {
                     params.cursor = RecordCursor::decode(kind, value).ok_or_else(|| {
                         ReadError::bad_parameter(

@@ -202,7 +202,7 @@ impl Store {
             let pulled_at = Instant::now();
             let pull = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                pull = self.consumer.batch().max_messages(PULL_BATCH).expires(PULL_EXPIRES).messages() => pull,
+                pull = self.consumer.batch().max_messages(PULL_BATCH).expires(self.pull_expires()).messages() => pull,
             };
             let mut messages = match pull {
                 Ok(messages) => messages,
@@ -240,6 +240,13 @@ impl Store {
             }
         }
         tracing::info!("store loop stopped");
+    }
+
+    /// A pull waits at most a quarter of the ack wait, so that a message it
+    /// brings is always well within its ack wait when storing begins (see
+    /// `StoreError::Late`).
+    fn pull_expires(&self) -> Duration {
+        PULL_EXPIRES.min(self.ack_wait / 4)
     }
 
     #[tracing::instrument(skip_all, fields(sequence, connector))]
@@ -486,14 +493,9 @@ fn header_text(text: &str) -> String {
 }
 
 /// The pause after a transient failure: 250 ms doubling to 5 s.
+#[derive(Default)]
 struct Backoff {
     failures: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { failures: 0 }
-    }
 }
 
 impl Backoff {

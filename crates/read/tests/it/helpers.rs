@@ -1,0 +1,345 @@
+//! A test deployment: the control plane and read API in-process on a fresh
+//! database and NATS namespace, and a producer that publishes record batches
+//! on the stream as the gateway would.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::Utc;
+use serde_json::{Value, json};
+use sluice_read::{Application, StoreHooks};
+use sluice_runtime::bus::{self, RecordBatch, RejectedRecord, headers};
+use sluice_schema::{ExtraFields, Format, Schema};
+use sluice_testkit::{ADMIN_TOKEN, TestEnv};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub env: TestEnv,
+    pub control: String,
+    pub client: reqwest::Client,
+    pub js: async_nats::jetstream::Context,
+    pub db: PgPool,
+    readers: Vec<Reader>,
+    shutdown: CancellationToken,
+}
+
+/// One read-API instance.
+pub struct Reader {
+    pub address: String,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Reader {
+    /// Shuts it down and waits for its store loop to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("reader task")
+            .expect("reader ran cleanly");
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub id: Uuid,
+    pub read_token: String,
+    pub write_token: String,
+}
+
+/// Control plane plus one reader.
+pub async fn spawn_app() -> TestApp {
+    let mut app = spawn_control_only().await;
+    app.start_reader(StoreHooks::default()).await;
+    app
+}
+
+/// Control plane only: tests that must queue messages before any reader
+/// consumes them start readers themselves.
+pub async fn spawn_control_only() -> TestApp {
+    sluice_runtime::telemetry::init();
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let control = sluice_control::Application::build(env.settings(), shutdown.child_token())
+        .await
+        .expect("control plane starts");
+    let control_address = control.local_addr();
+    tokio::spawn(control.run());
+    let db = sluice_runtime::store::connect_and_migrate(&env.database_url)
+        .await
+        .expect("database");
+    let js = bus::jetstream(env.nats().await, Duration::from_secs(5));
+    bus::ensure_streams(&js, &env.namespace, None)
+        .await
+        .expect("streams");
+    TestApp {
+        control: format!("http://{control_address}"),
+        client: reqwest::Client::new(),
+        js,
+        db,
+        readers: Vec::new(),
+        shutdown,
+        env,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for reader in &self.readers {
+            reader.shutdown.cancel();
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts one more read-API instance on this deployment.
+    pub async fn start_reader(&mut self, hooks: StoreHooks) -> usize {
+        let reader = self.new_reader(hooks).await;
+        self.readers.push(reader);
+        self.readers.len() - 1
+    }
+
+    /// A read-API instance that the test owns (to stop it).
+    pub async fn new_reader(&self, hooks: StoreHooks) -> Reader {
+        let shutdown = self.shutdown.child_token();
+        let app = Application::build_with_hooks(self.env.settings(), shutdown.clone(), hooks)
+            .await
+            .expect("read API starts");
+        let address: SocketAddr = app.local_addr();
+        Reader {
+            address: format!("http://{address}"),
+            shutdown,
+            task: tokio::spawn(app.run()),
+        }
+    }
+
+    /// The first reader's base URL.
+    pub fn read_url(&self) -> &str {
+        &self.readers[0].address
+    }
+
+    pub fn reader_url(&self, index: usize) -> &str {
+        &self.readers[index].address
+    }
+
+    pub async fn create_connector(&self, name: &str, fields: Value) -> Connector {
+        let response = self
+            .client
+            .post(format!("{}/v1/connectors", self.control))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": name, "fields": fields}))
+            .send()
+            .await
+            .expect("POST /v1/connectors");
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        Connector {
+            id: body["id"].as_str().unwrap().parse().unwrap(),
+            read_token: body["read_token"].as_str().unwrap().to_owned(),
+            write_token: body["write_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn patch_connector(&self, id: Uuid, body: Value) {
+        let response = self
+            .client
+            .patch(format!("{}/v1/connectors/{id}", self.control))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    pub async fn delete_connector(&self, id: Uuid) {
+        let response = self
+            .client
+            .delete(format!("{}/v1/connectors/{id}", self.control))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(response.status(), 204);
+    }
+
+    /// The connector's schema as stored now.
+    pub async fn schema(&self, id: Uuid) -> (Schema, i64) {
+        let (schema, version): (sqlx::types::Json<Schema>, i64) =
+            sqlx::query_as("SELECT schema, schema_version FROM connectors WHERE id = $1")
+                .bind(id)
+                .fetch_one(&self.db)
+                .await
+                .expect("connector row");
+        (schema.0, version)
+    }
+
+    /// Validates `records` (a JSON array) against the connector's current
+    /// schema and publishes them as one batch, as the gateway does; refused
+    /// records travel as rejected ones. Returns the stream sequence.
+    pub async fn publish(&self, connector: Uuid, records: Value) -> u64 {
+        self.publish_text(connector, &records.to_string()).await
+    }
+
+    /// [`TestApp::publish`] of a JSON body given as text.
+    pub async fn publish_text(&self, connector: Uuid, body: &str) -> u64 {
+        let batch = self.batch_of(connector, body).await;
+        self.publish_raw(connector, serde_json::to_vec(&batch).unwrap())
+            .await
+    }
+
+    /// The batch the gateway would publish for `body`.
+    pub async fn batch_of(&self, connector: Uuid, body: &str) -> RecordBatch {
+        let (schema, version) = self.schema(connector).await;
+        let validation =
+            sluice_schema::validate(&schema, ExtraFields::Reject, Format::Json, body.as_bytes())
+                .expect("well-formed JSON");
+        RecordBatch {
+            batch_id: Uuid::now_v7(),
+            chunk: 0,
+            chunks: 1,
+            schema_version: version,
+            received_at: Utc::now(),
+            rows: validation.records.len(),
+            columns: RecordBatch::columns_of(&schema, &validation.records),
+            rejected: validation
+                .rejected
+                .iter()
+                .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
+                .collect(),
+        }
+    }
+
+    /// Publishes `payload` on the connector's records subject with the
+    /// gateway's headers.
+    pub async fn publish_raw(&self, connector: Uuid, payload: Vec<u8>) -> u64 {
+        let mut message_headers = HeaderMap::new();
+        message_headers.insert(headers::CONNECTOR_ID, connector.to_string());
+        message_headers.insert(headers::SCHEMA_VERSION, "1");
+        self.publish_with_headers(connector, message_headers, payload)
+            .await
+    }
+
+    pub async fn publish_with_headers(
+        &self,
+        connector: Uuid,
+        message_headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> u64 {
+        self.js
+            .publish_with_headers(
+                self.env.namespace.records_subject(connector),
+                message_headers,
+                payload.into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack")
+            .sequence
+    }
+
+    /// GET `path` (with its query) on the first reader.
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.get_from(self.read_url(), path, token).await
+    }
+
+    pub async fn get_from(&self, base: &str, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// GET a JSON page, asserting 200.
+    pub async fn page(&self, connector: &Connector, query: &str) -> Value {
+        let response = self
+            .get(
+                &format!("/v1/connectors/{}/records?{query}", connector.id),
+                &connector.read_token,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the readers' catalog knows the connector (it follows the
+    /// bucket, a few milliseconds behind the control plane).
+    pub async fn wait_visible(&self, connector: &Connector) {
+        for _ in 0..200 {
+            let response = self
+                .get(
+                    &format!("/v1/connectors/{}/records?limit=1", connector.id),
+                    &connector.read_token,
+                )
+                .await;
+            if response.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the read API never saw connector {}", connector.id);
+    }
+
+    /// Waits until the connector has `count` stored records.
+    pub async fn wait_stored(&self, connector: Uuid, count: i64) {
+        for _ in 0..400 {
+            let stored: Option<(i64,)> =
+                sqlx::query_as("SELECT records FROM connector_stats WHERE connector_id = $1")
+                    .bind(connector)
+                    .fetch_optional(&self.db)
+                    .await
+                    .unwrap();
+            if stored.map_or(0, |(n,)| n) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("connector {connector} never reached {count} stored records");
+    }
+
+    /// Waits until every message on the stream has been acked.
+    pub async fn wait_consumer_idle(&self) -> async_nats::jetstream::consumer::Info {
+        let stream = self
+            .js
+            .get_stream(self.env.namespace.records_stream())
+            .await
+            .unwrap();
+        for _ in 0..400 {
+            let info = stream
+                .consumer_info(self.env.namespace.store_consumer())
+                .await;
+            if let Ok(info) = info
+                && info.num_pending == 0
+                && info.num_ack_pending == 0
+            {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the store consumer never caught up");
+    }
+
+    /// Every record, following `next_cursor` from the start.
+    pub async fn all_records(&self, connector: &Connector) -> Vec<Value> {
+        let mut records = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .page(connector, &format!("limit=1000&cursor={cursor}"))
+                .await;
+            records.extend(page["records"].as_array().unwrap().iter().cloned());
+            cursor = page["next_cursor"].as_str().unwrap().to_owned();
+            if page["has_more"] == false {
+                return records;
+            }
+        }
+    }
+}

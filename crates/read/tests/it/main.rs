@@ -1,0 +1,5 @@
+mod auth;
+mod guarantees;
+mod helpers;
+mod reading;
+mod storing;

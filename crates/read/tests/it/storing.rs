@@ -1,0 +1,199 @@
+//! The store loop: exactly once, poison messages, deleted connectors and
+//! records in flight across a schema edit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use serde_json::{Value, json};
+use sluice_read::StoreHooks;
+use sluice_runtime::bus::headers;
+use tokio::sync::Notify;
+
+use crate::helpers::{spawn_app, spawn_control_only};
+
+#[tokio::test]
+async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
+    let mut app = spawn_control_only().await;
+    let connector = app
+        .create_connector("once", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    app.publish(connector.id, json!([{"n": 1}, {"n": 2}, {"n": 3}]))
+        .await;
+
+    // The first reader commits the batch, then "dies" before its ack.
+    let crashed = Arc::new(Notify::new());
+    let short_ack_wait = Some(Duration::from_secs(1));
+    let first = app
+        .new_reader(StoreHooks {
+            ack_wait: short_ack_wait,
+            crash_after_commit: Some(crashed.clone()),
+        })
+        .await;
+    crashed.notified().await;
+    app.wait_stored(connector.id, 3).await;
+    first.stop().await;
+
+    // A new reader on the same deployment gets the message again, after the
+    // ack wait, and must recognise it.
+    app.start_reader(StoreHooks {
+        ack_wait: short_ack_wait,
+        crash_after_commit: None,
+    })
+    .await;
+    let info = app.wait_consumer_idle().await;
+    assert!(
+        info.delivered.consumer_sequence >= 2,
+        "the message was delivered again: {info:?}"
+    );
+    app.publish(connector.id, json!([{"n": 4}])).await;
+    app.wait_stored(connector.id, 4).await;
+    app.wait_visible(&connector).await;
+
+    let records = app.all_records(&connector).await;
+    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
+    assert_eq!(ns, [&json!(1), &json!(2), &json!(3), &json!(4)]);
+    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
+    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3"), &json!("4")]);
+}
+
+#[tokio::test]
+async fn messages_of_a_deleted_connector_are_dropped_without_blocking_others() {
+    let mut app = spawn_control_only().await;
+    let fields = json!([{"name": "n", "type": "integer"}]);
+    let gone = app.create_connector("gone", fields.clone()).await;
+    let kept = app.create_connector("kept", fields).await;
+    for n in 0..3 {
+        app.publish(gone.id, json!([{"n": n}])).await;
+    }
+    app.publish(kept.id, json!([{"n": 1}])).await;
+    app.delete_connector(gone.id).await;
+    app.publish(kept.id, json!([{"n": 2}])).await;
+
+    app.start_reader(StoreHooks::default()).await;
+    app.wait_stored(kept.id, 2).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&kept).await;
+    assert_eq!(app.all_records(&kept).await.len(), 2);
+    let leftovers: (i64,) =
+        sqlx::query_as("SELECT count(*) FROM connector_stats WHERE connector_id = $1")
+            .bind(gone.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(leftovers.0, 0);
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_the_dead_letter_stream_and_the_rest_is_stored() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector("poison", json!([{"name": "text", "type": "string"}]))
+        .await;
+
+    // Not JSON; no connector header; a value PostgreSQL refuses (NUL).
+    app.publish_raw(connector.id, b"{not json".to_vec()).await;
+    app.publish_with_headers(connector.id, HeaderMap::new(), b"{}".to_vec())
+        .await;
+    let mut nul = app.batch_of(connector.id, r#"[{"text": "ok"}]"#).await;
+    if let sluice_runtime::bus::ColumnValues::String(values) = &mut nul.columns[0].values {
+        values[0] = Some("nul \u{0} inside".to_owned());
+    }
+    app.publish_raw(connector.id, serde_json::to_vec(&nul).unwrap())
+        .await;
+    app.publish(connector.id, json!([{"text": "good"}])).await;
+
+    app.wait_stored(connector.id, 1).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["text"], "good");
+
+    let dead = app
+        .js
+        .get_stream(app.env.namespace.dead_letter_stream())
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    for sequence in 1..=3 {
+        let message = dead.get_raw_message(sequence).await.expect("dead letter");
+        let reason = message
+            .headers
+            .get("Sluice-Dead-Letter-Reason")
+            .expect("a reason")
+            .as_str()
+            .to_owned();
+        reasons.push((message.subject.to_string(), reason));
+    }
+    let ns = app.env.namespace.as_str();
+    assert_eq!(reasons[0].0, format!("{ns}.dead.{}", connector.id));
+    assert!(reasons[0].1.contains("not a record batch"), "{reasons:?}");
+    assert_eq!(reasons[1].0, format!("{ns}.dead.unknown"));
+    assert!(reasons[1].1.contains(headers::CONNECTOR_ID), "{reasons:?}");
+    assert!(reasons[2].1.contains("PostgreSQL refused"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn records_in_flight_across_a_schema_edit_are_stored_under_the_new_schema() {
+    let mut app = spawn_control_only().await;
+    let connector = app
+        .create_connector(
+            "evolving",
+            json!([
+                {"name": "name", "type": "string"},
+                {"name": "count", "type": "integer"},
+                {"name": "day", "type": "date", "nullable": true},
+                {"name": "dropped", "type": "string", "nullable": true},
+            ]),
+        )
+        .await;
+    // Published under version 1, not yet stored.
+    app.publish(
+        connector.id,
+        json!([{"name": "a", "count": 7, "day": "2026-03-01", "dropped": "x"}]),
+    )
+    .await;
+    // Rename name to title, widen count to decimal and day to timestamp,
+    // remove one field and add another.
+    app.patch_connector(
+        connector.id,
+        json!({"fields": [
+            {"name": "title", "type": "string", "previous_name": "name"},
+            {"name": "count", "type": "decimal"},
+            {"name": "day", "type": "timestamp", "nullable": true},
+            {"name": "added", "type": "boolean", "nullable": true},
+        ]}),
+    )
+    .await;
+    app.start_reader(StoreHooks::default()).await;
+    app.wait_stored(connector.id, 1).await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    assert_eq!(records.len(), 1);
+    let record = records[0].as_object().unwrap();
+    let mut keys: Vec<&str> = record.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["_id", "_received_at", "added", "count", "day", "title"]
+    );
+    // Fields come in schema order.
+    let text = app
+        .get(
+            &format!("/v1/connectors/{}/records", connector.id),
+            &connector.read_token,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
+    assert!(at("_id") < at("_received_at"));
+    assert!(at("_received_at") < at("title"));
+    assert!(at("title") < at("count") && at("count") < at("day") && at("day") < at("added"));
+    assert_eq!(record["title"], "a");
+    assert_eq!(record["count"], "7");
+    assert_eq!(record["day"], "2026-03-01T00:00:00Z");
+    assert_eq!(record["added"], Value::Null);
+}
