@@ -20,6 +20,14 @@ use uuid::Uuid;
 
 use crate::page::{Bind, PagePlan};
 
+/// A statement built for one connector, schema and request. It is not kept
+/// prepared: the cache would fill with one-off texts, and a statement
+/// prepared before a schema edit changed a column's type fails with "cached
+/// plan must not change result type" when reused after it.
+pub(crate) fn dynamic(sql: &str) -> Query<'_, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
 /// Records `sequence` of `stream` as applied; false if it already was, in
 /// which case this message's rows are in the database already.
 #[tracing::instrument(skip(conn))]
@@ -208,7 +216,7 @@ impl RecordInsert {
         if self.ids.is_empty() {
             return Ok(());
         }
-        let mut query = sqlx::query(&self.sql).bind(self.ids).bind(self.received_at);
+        let mut query = dynamic(&self.sql).bind(self.ids).bind(self.received_at);
         for array in self.arrays {
             query = match array {
                 ArrayBind::Integer(v) => query.bind(v),
@@ -375,7 +383,7 @@ pub(crate) async fn open_connector(
     conn: &mut PgConnection,
     connector: Uuid,
 ) -> sqlx::Result<Option<ReadableConnector>> {
-    sqlx::query(&format!(
+    dynamic(&format!(
         "LOCK TABLE {} IN ACCESS SHARE MODE",
         records_table(connector)
     ))
@@ -431,7 +439,7 @@ pub(crate) async fn probe_page(
     limit: i64,
 ) -> sqlx::Result<(i64, Option<i64>)> {
     let sql = plan.probe_sql();
-    let mut ids = bind_page(sqlx::query(&sql), after, bound, &plan.binds)
+    let mut ids = bind_page(dynamic(&sql), after, bound, &plan.binds)
         .bind(limit + 1)
         .fetch(&mut *conn);
     let mut count = 0;

@@ -421,7 +421,7 @@ async fn stream_rows(
     writer.begin(&mut buffer)?;
     if end > after {
         let sql = plan.rows_sql();
-        let mut rows = db::bind_page(sqlx::query(&sql), after, end, &plan.binds).fetch(&mut *tx);
+        let mut rows = db::bind_page(db::dynamic(&sql), after, end, &plan.binds).fetch(&mut *tx);
         let mut cells = Vec::with_capacity(plan.columns.len());
         while let Some(row) = rows.try_next().await? {
             cells.clear();

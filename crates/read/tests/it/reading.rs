@@ -552,3 +552,26 @@ async fn service_routes_answer() {
         "application/problem+json"
     );
 }
+
+#[tokio::test]
+async fn pages_read_after_a_type_change_show_the_converted_values() {
+    let app = spawn_app().await;
+    let connector = numbered(&app, 2).await;
+    // Read through every pooled connection's statement cache, more or less.
+    for _ in 0..20 {
+        let page = app.page(&connector, "n=gte.1").await;
+        assert_eq!(page["records"][0]["n"], 1);
+    }
+    app.patch_connector(
+        connector.id,
+        json!({"fields": [
+            {"name": "n", "type": "string"},
+            {"name": "label", "type": "string", "nullable": true},
+        ]}),
+    )
+    .await;
+    for _ in 0..20 {
+        let page = app.page(&connector, "n=gte.1").await;
+        assert_eq!(page["records"][0]["n"], "1");
+    }
+}
