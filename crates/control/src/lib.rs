@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::kv;
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
-use axum::{Json, Router};
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 use sluice_runtime::token::TokenHash;
 use sluice_runtime::{Settings, bus, http, store};
@@ -181,35 +181,14 @@ impl Application {
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        let readiness = self.service.clone();
-        let openapi = Arc::new(self.service.openapi());
-        let router = self
-            .service
-            .router()
-            .merge(http::operational_routes())
-            .route(
-                "/readyz",
-                get(move || {
-                    let service = readiness.clone();
-                    async move { http::readiness(&service.readiness().await) }
-                }),
-            )
-            .route(
-                "/openapi.json",
-                get(move || {
-                    let openapi = openapi.clone();
-                    async move { Json(openapi.as_ref().clone()) }
-                }),
-            )
-            .fallback(http::no_such_route);
+        let service = self.service.clone();
+        let ready: http::ReadinessCheck = Arc::new(move || {
+            let service = service.clone();
+            async move { service.readiness().await }.boxed()
+        });
+        let router = http::app(self.service.router(), &self.service.openapi(), ready);
         tracing::info!(address = %self.local_addr(), "control plane listening");
-        http::serve(
-            self.listener,
-            http::instrument(router),
-            self.shutdown,
-            SHUTDOWN_GRACE,
-        )
-        .await?;
+        http::serve(self.listener, router, self.shutdown, SHUTDOWN_GRACE).await?;
         Ok(())
     }
 }
