@@ -15,6 +15,7 @@
 //! plane is down. Deduplication of idempotent retries is JetStream's (see
 //! `idempotency`), not this process's.
 
+mod access;
 mod batch;
 mod body;
 mod error;
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
+use crate::access::Definitions;
 use crate::error::IngestError;
 use crate::idempotency::RecentAnswers;
 use crate::records::IngestAnswer;
@@ -73,7 +75,7 @@ pub(crate) struct AppState {
     namespace: Namespace,
     /// Set once the streams exist and the bucket is loaded; until then
     /// (NATS down at start) every request is a 503.
-    catalog: Arc<OnceLock<Catalog>>,
+    definitions: Arc<OnceLock<Definitions>>,
     admin: Option<TokenHash>,
     max_body_bytes: usize,
     recent: Arc<RecentAnswers<(StatusCode, IngestAnswer)>>,
@@ -81,8 +83,8 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn catalog(&self) -> Result<&Catalog, IngestError> {
-        self.catalog.get().ok_or_else(|| {
+    pub(crate) fn definitions(&self) -> Result<&Definitions, IngestError> {
+        self.definitions.get().ok_or_else(|| {
             IngestError::BusUnavailable("connector definitions not loaded yet".to_owned())
         })
     }
@@ -118,23 +120,32 @@ impl Service {
             .await
             .context("connecting to NATS")?;
         let js = bus::jetstream(client.clone(), BUS_TIMEOUT);
-        let catalog = Arc::new(OnceLock::new());
+        let definitions = Arc::new(OnceLock::new());
         let setup = Setup {
             js: js.clone(),
             namespace: settings.namespace.clone(),
             stream_max_bytes: settings.stream_max_bytes,
             shutdown: shutdown.clone(),
         };
-        match setup.open_catalog().await {
+        // The client connects in the background; when NATS does not answer
+        // at once, start unready rather than block for the bus timeout.
+        let connected = wait_for_connection(&client, Duration::from_secs(2)).await;
+        let opened = if connected {
+            setup.open_catalog().await
+        } else {
+            // Not naming the URL: it may hold credentials.
+            Err(anyhow::anyhow!("NATS does not answer yet"))
+        };
+        match opened {
             Ok(loaded) => {
-                let _ = catalog.set(loaded);
+                let _ = definitions.set(loaded);
             }
             Err(error) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "NATS not ready; retrying in the background"
                 );
-                let slot = Arc::clone(&catalog);
+                let slot = Arc::clone(&definitions);
                 tokio::spawn(async move { setup.retry_until_open(slot).await });
             }
         }
@@ -147,7 +158,7 @@ impl Service {
                 client,
                 js,
                 namespace: settings.namespace,
-                catalog,
+                definitions,
                 admin,
                 max_body_bytes: settings.max_body_bytes,
                 recent: Arc::new(RecentAnswers::new(RECENT_ANSWERS)),
@@ -172,9 +183,20 @@ impl Service {
                 "nats",
                 self.state.client.connection_state() == State::Connected,
             ),
-            ("connectors", self.state.catalog.get().is_some()),
+            ("connectors", self.state.definitions.get().is_some()),
         ]
     }
+}
+
+async fn wait_for_connection(client: &async_nats::Client, patience: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + patience;
+    while client.connection_state() != State::Connected {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 struct Setup {
@@ -185,27 +207,28 @@ struct Setup {
 }
 
 impl Setup {
-    async fn open_catalog(&self) -> anyhow::Result<Catalog> {
+    async fn open_catalog(&self) -> anyhow::Result<Definitions> {
         bus::ensure_streams(&self.js, &self.namespace, self.stream_max_bytes)
             .await
             .context("creating the streams")?;
         let bucket = bus::connectors_bucket(&self.js, &self.namespace)
             .await
             .context("opening the connectors bucket")?;
-        Catalog::start(bucket, self.shutdown.clone())
+        let catalog = Catalog::start(bucket.clone(), self.shutdown.clone())
             .await
-            .context("loading the connectors")
+            .context("loading the connectors")?;
+        Ok(Definitions { catalog, bucket })
     }
 
-    async fn retry_until_open(self, slot: Arc<OnceLock<Catalog>>) {
+    async fn retry_until_open(self, slot: Arc<OnceLock<Definitions>>) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             match self.open_catalog().await {
-                Ok(catalog) => {
-                    let _ = slot.set(catalog);
+                Ok(definitions) => {
+                    let _ = slot.set(definitions);
                     tracing::info!("connected to NATS; connector definitions loaded");
                     return;
                 }

@@ -19,7 +19,6 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
-use sluice_runtime::token::TokenKind;
 use sluice_schema::{Format, RecordError, validate};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -198,10 +197,10 @@ async fn ingest(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, IngestAnswer), IngestError> {
-    let catalog = state.catalog()?;
-    let doc = catalog
-        .authorize(token, state.admin.as_ref(), connector, TokenKind::Write)
-        .map_err(IngestError::Denied)?;
+    let doc = state
+        .definitions()?
+        .authorize_writer(token, state.admin.as_ref(), connector)
+        .await?;
     let params = Params::from_uri(uri)?;
     let key = IdempotencyKey::from_headers(headers)?;
     let format = body::format_of(headers)?;

@@ -70,20 +70,47 @@ async fn a_rotated_token_stops_working() {
         .await;
     assert_eq!(rotated.status, StatusCode::OK);
     let new_token = rotated.body["token"].as_str().unwrap().to_owned();
-    let switched = eventually(Duration::from_secs(1), || {
-        let request = app.post_to(
-            &app.ingest,
-            connector.id,
-            Some(&new_token),
-            Some("application/json"),
-            r#"{"n": 1}"#,
-        );
-        async move { TestApp::send(request).await.status == StatusCode::ACCEPTED }
+    // At once: the gateway reads the bucket before refusing a token.
+    let answer = TestApp::send(app.post_to(
+        &app.ingest,
+        connector.id,
+        Some(&new_token),
+        Some("application/json"),
+        r#"{"n": 1}"#,
+    ))
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+    let old_refused = eventually(Duration::from_secs(1), || {
+        let request = app.post(&connector, "application/json", r#"{"n": 1}"#);
+        async move { TestApp::send(request).await.status == StatusCode::UNAUTHORIZED }
     })
     .await;
-    assert!(switched);
-    let old = TestApp::send(app.post(&connector, "application/json", r#"{"n": 1}"#)).await;
-    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    assert!(old_refused, "the old token stopped working within a second");
+}
+
+#[tokio::test]
+async fn a_new_connector_can_be_posted_to_at_once_on_every_gateway() {
+    let app = spawn_app().await;
+    let second = app.spawn_gateway().await;
+    for i in 0..5 {
+        let connector = app
+            .create_connector(
+                &format!("fresh{i}"),
+                json!([{"name": "n", "type": "integer"}]),
+            )
+            .await;
+        for gateway in [&app.ingest, &second] {
+            let answer = TestApp::send(app.post_to(
+                gateway,
+                connector.id,
+                Some(&connector.write_token),
+                Some("application/json"),
+                r#"{"n": 1}"#,
+            ))
+            .await;
+            assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+        }
+    }
 }
 
 #[tokio::test]

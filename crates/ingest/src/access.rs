@@ -1,0 +1,90 @@
+//! Who may post to a connector (SPEC 3): its write token, or the operator.
+//!
+//! The catalog (a watched copy of the bucket) answers almost every request
+//! without a round trip. It trails the bucket by the time a watch update
+//! takes, so a producer that posts right after the control plane created a
+//! connector or rotated a token could be refused by a gateway that has not
+//! seen the change yet. When the catalog refuses with 401 or 404, the
+//! connector's entry is therefore read from the bucket itself before
+//! answering: the control plane writes it before it answers, so what a
+//! client was just told is always honoured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use sluice_runtime::bus::ConnectorDoc;
+use sluice_runtime::catalog::{AccessDenied, Catalog};
+use sluice_runtime::token::TokenHash;
+use uuid::Uuid;
+
+use crate::error::IngestError;
+
+/// How long a refusal may wait on the bucket; past it, the catalog's answer
+/// stands.
+const BUCKET_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The connector definitions: the live copy and the bucket it follows.
+pub(crate) struct Definitions {
+    pub catalog: Catalog,
+    pub bucket: kv::Store,
+}
+
+impl Definitions {
+    /// The definition of `connector` if `token` may write to it.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn authorize_writer(
+        &self,
+        token: &str,
+        admin: Option<&TokenHash>,
+        connector: Uuid,
+    ) -> Result<Arc<ConnectorDoc>, IngestError> {
+        let denied = match self.catalog.authorize(
+            token,
+            admin,
+            connector,
+            sluice_runtime::token::TokenKind::Write,
+        ) {
+            Ok(doc) => return Ok(doc),
+            Err(AccessDenied::Forbidden) => {
+                return Err(IngestError::Denied(AccessDenied::Forbidden));
+            }
+            Err(denied) => denied,
+        };
+        if connector.is_nil() {
+            return Err(IngestError::Denied(denied));
+        }
+        let Some(doc) = self.read_from_bucket(connector).await else {
+            return Err(IngestError::Denied(denied));
+        };
+        let operator = admin.is_some_and(|admin| admin.matches(token));
+        if operator || doc.write_token_hash.matches(token) {
+            Ok(Arc::new(doc))
+        } else if doc.read_token_hash.matches(token) {
+            Err(IngestError::Denied(AccessDenied::Forbidden))
+        } else {
+            Err(IngestError::Denied(denied))
+        }
+    }
+
+    async fn read_from_bucket(&self, connector: Uuid) -> Option<ConnectorDoc> {
+        let read =
+            tokio::time::timeout(BUCKET_READ_TIMEOUT, self.bucket.get(connector.to_string())).await;
+        match read {
+            Ok(Ok(Some(value))) => serde_json::from_slice(&value)
+                .inspect_err(|error| {
+                    tracing::error!(%connector, %error, "unreadable connector definition");
+                })
+                .ok(),
+            Ok(Ok(None)) => None,
+            Ok(Err(error)) => {
+                tracing::warn!(%connector, %error, "reading a connector from the bucket failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%connector, "reading a connector from the bucket timed out");
+                None
+            }
+        }
+    }
+}
