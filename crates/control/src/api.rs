@@ -139,6 +139,23 @@ pub(crate) struct DuplicateConnector {
     name: String,
 }
 
+/// An error (RFC 9457 problem details).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProblemDoc {
+    #[serde(rename = "type")]
+    #[schema(example = "urn:sluice:problem:invalid_schema")]
+    ty: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Stable snake_case code to match on.
+    #[schema(example = "invalid_schema")]
+    code: String,
+    /// For validation failures: every problem, `{field, code, message}`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    errors: Option<Vec<serde_json::Value>>,
+}
+
 /// A field as a connector reports it.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FieldView {
@@ -337,10 +354,10 @@ async fn insert_new_connector(
     request_body = CreateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 409, description = "name_taken"),
-        (status = 422, description = "invalid_schema, listing every problem"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_schema, listing every problem", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -377,9 +394,9 @@ pub(crate) async fn create_connector(
     params(ListParams),
     responses(
         (status = 200, body = ConnectorPage),
-        (status = 400, description = "invalid_limit or invalid_cursor"),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
+        (status = 400, description = "invalid_limit or invalid_cursor", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -447,9 +464,9 @@ fn decode_cursor(cursor: &str) -> Option<Uuid> {
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -470,11 +487,11 @@ pub(crate) async fn get_connector(
     request_body = EditConnector,
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector"),
-        (status = 409, description = "name_taken or incompatible_schema_change"),
-        (status = 422, description = "invalid_schema, listing every problem"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "name_taken or incompatible_schema_change", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_schema, listing every problem", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -569,9 +586,9 @@ pub(crate) async fn edit_connector(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -602,11 +619,11 @@ pub(crate) async fn delete_connector(
     request_body = DuplicateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector"),
-        (status = 409, description = "name_taken"),
-        (status = 422, description = "invalid_schema (invalid_connector_name)"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_schema (invalid_connector_name)", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -646,9 +663,9 @@ pub(crate) async fn duplicate_connector(
     ),
     responses(
         (status = 200, description = "The new token, shown only now", body = RotatedToken),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector, or a kind other than write and read"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector, or a kind other than write and read", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -686,9 +703,9 @@ pub(crate) async fn rotate_token(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, description = "JSON Schema 2020-12", body = Object),
-        (status = 401, description = "Missing or unknown token"),
-        (status = 403, description = "A connector token"),
-        (status = 404, description = "No such connector"),
+        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -150,8 +150,10 @@ pub(crate) async fn list_connectors(
 
 /// Every connector, for reconciling the bucket with the database.
 #[tracing::instrument(skip(executor))]
-pub(crate) async fn all_connector_ids(executor: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM connectors ORDER BY id")
+pub(crate) async fn all_connectors(
+    executor: impl PgExecutor<'_>,
+) -> sqlx::Result<Vec<ConnectorRow>> {
+    sqlx::query_as(&format!("{SELECT_CONNECTOR} ORDER BY c.id"))
         .fetch_all(executor)
         .await
 }

@@ -105,6 +105,17 @@ impl IntoResponse for ControlError {
                 "NATS does not answer; nothing was changed, try again shortly",
                 5,
             ),
+            // PostgreSQL not answering is worth a retry, not an opaque 500.
+            ControlError::Database(
+                e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
+            ) => {
+                tracing::warn!(error = %e, "PostgreSQL unavailable");
+                Problem::unavailable(
+                    "database_unavailable",
+                    "PostgreSQL does not answer; try again shortly",
+                    5,
+                )
+            }
             ControlError::Database(e) => Problem::internal(&e),
             ControlError::Internal(e) => Problem::internal(e.as_ref()),
         };

@@ -55,24 +55,19 @@ pub(crate) async fn publish_after_commit(state: &AppState, id: Uuid) {
 /// definition written as it is stored, every other key deleted.
 #[tracing::instrument(skip(state))]
 pub(crate) async fn reconcile(state: &AppState) -> anyhow::Result<()> {
-    let ids = db::all_connector_ids(&state.pool).await?;
+    let rows = db::all_connectors(&state.pool).await?;
     let keys: Vec<String> = state.bucket.keys().await?.try_collect().await?;
-    let known: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let known: HashSet<String> = rows.iter().map(|r| r.id.to_string()).collect();
     let mut published = 0usize;
-    for id in &ids {
-        let stored = state.bucket.get(id.to_string()).await?;
-        let current = db::fetch_connector(&state.pool, *id).await?;
-        let up_to_date = match (stored, current) {
-            (Some(stored), Some(row)) => {
-                serde_json::from_slice::<serde_json::Value>(&stored).ok()
-                    == Some(serde_json::to_value(row.doc())?)
-            }
-            // Deleted meanwhile; publishing deletes the key.
-            (_, None) => false,
-            (None, Some(_)) => false,
-        };
+    for row in &rows {
+        let stored = state.bucket.get(row.id.to_string()).await?;
+        let up_to_date = stored.is_some_and(|stored| {
+            serde_json::from_slice::<serde_json::Value>(&stored).ok()
+                == serde_json::to_value(row.doc()).ok()
+        });
         if !up_to_date {
-            publish_connector(state, *id).await?;
+            // Through the lock, from the row as it is by then.
+            publish_connector(state, row.id).await?;
             published += 1;
         }
     }
@@ -86,7 +81,7 @@ pub(crate) async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         removed += 1;
     }
     tracing::info!(
-        connectors = ids.len(),
+        connectors = rows.len(),
         published,
         removed,
         "connector bucket reconciled"

@@ -386,6 +386,8 @@ async fn operational_routes_answer() {
     }
     assert!(paths["/v1/connectors/{id}"]["patch"].is_object());
     assert!(openapi["components"]["schemas"]["ConnectorView"].is_object());
+    assert!(openapi["components"]["schemas"]["ProblemDoc"].is_object());
+    assert!(openapi["components"]["securitySchemes"]["bearer"].is_object());
 }
 
 #[tokio::test]
