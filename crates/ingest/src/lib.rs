@@ -30,16 +30,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::connection::State;
 use async_nats::jetstream;
+use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
-use sluice_runtime::http::{
-    Problem, instrument, no_such_route, operational_routes, readiness, serve,
-};
+use sluice_runtime::http::{self, Problem};
 use sluice_runtime::token::TokenHash;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -296,26 +294,20 @@ impl Application {
     /// Serves until shutdown, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
         let service = self.service.clone();
-        let openapi = Json(self.service.openapi());
-        let router = self
+        let ready: http::ReadinessCheck = Arc::new(move || {
+            let service = service.clone();
+            async move { service.readiness().await }.boxed()
+        });
+        // Only here, not in `router()`: the all-in-one binary merges this
+        // route with the read API's GET on the same path, and two method
+        // fallbacks on one path cannot merge.
+        let api = self
             .service
             .router()
-            .merge(operational_routes())
-            .route(
-                "/readyz",
-                get(move || async move { readiness(&service.readiness().await) }),
-            )
-            .route("/openapi.json", get(move || async move { openapi }))
-            .method_not_allowed_fallback(method_not_allowed)
-            .fallback(no_such_route);
+            .method_not_allowed_fallback(method_not_allowed);
+        let router = http::app(api, &self.service.openapi(), ready);
         tracing::info!(address = %self.local_addr, "ingest gateway listening");
-        serve(
-            self.listener,
-            instrument(router),
-            self.shutdown,
-            SHUTDOWN_GRACE,
-        )
-        .await?;
+        http::serve(self.listener, router, self.shutdown, SHUTDOWN_GRACE).await?;
         Ok(())
     }
 }
