@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sluice_testkit::ADMIN_TOKEN;
 
-use crate::{id_of, spawn_app};
+use crate::{id_of, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn create_answers_the_connector_with_its_tokens_once() {
@@ -358,4 +358,22 @@ async fn stats_come_from_what_the_read_api_keeps() {
     );
     let listed = app.admin(Method::GET, "/v1/connectors", None).await.body;
     assert_eq!(listed["connectors"][0]["stats"]["records"], 12);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let app = spawn_app_with(|settings| settings.max_body_bytes = 1024).await;
+    let answer = app
+        .admin(
+            Method::POST,
+            "/v1/connectors",
+            Some(json!({
+                "name": "big",
+                "description": "x".repeat(2000),
+                "fields": [{"name": "a", "type": "string"}],
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.code(), "body_too_large");
 }

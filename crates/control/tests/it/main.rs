@@ -33,12 +33,16 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    start_on(TestEnv::new().await).await
+    spawn_app_with(|_| {}).await
 }
 
-async fn start_on(env: TestEnv) -> TestApp {
+/// Like [`spawn_app`], with settings adjusted by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut sluice_runtime::Settings)) -> TestApp {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    adjust(&mut settings);
     let shutdown = CancellationToken::new();
-    let app = Application::build(env.settings(), shutdown.clone())
+    let app = Application::build(settings, shutdown.clone())
         .await
         .expect("the control plane starts");
     let address = format!("http://{}", app.local_addr());
