@@ -26,6 +26,15 @@ pub(crate) struct Envelope<'a> {
     pub key: Option<&'a IdempotencyKey>,
 }
 
+/// How the stream took a request's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// At least one chunk is new in the stream.
+    New,
+    /// Every chunk was already there: a retry of an idempotent request.
+    AllDuplicates,
+}
+
 /// Publishes every chunk without waiting in between, then awaits every ack.
 /// `Ok` means every chunk is durable in the stream; any error or timeout
 /// means the request must not be reported as accepted.
@@ -34,7 +43,7 @@ pub(crate) async fn publish_chunks(
     subject: &str,
     envelope: &Envelope<'_>,
     chunks: Vec<Vec<u8>>,
-) -> Result<(), IngestError> {
+) -> Result<Published, IngestError> {
     let started = Instant::now();
     let work = async {
         let mut acks = Vec::with_capacity(chunks.len());
@@ -58,15 +67,28 @@ pub(crate) async fn publish_chunks(
                 .map_err(|e| IngestError::BusUnavailable(format!("publish: {e}")))?;
             acks.push(ack);
         }
+        let (mut new, mut duplicates) = (0usize, 0usize);
         for ack in acks {
             let ack = ack
                 .await
                 .map_err(|e| IngestError::BusUnavailable(format!("publish ack: {e}")))?;
             if ack.duplicate {
-                tracing::debug!(sequence = ack.sequence, "chunk already in the stream");
+                duplicates += 1;
+            } else {
+                new += 1;
             }
         }
-        Ok(())
+        if duplicates > 0 && new > 0 {
+            // The retry was cut differently from the first attempt (its
+            // schema changed in between, or the first attempt failed part
+            // way): the new chunks are stored, the known ones are not.
+            tracing::warn!(new, duplicates, "idempotent retry partly deduplicated");
+        }
+        Ok(if new == 0 {
+            Published::AllDuplicates
+        } else {
+            Published::New
+        })
     };
     let outcome = tokio::time::timeout(PUBLISH_DEADLINE, work)
         .await

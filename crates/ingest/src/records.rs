@@ -28,7 +28,7 @@ use crate::batch::{BatchHeader, ChunkError, encode_chunks};
 use crate::body::{self, Encoding};
 use crate::error::IngestError;
 use crate::idempotency::{IdempotencyKey, Seen, request_digest};
-use crate::publish::{Envelope, publish_chunks, wait_until_stored};
+use crate::publish::{Envelope, Published, publish_chunks, wait_until_stored};
 
 /// How long `wait=true` holds the answer for the read API (SPEC 7).
 const WAIT_FOR_STORED: Duration = Duration::from_secs(10);
@@ -274,10 +274,14 @@ async fn ingest(
             key: key.as_ref(),
         };
         let subject = state.namespace.records_subject(connector);
-        publish_chunks(&state.js, &subject, &envelope, prepared.chunks).await?;
+        let published = publish_chunks(&state.js, &subject, &envelope, prepared.chunks).await?;
         metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
         metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
         match notices {
+            // A retry whose chunks were all in the stream already: the read
+            // API announced them when it stored them the first time, so
+            // there is nothing to wait for and no way to know. 202 is true.
+            Some(_) if published == Published::AllDuplicates => StatusCode::ACCEPTED,
             Some(notices) => {
                 let stored =
                     wait_until_stored(notices, batch_id, chunks, WAIT_FOR_STORED, &state.shutdown)

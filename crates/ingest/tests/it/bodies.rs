@@ -353,3 +353,21 @@ async fn operational_routes_answer() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.code(), "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_record_larger_than_a_bus_message_is_413_naming_it() {
+    let app = spawn_app().await;
+    let connector = app.simple_connector().await;
+    let huge = "x".repeat(1536 * 1024);
+    let body = format!("{{\"n\": 1}}\n{{\"n\": 2, \"s\": \"{huge}\"}}\n");
+    let answer = TestApp::send(app.post(&connector, "application/x-ndjson", body)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{:?}",
+        answer.code()
+    );
+    assert_eq!(answer.code(), "payload_too_large");
+    assert_eq!(answer.body["record"], 1);
+    assert!(app.published().await.is_empty());
+}
