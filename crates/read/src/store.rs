@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
@@ -80,32 +80,18 @@ pub(crate) async fn start(
         .connect_lazy_with((*api_pool.connect_options()).clone());
     let stream_name = namespace.records_stream();
     let stream = js.get_stream(&stream_name).await?;
+    let ack_wait = hooks.ack_wait.unwrap_or(ACK_WAIT);
     let consumer_name = namespace.store_consumer();
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            &consumer_name,
-            pull::Config {
-                durable_name: Some(consumer_name.clone()),
-                description: Some("Sluice read API: stores records in PostgreSQL".into()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: hooks.ack_wait.unwrap_or(ACK_WAIT),
-                // Never give up on a message: transient failures (PostgreSQL
-                // down) retry until they pass, and messages that can never be
-                // stored are moved to the dead-letter stream, not retried.
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = attach_consumer(&stream, &pool, &namespace, ack_wait).await?;
     let store = Store {
+        stream: stream.clone(),
         pool: pool.clone(),
         nats,
         js,
         namespace,
         stream_name: stream_name.clone(),
         consumer,
-        ack_wait: hooks.ack_wait.unwrap_or(ACK_WAIT),
+        ack_wait,
         hooks,
     };
     tasks.spawn(store.run(shutdown.clone()));
@@ -119,7 +105,42 @@ pub(crate) async fn start(
     Ok(())
 }
 
+/// Gets the shared consumer, creating it if it does not exist: from the
+/// start of the stream the first time, after the recorded ack floor if it
+/// existed before and was lost (whose messages up to the floor are acked,
+/// and their applied sequences maybe forgotten).
+async fn attach_consumer(
+    stream: &stream::Stream,
+    pool: &PgPool,
+    namespace: &Namespace,
+    ack_wait: Duration,
+) -> anyhow::Result<PullConsumer> {
+    let floor = db::recorded_ack_floor(pool, &namespace.records_stream()).await?;
+    let deliver_policy = match u64::try_from(floor) {
+        Ok(floor) if floor > 0 => DeliverPolicy::ByStartSequence {
+            start_sequence: floor + 1,
+        },
+        _ => DeliverPolicy::All,
+    };
+    let name = namespace.store_consumer();
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some("Sluice read API: stores records in PostgreSQL".into()),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        // Never give up on a message: transient failures (PostgreSQL down)
+        // retry until they pass, and messages that can never be stored are
+        // moved to the dead-letter stream, not retried.
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    Ok(stream.get_or_create_consumer(&name, config).await?)
+}
+
 struct Store {
+    stream: stream::Stream,
     pool: PgPool,
     nats: async_nats::Client,
     js: jetstream::Context,
@@ -196,7 +217,7 @@ enum Flow {
 }
 
 impl Store {
-    async fn run(self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         'pulls: while !shutdown.is_cancelled() {
             let pulled_at = Instant::now();
@@ -209,17 +230,20 @@ impl Store {
                 Err(error) => {
                     tracing::warn!(%error, "pulling from the records stream failed");
                     backoff.pause(&shutdown).await;
+                    self.reattach().await;
                     continue;
                 }
             };
             // What this pull brings is stored even once shutdown has begun:
             // the pull ends by itself within PULL_EXPIRES.
             let mut retrying = false;
+            let mut pull_failed = false;
             while let Some(next) = messages.next().await {
                 let message = match next {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!(%error, "the records stream answered a pull with an error");
+                        pull_failed = true;
                         break;
                     }
                 };
@@ -235,11 +259,24 @@ impl Store {
                     Flow::Crash => break 'pulls,
                 }
             }
-            if retrying {
+            if retrying || pull_failed {
                 backoff.pause(&shutdown).await;
+            }
+            if pull_failed {
+                self.reattach().await;
             }
         }
         tracing::info!("store loop stopped");
+    }
+
+    /// Gets the consumer again, creating it if it is gone (deleted by hand,
+    /// or lost with a NATS server that kept no state), so the loop heals
+    /// instead of failing every pull.
+    async fn reattach(&mut self) {
+        match attach_consumer(&self.stream, &self.pool, &self.namespace, self.ack_wait).await {
+            Ok(consumer) => self.consumer = consumer,
+            Err(error) => tracing::warn!(%error, "the store consumer is unavailable"),
+        }
     }
 
     /// A pull waits at most a quarter of the ack wait, so that a message it
@@ -544,12 +581,12 @@ async fn sample_consumer(
         metrics::gauge!("sluice_read_consumer_ack_pending").set(info.num_ack_pending as f64);
         let floor = i64::try_from(info.ack_floor.stream_sequence).unwrap_or(i64::MAX);
         if floor > 0 {
-            let forgotten = match pool.acquire().await {
-                Ok(mut conn) => db::forget_applied_up_to(&mut conn, &stream_name, floor).await,
+            let advanced = match pool.acquire().await {
+                Ok(mut conn) => db::advance_ack_floor(&mut conn, &stream_name, floor).await,
                 Err(error) => Err(error),
             };
-            if let Err(error) = forgotten {
-                tracing::debug!(%error, "forgetting applied sequences failed");
+            if let Err(error) = advanced {
+                tracing::debug!(%error, "recording the ack floor failed");
             }
         }
     }

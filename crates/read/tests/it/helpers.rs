@@ -66,7 +66,7 @@ pub async fn spawn_control_only() -> TestApp {
     let shutdown = CancellationToken::new();
     let control = sluice_control::Application::build(env.settings(), shutdown.child_token())
         .await
-        .expect("control plane starts");
+        .unwrap_or_else(|e| panic!("the control plane does not start: {e:#}"));
     let control_address = control.local_addr();
     tokio::spawn(control.run());
     let db = sluice_runtime::store::connect_and_migrate(&env.database_url)
@@ -109,7 +109,7 @@ impl TestApp {
         let shutdown = self.shutdown.child_token();
         let app = Application::build_with_hooks(self.env.settings(), shutdown.clone(), hooks)
             .await
-            .expect("read API starts");
+            .unwrap_or_else(|e| panic!("the read API does not start: {e:#}"));
         let address: SocketAddr = app.local_addr();
         Reader {
             address: format!("http://{address}"),
