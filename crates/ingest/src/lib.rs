@@ -57,8 +57,11 @@ const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// hold its answer for 10 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// Idempotent answers remembered for the fast path (about 1 KiB each).
-const RECENT_ANSWERS: usize = 10_000;
+/// Idempotent answers remembered for the fast path. A partial-mode answer
+/// lists up to 100 errors (tens of KiB at worst), so this bounds the memory
+/// to a few tens of MiB; past it, retries are still deduplicated by the
+/// stream, only answered without the shortcut.
+const RECENT_ANSWERS: usize = 1_000;
 
 /// The gateway with its connections and background tasks.
 #[derive(Clone)]

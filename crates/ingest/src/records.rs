@@ -211,13 +211,23 @@ async fn ingest(
         tracing::debug!(decompressed = bytes.len(), "gzip body inflated");
     }
 
-    let request = key.as_ref().map(|_| {
-        request_digest(&[
-            format_name(format).as_bytes(),
-            params.mode.as_str().as_bytes(),
-            &bytes,
-        ])
-    });
+    let (bytes, request) = match &key {
+        None => (bytes, None),
+        // Hashing up to SLUICE_MAX_BODY_BYTES is CPU work: off the reactor.
+        Some(_) => {
+            let mode = params.mode;
+            tokio::task::spawn_blocking(move || {
+                let digest = request_digest(&[
+                    format_name(format).as_bytes(),
+                    mode.as_str().as_bytes(),
+                    &bytes,
+                ]);
+                (bytes, Some(digest))
+            })
+            .await
+            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("hashing task")))?
+        }
+    };
     if let (Some(key), Some(request)) = (&key, &request) {
         match state.recent.lookup(connector, key, request) {
             Seen::New => {}
