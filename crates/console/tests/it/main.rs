@@ -1,0 +1,102 @@
+//! Tests of the console: its routes over plain HTTP, and the whole walk of
+//! an operator in headless Chromium against the control plane, ingest
+//! gateway and read API merged on one port, as `sluice serve` does. Real
+//! PostgreSQL and NATS, one database and namespace per test.
+
+mod assets;
+mod browser;
+mod screenshots;
+mod walk;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use sluice_runtime::http;
+use sluice_testkit::TestEnv;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use sluice_testkit::ADMIN_TOKEN;
+
+pub struct TestApp {
+    /// `http://127.0.0.1:port`, also the public URL, so the endpoints that
+    /// the console shows are the ones a producer can post to.
+    pub address: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    // Dropped last: the database and namespace outlive the server.
+    _env: TestEnv,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The three services and the console merged on one port, like the
+/// all-in-one binary (crates/sluice/src/main.rs).
+pub async fn spawn_app() -> TestApp {
+    let env = TestEnv::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let address = format!("http://{}", listener.local_addr().expect("bound"));
+    let mut settings = env.settings();
+    settings.public_url = address.clone();
+    let shutdown = CancellationToken::new();
+    let control = sluice_control::Service::start(settings.clone(), shutdown.clone())
+        .await
+        .expect("the control plane starts");
+    let ingest = sluice_ingest::Service::start(settings.clone(), shutdown.clone())
+        .await
+        .expect("the ingest gateway starts");
+    let read = sluice_read::Service::start(settings.clone(), shutdown.clone())
+        .await
+        .expect("the read API starts");
+
+    let mut openapi = control.openapi();
+    openapi.merge(ingest.openapi());
+    openapi.merge(read.openapi());
+    let api = control
+        .router()
+        .merge(ingest.router())
+        .merge(read.router())
+        .merge(sluice_console::router());
+    let ready: http::ReadinessCheck = Arc::new(|| async { Vec::new() }.boxed());
+    let router = http::app(api, &openapi, ready);
+    tokio::spawn(http::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        shutdown,
+        _env: env,
+    }
+}
+
+impl TestApp {
+    /// A control-plane call with the operator token.
+    pub async fn operator(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+}
