@@ -545,6 +545,25 @@ async fn service_routes_answer() {
         .unwrap();
     assert!(openapi["paths"]["/v1/connectors/{id}/records"]["get"].is_object());
     assert!(openapi["paths"]["/v1/connectors/{id}/rejected"]["get"].is_object());
+    // Storing shows up in the metrics (shared by the tests of this process,
+    // so only their presence is checked).
+    numbered(&app, 1).await;
+    let metrics = app
+        .client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sluice_read_records_stored_total",
+        "sluice_read_batch_records",
+        "sluice_read_store_duration_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     let missing = app.client.get(format!("{url}/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(
