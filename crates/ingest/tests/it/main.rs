@@ -8,6 +8,7 @@ mod bus;
 mod catalog;
 mod idempotency;
 mod modes;
+mod outage;
 
 use std::io::Write;
 use std::time::Duration;
