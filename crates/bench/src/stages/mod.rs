@@ -1,0 +1,573 @@
+//! The stages of a run, in the order that lets each one start from a known
+//! state: validation alone; ingest (Sluice, the gateway under large bodies,
+//! then raw publishing); the stream is then emptied and pre-filled, and the
+//! read API started to store it; reading; and freshness with everything
+//! running.
+
+mod freshness;
+mod ingest;
+mod read;
+mod store;
+mod validation;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use sluice_runtime::bus::ConnectorDoc;
+use uuid::Uuid;
+
+use crate::Sizes;
+use crate::data;
+use crate::env::{ADMIN_TOKEN, BenchEnv};
+use crate::measure::{CpuSampler, Machine};
+use crate::report::{Report, Row, count, mib, ratio};
+use crate::services::{ServiceKind, ServiceProcess};
+
+/// A connector made for the run, with its tokens and its definition as the
+/// gateway sees it.
+struct Connector {
+    id: Uuid,
+    write_token: String,
+    read_token: String,
+    doc: ConnectorDoc,
+}
+
+/// Peak resident memory of each service, stage by stage.
+#[derive(Debug, Default, Serialize)]
+struct MemoryLog {
+    /// Whether each stage's peak is its own (Linux `clear_refs`); if not,
+    /// a peak covers everything since the service started.
+    peaks_reset: bool,
+    stages: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl MemoryLog {
+    fn begin(&mut self, services: &[&ServiceProcess]) {
+        let mut reset = true;
+        for service in services {
+            reset &= service.reset_peak();
+        }
+        self.peaks_reset = reset;
+    }
+
+    fn end(&mut self, stage: &str, services: &[&ServiceProcess]) {
+        let peaks = services
+            .iter()
+            .filter_map(|s| Some((s.kind.name().to_owned(), s.peak_rss_bytes()?)))
+            .collect();
+        self.stages.insert(stage.to_owned(), peaks);
+    }
+
+    fn peak_over(&self, stages: &[&str], service: &str) -> Option<u64> {
+        stages
+            .iter()
+            .filter_map(|stage| self.stages.get(*stage)?.get(service).copied())
+            .max()
+    }
+}
+
+pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow::Result<Report> {
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let nats = async_nats::connect(&env.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", env.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let ns = &env.namespace;
+
+    eprintln!("sluice-bench: validation");
+    let validation = {
+        let (duration, records) = (sizes.validation_duration, sizes.batch_records);
+        tokio::task::spawn_blocking(move || validation::run(duration, records)).await??
+    };
+
+    eprintln!("sluice-bench: starting the control plane and the gateway");
+    let control = ServiceProcess::spawn(ServiceKind::Control, env, log_dir).await?;
+    let gateway = ServiceProcess::spawn(ServiceKind::Ingest, env, log_dir).await?;
+    let mut db = env.connect_db().await?;
+    let postgres_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut db)
+        .await?;
+    let machine = Machine::describe(postgres_version, nats.server_info().version.clone());
+    let main = create_connector(&http, &control, &js, env, "bench").await?;
+    let fresh = create_connector(&http, &control, &js, env, "bench-freshness").await?;
+    for connector in [&main, &fresh] {
+        wait_until_gateway_knows(&http, &gateway, connector).await?;
+    }
+    let records_url = |service: &ServiceProcess, c: &Connector| {
+        service.url(&format!("/v1/connectors/{}/records", c.id))
+    };
+    let mut memory = MemoryLog::default();
+
+    // Stage 1, through Sluice.
+    eprintln!(
+        "sluice-bench: ingest, {} clients for {:?}",
+        sizes.clients, sizes.ingest_duration
+    );
+    let bodies: Vec<(Bytes, usize)> = (0..16)
+        .map(|i| {
+            let first = (i * sizes.batch_records) as i64;
+            (
+                Bytes::from(data::json_body(first, sizes.batch_records)),
+                sizes.batch_records,
+            )
+        })
+        .collect();
+    let target = ingest::Target {
+        http: &http,
+        url: records_url(&gateway, &main),
+        token: &main.write_token,
+        bodies: &bodies,
+    };
+    memory.begin(&[&control, &gateway]);
+    let sampler = CpuSampler::start(&[("ingest", gateway.pid)]);
+    let mut ingest_http = ingest::post_in_loop(
+        &target,
+        sizes.clients,
+        sizes.ingest_warmup,
+        sizes.ingest_duration,
+    )
+    .await;
+    ingest_http.cpu = sampler.finish();
+    memory.end("ingest", &[&control, &gateway]);
+    anyhow::ensure!(
+        ingest_http.requests > 0,
+        "no POST was accepted: {:?}",
+        ingest_http.first_failure
+    );
+
+    // Stage 5, the gateway under large bodies.
+    eprintln!(
+        "sluice-bench: gateway memory, {} concurrent 1 MiB POSTs",
+        sizes.large_clients
+    );
+    let (large_body, large_records) = data::json_body_of_size(0, 1 << 20);
+    let large_bodies = vec![(Bytes::from(large_body), large_records)];
+    let large_target = ingest::Target {
+        http: &http,
+        url: records_url(&gateway, &main),
+        token: &main.write_token,
+        bodies: &large_bodies,
+    };
+    memory.begin(&[&gateway]);
+    let sampler = CpuSampler::start(&[("ingest", gateway.pid)]);
+    let mut large = ingest::post_in_loop(
+        &large_target,
+        sizes.large_clients,
+        Duration::ZERO,
+        sizes.large_duration,
+    )
+    .await;
+    large.cpu = sampler.finish();
+    large.gateway_peak_rss_bytes = gateway.peak_rss_bytes();
+    memory.end("gateway_1mib", &[&gateway]);
+
+    // Stage 1, raw: as many messages as Sluice published, at least a few
+    // windows' worth.
+    eprintln!("sluice-bench: raw JetStream publish");
+    let messages = bodies
+        .iter()
+        .map(|(body, rows)| {
+            Ok((
+                Bytes::from(data::record_batch_message(&main.doc, body)?),
+                *rows,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let count = (ingest_http.requests as usize).max(sizes.publish_window * 4);
+    let sampler = CpuSampler::start(&[]);
+    let mut raw_publish = ingest::publish_raw(
+        &js,
+        &ns.records_subject(main.id),
+        main.id,
+        main.doc.schema_version,
+        &messages,
+        count,
+        sizes.publish_window,
+    )
+    .await?;
+    raw_publish.cpu = sampler.finish();
+
+    // Stage 2: the stream holds exactly the records to store.
+    eprintln!(
+        "sluice-bench: filling the stream with {} records",
+        sizes.store_records
+    );
+    js.get_stream(ns.records_stream())
+        .await?
+        .purge()
+        .await
+        .context("emptying the records stream")?;
+    let fill = store::fill(
+        &js,
+        &ns.records_subject(main.id),
+        &main.doc,
+        sizes.store_records,
+        sizes.batch_records,
+        sizes.publish_window,
+    )
+    .await?;
+    eprintln!("sluice-bench: store, starting the read API");
+    memory.begin(&[&control, &gateway]);
+    let (reader, store_sluice) = store::store_with_sluice(
+        env,
+        log_dir,
+        &mut db,
+        &[("control", control.pid), ("ingest", gateway.pid)],
+        main.id,
+        fill.records,
+    )
+    .await?;
+    memory.end("store", &[&control, &gateway, &reader]);
+    eprintln!("sluice-bench: raw binary COPY");
+    let raw_copy_in = store::copy_in(&mut db, main.id).await?;
+
+    // Stage 3.
+    eprintln!("sluice-bench: read, JSON and CSV pages");
+    let services = [&control, &gateway, &reader];
+    let pids = [
+        ("control", control.pid),
+        ("ingest", gateway.pid),
+        ("read", reader.pid),
+    ];
+    memory.begin(&services);
+    let read_json = read::follow_cursor(
+        &http,
+        &records_url(&reader, &main),
+        &main.read_token,
+        read::PageFormat::Json,
+        sizes.page_records,
+        fill.records,
+        &pids,
+    )
+    .await?;
+    let read_csv = read::follow_cursor(
+        &http,
+        &records_url(&reader, &main),
+        &main.read_token,
+        read::PageFormat::Csv,
+        sizes.page_records,
+        fill.records,
+        &pids,
+    )
+    .await?;
+    memory.end("read", &services);
+    eprintln!("sluice-bench: raw COPY TO");
+    let raw_copy_out = read::copy_out(&mut db, main.id, fill.records).await?;
+
+    // Stage 4.
+    eprintln!(
+        "sluice-bench: freshness at {} records/s for {:?}",
+        sizes.freshness_rate, sizes.freshness_duration
+    );
+    memory.begin(&services);
+    let freshness = freshness::run(
+        &freshness::FreshnessTarget {
+            http: &http,
+            post_url: records_url(&gateway, &fresh),
+            get_url: records_url(&reader, &fresh),
+            write_token: &fresh.write_token,
+            read_token: &fresh.read_token,
+        },
+        sizes.freshness_rate,
+        sizes.freshness_batch,
+        sizes.freshness_duration,
+        &pids,
+    )
+    .await?;
+    memory.end("freshness", &services);
+
+    for service in [control, gateway, reader] {
+        service.stop().await;
+    }
+
+    let results = Results {
+        sizes,
+        validation: &validation,
+        ingest_http: &ingest_http,
+        large: &large,
+        raw_publish: &raw_publish,
+        store_sluice: &store_sluice,
+        raw_copy_in: &raw_copy_in,
+        read_json: &read_json,
+        read_csv: &read_csv,
+        raw_copy_out: &raw_copy_out,
+        freshness: &freshness,
+        memory: &memory,
+    };
+    let rows = results.rows();
+    let details = json!({
+        "validation": validation,
+        "ingest": ingest_http,
+        "gateway_1mib": large,
+        "raw_publish": raw_publish,
+        "fill": fill,
+        "store": store_sluice,
+        "raw_copy_in": raw_copy_in,
+        "read_json": read_json,
+        "read_csv": read_csv,
+        "raw_copy_out": raw_copy_out,
+        "freshness": freshness,
+        "memory": memory,
+    });
+    Ok(Report {
+        mode: if sizes.smoke { "smoke" } else { "full" },
+        started_at,
+        machine,
+        sizes: sizes.clone(),
+        rows,
+        details,
+    })
+}
+
+async fn create_connector(
+    http: &reqwest::Client,
+    control: &ServiceProcess,
+    js: &jetstream::Context,
+    env: &BenchEnv,
+    name: &str,
+) -> anyhow::Result<Connector> {
+    let response = http
+        .post(control.url("/v1/connectors"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": name, "fields": data::fields()}))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    anyhow::ensure!(
+        status == reqwest::StatusCode::CREATED,
+        "creating a connector answered {status}: {body}"
+    );
+    let text = |key: &str| {
+        body[key]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the created connector has no {key}: {body}"))
+    };
+    let id: Uuid = text("id")?.parse()?;
+    // The definition as the gateway holds it: field ids included, which the
+    // raw side needs to publish messages the read API will store.
+    let bucket = js.get_key_value(env.namespace.connectors_bucket()).await?;
+    let doc = bucket
+        .get(id.to_string())
+        .await?
+        .context("the control plane did not publish the connector")?;
+    Ok(Connector {
+        id,
+        write_token: text("write_token")?,
+        read_token: text("read_token")?,
+        doc: serde_json::from_slice(&doc)?,
+    })
+}
+
+/// The gateway learns of a connector from the bucket, within a second.
+async fn wait_until_gateway_knows(
+    http: &reqwest::Client,
+    gateway: &ServiceProcess,
+    connector: &Connector,
+) -> anyhow::Result<()> {
+    let url = gateway.url(&format!("/v1/connectors/{}/records", connector.id));
+    for _ in 0..100 {
+        let status = http
+            .post(&url)
+            .bearer_auth(&connector.write_token)
+            .header("content-type", "application/json")
+            .body("[]")
+            .send()
+            .await?
+            .status();
+        if status.is_success() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the gateway never learnt of connector {}", connector.id)
+}
+
+/// Everything measured, for the table.
+struct Results<'a> {
+    sizes: &'a Sizes,
+    validation: &'a validation::ValidationResult,
+    ingest_http: &'a ingest::HttpLoad,
+    large: &'a ingest::HttpLoad,
+    raw_publish: &'a ingest::RawPublish,
+    store_sluice: &'a store::SluiceStore,
+    raw_copy_in: &'a store::RawCopyIn,
+    read_json: &'a read::PagedRead,
+    read_csv: &'a read::PagedRead,
+    raw_copy_out: &'a read::RawCopyOut,
+    freshness: &'a freshness::Freshness,
+    memory: &'a MemoryLog,
+}
+
+impl Results<'_> {
+    fn rows(&self) -> Vec<Row> {
+        let s = self.sizes;
+        let half = |r: Option<f64>| r.map(|r| r >= 0.5);
+        let ingest_ratio = ratio(
+            self.ingest_http.records_per_s,
+            self.raw_publish.records_per_s,
+        );
+        let store_ratio = ratio(
+            self.store_sluice.records_per_s,
+            self.raw_copy_in.records_per_s,
+        );
+        let json_ratio = ratio(
+            self.read_json.records_per_s,
+            self.raw_copy_out.records_per_s,
+        );
+        let csv_ratio = ratio(self.read_csv.records_per_s, self.raw_copy_out.records_per_s);
+        let raw_read = format!(
+            "COPY TO STDOUT (csv): {} rec/s, {:.0} MB/s",
+            count(self.raw_copy_out.records_per_s),
+            self.raw_copy_out.mb_per_s
+        );
+        let read_row = |read: &read::PagedRead, ratio: Option<f64>| Row {
+            stage: format!(
+                "3. read: GET pages of {} in {}",
+                count(s.page_records as f64),
+                read.format.to_uppercase()
+            ),
+            sluice: format!(
+                "{} rec/s, {:.0} MB/s",
+                count(read.records_per_s),
+                read.mb_per_s
+            ),
+            raw_limit: raw_read.clone(),
+            ratio,
+            target: "≥ 0.5 (aim 0.8)".to_owned(),
+            met: half(ratio),
+        };
+        let f = self.freshness;
+        let fresh_met =
+            f.failed_requests == 0 && f.unseen_requests == 0 && f.freshness.p99_ms < 250.0;
+        let gateway_peak = self.large.gateway_peak_rss_bytes.unwrap_or(0);
+        let stages_1_to_4 = ["ingest", "store", "read", "freshness"];
+        let peaks: Vec<String> = ["control", "ingest", "read"]
+            .iter()
+            .filter_map(|svc| {
+                let peak = self.memory.peak_over(&stages_1_to_4, svc)?;
+                Some(format!("{svc} {}", mib(peak)))
+            })
+            .collect();
+        let v = self.validation;
+        vec![
+            Row {
+                stage: format!(
+                    "1. ingest: POST {}-record JSON batches, {} clients",
+                    count(s.batch_records as f64),
+                    s.clients
+                ),
+                sluice: format!(
+                    "{} rec/s, {:.1} MB/s, p50 {:.1} ms, p99 {:.1} ms",
+                    count(self.ingest_http.records_per_s),
+                    self.ingest_http.mb_per_s,
+                    self.ingest_http.latency.p50_ms,
+                    self.ingest_http.latency.p99_ms
+                ),
+                raw_limit: format!(
+                    "JetStream publish, {} in flight: {} rec/s, {:.1} MB/s",
+                    s.publish_window,
+                    count(self.raw_publish.records_per_s),
+                    self.raw_publish.mb_per_s
+                ),
+                ratio: ingest_ratio,
+                target: "≥ 0.5 (aim 0.8)".to_owned(),
+                met: half(ingest_ratio),
+            },
+            Row {
+                stage: format!(
+                    "2. store: {} records from the stream",
+                    count(self.store_sluice.records as f64)
+                ),
+                sluice: format!("{} rec/s", count(self.store_sluice.records_per_s)),
+                raw_limit: format!(
+                    "binary COPY: {} rec/s",
+                    count(self.raw_copy_in.records_per_s)
+                ),
+                ratio: store_ratio,
+                target: "≥ 0.5 (aim 0.8)".to_owned(),
+                met: half(store_ratio),
+            },
+            read_row(self.read_json, json_ratio),
+            read_row(self.read_csv, csv_ratio),
+            Row {
+                stage: format!(
+                    "4. freshness: 202 → GET at {} rec/s ({}-record POSTs)",
+                    count(f.offered_records_per_s),
+                    f.batch_records
+                ),
+                sluice: format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} rec/s accepted{})",
+                    f.freshness.p50_ms,
+                    f.freshness.p99_ms,
+                    f.freshness.max_ms,
+                    count(f.accepted_records_per_s),
+                    if f.failed_requests + f.unseen_requests > 0 {
+                        format!(
+                            ", {} failed, {} unseen",
+                            f.failed_requests, f.unseen_requests
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                raw_limit: "–".to_owned(),
+                ratio: None,
+                target: "p99 < 250 ms (aim 50)".to_owned(),
+                met: Some(fresh_met),
+            },
+            Row {
+                stage: format!(
+                    "5. memory: gateway under {} concurrent 1 MiB POSTs",
+                    s.large_clients
+                ),
+                sluice: format!(
+                    "peak RSS {} ({} requests, {} failed)",
+                    mib(gateway_peak),
+                    self.large.requests,
+                    self.large.failed
+                ),
+                raw_limit: "–".to_owned(),
+                ratio: None,
+                target: "< 100 MiB".to_owned(),
+                met: Some(gateway_peak > 0 && gateway_peak < 100 * 1024 * 1024),
+            },
+            Row {
+                stage: "5. memory: peak RSS of each service during 1–4".to_owned(),
+                sluice: peaks.join(", "),
+                raw_limit: "–".to_owned(),
+                ratio: None,
+                target: "–".to_owned(),
+                met: None,
+            },
+            Row {
+                stage: format!(
+                    "6. validation: {}-record JSON body, one thread",
+                    count(v.records_per_body as f64)
+                ),
+                sluice: format!(
+                    "sluice_schema::validate: {:.0} MB/s ({} rec/s)",
+                    v.sluice_mb_per_s,
+                    count(v.sluice_records_per_s)
+                ),
+                raw_limit: format!(
+                    "serde_json::from_slice::<Vec<Value>>: {:.0} MB/s",
+                    v.serde_mb_per_s
+                ),
+                ratio: ratio(v.sluice_mb_per_s, v.serde_mb_per_s),
+                target: "–".to_owned(),
+                met: None,
+            },
+        ]
+    }
+}
