@@ -36,7 +36,7 @@ use crate::db::{self, IdCounters, RecordInsert, Unstorable};
 /// to another replica: far above the time one message takes to store.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages asked for per pull request.
-const PULL_BATCH: usize = 64;
+const PULL_BATCH: usize = 32;
 /// How long a pull request waits for messages; also bounds how long the
 /// loop takes to notice shutdown while the stream is idle.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -175,7 +175,7 @@ enum StoreError {
     Transient(sqlx::Error),
     /// Held so long that JetStream may have redelivered it to another
     /// replica; that copy will store it.
-    #[error("the message was held longer than half the ack wait")]
+    #[error("the message was held for nearly its ack wait")]
     Late,
 }
 
@@ -400,9 +400,13 @@ impl Store {
             return Ok(Outcome::AlreadyStored);
         }
         // Applied sequences are forgotten once acked (`sample_consumer`). A
-        // copy held past the ack wait may have been redelivered, stored and
-        // forgotten meanwhile, and would then store twice: drop it.
-        if received.elapsed() >= self.ack_wait / 2 {
+        // copy held past its ack wait may have been redelivered, stored,
+        // acked and forgotten meanwhile, and would then store twice: drop
+        // it. JetStream redelivers no sooner than the ack wait after it
+        // delivered this copy, which was after `received`; until then no
+        // other copy can have been stored, and from this check on a
+        // redelivered copy blocks on our applied row until we commit.
+        if received.elapsed() >= self.ack_wait * 9 / 10 {
             return Err(StoreError::Late);
         }
         // The connectors row before the stats row: the control plane's lock
