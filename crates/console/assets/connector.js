@@ -123,7 +123,7 @@ function previewSection(c, source) {
   const isRecords = source === 'records';
   const headingId = uid(`${source}-h`);
   const body = h('div', { 'data-testid': `${source}-preview` });
-  const refresh = h('button', { type: 'button', class: 'button secondary', onclick: () => load() },
+  const refresh = h('button', { type: 'button', class: 'button secondary', 'data-testid': `refresh-${source}`, onclick: () => load() },
     isRecords ? 'Refresh records' : 'Refresh rejected records');
 
   async function load() {

@@ -2,6 +2,7 @@
 //! free port, a fresh profile per test, and the few waits the tests need.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,8 +26,15 @@ pub struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and every Chromium process it started, also when
+    /// the test failed before `close`: they share chromedriver's process
+    /// group, and killing chromedriver alone would leave Chromium running.
     fn drop(&mut self) {
-        // The session's Chromium exits with its chromedriver.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.driver.id()))
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -57,6 +65,8 @@ impl Browser {
             .port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            // Its own process group, which Drop ends whole.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +104,13 @@ impl Browser {
                 .await
                 .expect("resize");
         }
+    }
+
+    /// Ends the WebDriver session, so that Chromium shuts down cleanly.
+    pub async fn close(mut self) {
+        let client = self.client.clone();
+        client.close().await.expect("the session ends");
+        let _ = self.driver.kill();
     }
 
     pub async fn goto(&self, url: &str) {
@@ -235,6 +252,8 @@ async fn connect(
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--disable-breakpad",
+                "--disable-crash-reporter",
                 "--hide-scrollbars",
                 "--force-device-scale-factor=1",
                 format!("--window-size={width},{height}"),

@@ -120,6 +120,26 @@ async fn assert_fits(browser: &Browser, width: u32, page: &str) {
     );
 }
 
+/// Every visible control has a name a screen reader can say: a label, an
+/// aria-label, or (for a button) its text.
+async fn assert_labelled(browser: &Browser, page: &str) {
+    let unnamed = browser
+        .eval(
+            r#"return [...document.querySelectorAll('input, select, textarea, button')]
+                .filter((el) => el.offsetParent !== null)
+                .filter((el) => {
+                    const label = el.labels ? [...el.labels].map((l) => l.textContent.trim()).join(' ') : '';
+                    const aria = el.getAttribute('aria-label') || '';
+                    const text = el.tagName === 'BUTTON' ? el.textContent.trim() : '';
+                    return !(label || aria || text);
+                })
+                .map((el) => el.outerHTML.slice(0, 160));"#,
+            vec![],
+        )
+        .await;
+    assert_eq!(unnamed, json!([]), "controls without a label on {page}");
+}
+
 fn save(name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
     if std::env::var_os("SLUICE_WRITE_SCREENSHOTS").is_some() {
@@ -150,6 +170,7 @@ async fn every_page_fits_a_phone_and_a_desktop() {
         browser.goto(&format!("{}/#/", app.address)).await;
         browser.until_text("main", "sensor-readings").await;
         assert_fits(&browser, width, "the list").await;
+        assert_labelled(&browser, "the list").await;
         let png = browser.full_page_png(width, height).await;
         save(&format!("list-{width}.png"), &png);
 
@@ -207,6 +228,7 @@ async fn every_page_fits_a_phone_and_a_desktop() {
             )
             .await;
         assert_fits(&browser, width, "the new-connector form").await;
+        assert_labelled(&browser, "the new-connector form").await;
         let png = browser.full_page_png(width, height).await;
         save(&format!("new-connector-{width}.png"), &png);
 
@@ -226,7 +248,9 @@ async fn every_page_fits_a_phone_and_a_desktop() {
             )
             .await;
         assert_fits(&browser, width, "the connector page").await;
+        assert_labelled(&browser, "the connector page").await;
         let png = browser.full_page_png(width, height).await;
         save(&format!("connector-{width}.png"), &png);
     }
+    browser.close().await;
 }

@@ -222,6 +222,42 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         "1"
     );
 
+    // Rotating the write token shows the new one once; the old one stops.
+    press(&browser, "[data-testid=rotate-write]").await;
+    browser
+        .until_text("dialog[open]", "stops working at once")
+        .await;
+    press(&browser, "dialog[open] [data-confirm]").await;
+    let rotated = browser.find("[data-testid=new-write-token]").await;
+    let new_write = rotated.prop("value").await.unwrap().unwrap_or_default();
+    assert!(new_write.starts_with("sluice_w_") && new_write != write_token);
+    let record = json!({"email": "x@example.com", "quantity": 1, "price": null, "placed_at": "2026-11-29T16:00:00Z"});
+    let old = app
+        .client
+        .post(&endpoint)
+        .bearer_auth(&write_token)
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let new = app
+        .client
+        .post(format!("{endpoint}?wait=true"))
+        .bearer_auth(&new_write)
+        .json(&record)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(new.status(), StatusCode::OK);
+    press(&browser, "[data-testid=refresh-records]").await;
+    browser
+        .until_text(
+            "[data-testid=records-table] tbody tr:first-child",
+            "x@example.com",
+        )
+        .await;
+
     // An incompatible change is refused with the server's explanation,
     // beside the field, and nothing changes.
     browser
@@ -294,6 +330,20 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
 
     // Duplicate: asks for the name, then shows the copy's own tokens.
     let copy_name = browser.find("[data-testid=duplicate-name]").await;
+    // A taken name is explained beside the name box.
+    copy_name.clear().await.unwrap();
+    copy_name.send_keys("orders").await.unwrap();
+    copy_name.send_keys(&Key::Enter.to_string()).await.unwrap();
+    browser
+        .until_text(
+            "section[aria-labelledby=duplicate-h] .error",
+            "already has this name",
+        )
+        .await;
+    assert_eq!(
+        copy_name.attr("aria-invalid").await.unwrap().as_deref(),
+        Some("true")
+    );
     copy_name.clear().await.unwrap();
     copy_name.send_keys("orders-eu").await.unwrap();
     copy_name.send_keys(&Key::Enter.to_string()).await.unwrap();
@@ -307,16 +357,19 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     browser.goto(&format!("{}/#/", app.address)).await;
     browser.until_text("main", "orders-eu").await;
     assert_eq!(browser.find_all("tbody tr").await.len(), 2);
+    // name, fields, schema version, records, rejected, last received
     let orders_row = browser
-        .find(&format!("tr[data-connector-id='{id}']"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        orders_row.contains("orders") && orders_row.contains('2'),
-        "{orders_row}"
+        .eval(
+            "return [...document.querySelector(`tr[data-connector-id='${arguments[0]}']`).children].map((c) => c.innerText);",
+            vec![json!(id)],
+        )
+        .await;
+    let cells = orders_row.as_array().expect("the row's cells");
+    assert_eq!(
+        cells[..5],
+        json!(["orders", "4", "2", "3", "1"]).as_array().unwrap()[..]
     );
+    assert_ne!(cells[5], "never");
     let search = browser.find("input[type=search]").await;
     search.send_keys("EU").await.unwrap();
     browser.until_text("main", "1 of 2 connectors match").await;
@@ -336,7 +389,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     press(&browser, "[data-testid=delete]").await;
     let dialog = browser.until_text("dialog[open]", "Delete “orders”?").await;
     assert!(
-        dialog.contains("2 stored records") && dialog.contains("cannot be recovered"),
+        dialog.contains("3 stored records") && dialog.contains("cannot be recovered"),
         "{dialog}"
     );
     // Cancel has the focus: Enter on it keeps the connector.
@@ -387,4 +440,5 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         )
         .await;
     assert_eq!(stored, Value::Null);
+    browser.close().await;
 }
