@@ -219,7 +219,7 @@ function tokensSection(c) {
         replace(output,
           h('p', { class: 'warning' }, `The new ${kind} token is shown only now. Copy it before you leave this page.`),
           copyField(`New ${kind} token`, token, { testId: `new-${kind}-token`, secret: true }));
-        output.querySelector('input').focus();
+        output.querySelector('textarea').focus();
         announce(`${kind} token rotated`);
       } catch (error) {
         replace(output, h('p', { class: 'error', role: 'alert' }, error.message));

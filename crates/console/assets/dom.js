@@ -121,9 +121,17 @@ export async function copyText(text) {
  */
 export function copyField(label, value, { testId, secret = false, multiline = false } = {}) {
   const id = uid('copy');
-  const control = multiline
-    ? h('textarea', { id, readonly: true, rows: String(Math.min(8, value.split('\n').length + 1)), spellcheck: 'false', class: 'mono', 'data-testid': testId }, value)
-    : h('input', { id, type: 'text', readonly: true, value, spellcheck: 'false', class: 'mono', 'data-testid': testId, autocomplete: 'off' });
+  // A read-only textarea rather than an input, so that a long token or URL
+  // wraps on a narrow screen instead of hiding its end.
+  const control = h('textarea', {
+    id,
+    readonly: true,
+    rows: multiline ? String(Math.min(8, value.split('\n').length + 1)) : '1',
+    spellcheck: 'false',
+    autocomplete: 'off',
+    class: multiline ? 'mono copy-value multi' : 'mono copy-value single',
+    'data-testid': testId,
+  }, value);
   const button = h('button', {
     type: 'button',
     class: 'button secondary copy',

@@ -38,11 +38,17 @@ impl Drop for TestApp {
 /// The three services and the console merged on one port, like the
 /// all-in-one binary (crates/sluice/src/main.rs).
 pub async fn spawn_app() -> TestApp {
+    spawn_app_behind(None).await
+}
+
+/// [`spawn_app`] with `SLUICE_PUBLIC_URL` set as a deployment behind a
+/// proxy would have it, so endpoints show that URL (None: the server's own).
+pub async fn spawn_app_behind(public_url: Option<&str>) -> TestApp {
     let env = TestEnv::new().await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let address = format!("http://{}", listener.local_addr().expect("bound"));
     let mut settings = env.settings();
-    settings.public_url = address.clone();
+    settings.public_url = public_url.map_or_else(|| address.clone(), str::to_owned);
     let shutdown = CancellationToken::new();
     let control = sluice_control::Service::start(settings.clone(), shutdown.clone())
         .await

@@ -1,13 +1,13 @@
 //! The console at 1280 and 360 CSS pixels wide: no page ever scrolls
 //! sideways, and the shots of the list, the new-connector form and the
-//! connector page are the ones in docs/screenshots (written when
+//! connector page (and of a new connector's tokens) are the ones in docs/screenshots (written when
 //! SLUICE_WRITE_SCREENSHOTS=1, e.g. after a visible change to the console).
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::{ADMIN_TOKEN, TestApp, spawn_app};
+use crate::{ADMIN_TOKEN, TestApp, spawn_app_behind};
 
 const WIDTHS: [(u32, u32); 2] = [(1280, 800), (360, 740)];
 
@@ -23,8 +23,9 @@ async fn post(app: &TestApp, created: &Value, query: &str, records: Value) {
     let response = app
         .client
         .post(format!(
-            "{}?wait=true{query}",
-            created["endpoint"].as_str().unwrap()
+            "{}/v1/connectors/{}/records?wait=true{query}",
+            app.address,
+            created["id"].as_str().unwrap()
         ))
         .bearer_auth(created["write_token"].as_str().unwrap())
         .json(&records)
@@ -151,7 +152,8 @@ fn save(name: &str, png: &[u8]) {
 
 #[tokio::test]
 async fn every_page_fits_a_phone_and_a_desktop() {
-    let app = spawn_app().await;
+    // The URL people would see in a real deployment, for the screenshots.
+    let app = spawn_app_behind(Some("http://localhost:8080")).await;
     let orders = furnish(&app).await;
     let (width, height) = WIDTHS[0];
     let mut browser = Browser::start(width, height).await;
@@ -231,6 +233,37 @@ async fn every_page_fits_a_phone_and_a_desktop() {
         assert_labelled(&browser, "the new-connector form").await;
         let png = browser.full_page_png(width, height).await;
         save(&format!("new-connector-{width}.png"), &png);
+
+        // What Create shows once: the endpoint, the tokens and curl lines.
+        browser
+            .find("[data-testid=create]")
+            .await
+            .click()
+            .await
+            .unwrap();
+        browser
+            .until_text("h1", "Connector “payments” created")
+            .await;
+        browser
+            .eval(
+                "document.activeElement.blur(); window.scrollTo(0, 0);",
+                vec![],
+            )
+            .await;
+        assert_fits(&browser, width, "the created connector").await;
+        assert_labelled(&browser, "the created connector").await;
+        let png = browser.full_page_png(width, height).await;
+        save(&format!("created-{width}.png"), &png);
+        let payments = browser.value("[data-testid=endpoint]").await;
+        let payments = payments
+            .trim_end_matches("/records")
+            .rsplit('/')
+            .next()
+            .unwrap();
+        let (status, _) = app
+            .operator(Method::DELETE, &format!("/v1/connectors/{payments}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
 
         browser
             .goto(&format!("{}/#/connectors/{orders}", app.address))
