@@ -14,7 +14,9 @@
 //! sees every smaller one. That is what lets a reader follow a cursor
 //! without ever skipping a record (see `records`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -40,8 +42,11 @@ const PULL_BATCH: usize = 32;
 /// How long a pull request waits for messages; also bounds how long the
 /// loop takes to notice shutdown while the stream is idle.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// The store loop's own connections, apart from the GET pool.
-const STORE_POOL_SIZE: u32 = 4;
+/// Messages of one pull stored at once, each in its own transaction.
+const STORE_CONCURRENCY: usize = 4;
+/// The store loop's own connections, apart from the GET pool: one per
+/// message in flight, and one for the sampler.
+const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
 /// How often consumer lag is sampled and old applied sequences forgotten.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -219,13 +224,13 @@ enum Flow {
 impl Store {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
-        'pulls: while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() {
             let pulled_at = Instant::now();
             let pull = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 pull = self.consumer.batch().max_messages(PULL_BATCH).expires(self.pull_expires()).messages() => pull,
             };
-            let mut messages = match pull {
+            let messages = match pull {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(%error, "pulling from the records stream failed");
@@ -235,29 +240,57 @@ impl Store {
                 }
             };
             // What this pull brings is stored even once shutdown has begun:
-            // the pull ends by itself within PULL_EXPIRES.
-            let mut retrying = false;
-            let mut pull_failed = false;
-            while let Some(next) = messages.next().await {
-                let message = match next {
-                    Ok(message) => message,
-                    Err(error) => {
-                        tracing::warn!(%error, "the records stream answered a pull with an error");
-                        pull_failed = true;
-                        break;
+            // the pull ends by itself within PULL_EXPIRES. Its messages are
+            // stored a few at a time, each in its own transaction, but those
+            // of one connector in stream order (each waits its turn in its
+            // connector's lane), so one replica gives ids in arrival order.
+            let lanes: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>> =
+                Default::default();
+            let retrying = AtomicBool::new(false);
+            let crashed = AtomicBool::new(false);
+            let pull_failed = AtomicBool::new(false);
+            let stored_any = AtomicBool::new(false);
+            messages
+                .filter_map(|next| {
+                    let message = match next {
+                        Ok(message) => Some(message),
+                        Err(error) => {
+                            tracing::warn!(%error, "the records stream answered a pull with an error");
+                            pull_failed.store(true, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                    std::future::ready(message)
+                })
+                .for_each_concurrent(STORE_CONCURRENCY, |message| async {
+                    let lane = message_connector(&message).map(|connector| {
+                        let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
+                        lanes.entry(connector).or_default().clone()
+                    });
+                    // tokio's mutex is fair: turns come in the order asked.
+                    let _turn = match &lane {
+                        Some(lane) => Some(lane.lock().await),
+                        None => None,
+                    };
+                    if retrying.load(Ordering::Relaxed) || crashed.load(Ordering::Relaxed) {
+                        // Hand it straight back for another replica, or for
+                        // us after the pause.
+                        let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
+                        return;
                     }
-                };
-                if retrying {
-                    // Hand it straight back for another replica, or for us
-                    // after the pause.
-                    let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
-                    continue;
-                }
-                match self.handle(message, pulled_at, &backoff).await {
-                    Flow::Next => backoff.reset(),
-                    Flow::Retry => retrying = true,
-                    Flow::Crash => break 'pulls,
-                }
+                    match self.handle(message, pulled_at, &backoff).await {
+                        Flow::Next => stored_any.store(true, Ordering::Relaxed),
+                        Flow::Retry => retrying.store(true, Ordering::Relaxed),
+                        Flow::Crash => crashed.store(true, Ordering::Relaxed),
+                    }
+                })
+                .await;
+            if crashed.into_inner() {
+                break;
+            }
+            let (retrying, pull_failed) = (retrying.into_inner(), pull_failed.into_inner());
+            if stored_any.into_inner() && !retrying {
+                backoff.reset();
             }
             if retrying || pull_failed {
                 backoff.pause(&shutdown).await;

@@ -246,3 +246,34 @@ async fn a_lost_consumer_is_made_again_after_the_recorded_ack_floor() {
     let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
     assert_eq!(ns, [&json!(1), &json!(2), &json!(3)]);
 }
+
+#[tokio::test]
+async fn one_reader_gives_a_connectors_records_ids_in_stream_order() {
+    let mut app = spawn_control_only().await;
+    let fields = json!([{"name": "n", "type": "integer"}]);
+    let a = app.create_connector("a", fields.clone()).await;
+    let b = app.create_connector("b", fields).await;
+    // Queued before the reader starts, so they arrive together in one pull
+    // and are stored concurrently across connectors.
+    for n in 0..20 {
+        app.publish(a.id, json!([{"n": n}, {"n": n}])).await;
+        app.publish(b.id, json!([{"n": n}])).await;
+    }
+    app.start_reader(StoreHooks::default()).await;
+    app.wait_stored(a.id, 40).await;
+    app.wait_stored(b.id, 20).await;
+    app.wait_visible(&a).await;
+    app.wait_visible(&b).await;
+    for (connector, per_message) in [(&a, 2), (&b, 1)] {
+        let ns: Vec<i64> = app
+            .all_records(connector)
+            .await
+            .iter()
+            .map(|r| r["n"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = (0..20)
+            .flat_map(|n| std::iter::repeat_n(n, per_message))
+            .collect();
+        assert_eq!(ns, expected);
+    }
+}
