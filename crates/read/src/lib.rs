@@ -3,13 +3,13 @@
 //!
 //! It owns two things:
 //!
-//! - [`store`]: a durable pull consumer on the records stream, shared by every
+//! - `store`: a durable pull consumer on the records stream, shared by every
 //!   replica, that writes each message's records into its connector's table
 //!   exactly once (the message's stream sequence is recorded in the same
 //!   transaction as its rows, and the message is acked only after commit),
 //!   allocating `_id`s under the connector's stats row lock so that one
 //!   connector's writes commit in `_id` order.
-//! - [`records`]: `GET /v1/connectors/{id}/records` and `/rejected`, cursor
+//! - `records`: `GET /v1/connectors/{id}/records` and `/rejected`, cursor
 //!   pages in JSON, NDJSON or CSV, streamed from PostgreSQL, with filters,
 //!   projection and long-polling.
 //!

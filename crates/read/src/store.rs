@@ -319,7 +319,7 @@ impl Store {
         PULL_EXPIRES.min(self.ack_wait / 4)
     }
 
-    #[tracing::instrument(skip_all, fields(sequence, connector))]
+    #[tracing::instrument(skip_all, fields(sequence, connector, request_id))]
     async fn handle(
         &self,
         message: jetstream::Message,
@@ -336,6 +336,14 @@ impl Store {
             }
         };
         tracing::Span::current().record("sequence", sequence);
+        // The ingest request's id, so its logs and ours can be joined.
+        if let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::REQUEST_ID))
+        {
+            tracing::Span::current().record("request_id", id.as_str());
+        }
         let connector = message_connector(&message);
         if let Some(connector) = connector {
             tracing::Span::current().record("connector", tracing::field::display(connector));
