@@ -38,6 +38,11 @@ function setTitle(title) {
   document.title = `${title} · Sluice console`;
 }
 
+// On the first page of a visit the browser's own starting point (the top,
+// with the skip link) is right; after that, each page change moves the
+// focus to the new heading.
+let firstPaint = true;
+
 /** Puts a view's content in place and moves focus to its heading, so that
  * keyboard and screen-reader users start at the top of what changed. */
 export function paint(view, ...children) {
@@ -45,8 +50,9 @@ export function paint(view, ...children) {
   const heading = view.main.querySelector('h1');
   if (heading) {
     heading.setAttribute('tabindex', '-1');
-    heading.focus({ preventScroll: false });
+    if (!firstPaint) heading.focus({ preventScroll: false });
   }
+  firstPaint = false;
 }
 
 // A message for the next page to show, such as "deleted" after a delete
@@ -85,6 +91,12 @@ document.getElementById('sign-out').addEventListener('click', () => {
   announce('Signed out');
   location.hash = '#/';
   route();
+});
+
+// The skip link must not change the hash: that is the console's route.
+document.querySelector('.skip-link').addEventListener('click', (event) => {
+  event.preventDefault();
+  main.focus();
 });
 
 window.addEventListener('hashchange', route);

@@ -2,7 +2,6 @@
 //! free port, a fresh profile per test, and the few waits the tests need.
 
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,22 +21,39 @@ const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    port: u16,
+    /// The WebDriver session, until `close` ends it.
+    session: Option<String>,
     profile: PathBuf,
 }
 
 impl Drop for Browser {
-    /// Ends chromedriver and every Chromium process it started, also when
-    /// the test failed before `close`: they share chromedriver's process
-    /// group, and killing chromedriver alone would leave Chromium running.
+    /// Ends the WebDriver session (so that chromedriver shuts Chromium down
+    /// cleanly, also when the test failed before `close`), then chromedriver.
+    /// Killing chromedriver alone would leave Chromium running.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.driver.id()))
-            .stderr(Stdio::null())
-            .status();
+        if let Some(session) = self.session.take() {
+            delete_session(self.port, &session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// `DELETE /session/{id}` over a plain blocking socket: Drop cannot await,
+/// and the async client's task lives on the runtime that Drop is blocking.
+fn delete_session(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let _ = stream.read_to_end(&mut Vec::new());
     }
 }
 
@@ -65,8 +81,6 @@ impl Browser {
             .port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
-            // Its own process group, which Drop ends whole.
-            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -75,9 +89,13 @@ impl Browser {
             "sluice-console-chromium-{}-{port}",
             std::process::id()
         ));
+        let client = connect(port, &chromium, &profile, width, height).await;
+        let session = client.session_id().await.expect("a session id");
         let mut browser = Browser {
-            client: connect(port, &chromium, &profile, width, height).await,
+            client,
             driver,
+            port,
+            session,
             profile,
         };
         browser.resize(width, height).await;
@@ -108,9 +126,8 @@ impl Browser {
 
     /// Ends the WebDriver session, so that Chromium shuts down cleanly.
     pub async fn close(mut self) {
-        let client = self.client.clone();
-        client.close().await.expect("the session ends");
-        let _ = self.driver.kill();
+        self.session = None;
+        self.client.clone().close().await.expect("the session ends");
     }
 
     pub async fn goto(&self, url: &str) {
@@ -201,6 +218,19 @@ impl Browser {
             .await
             .expect("an element has the focus");
         focused.send_keys(text).await.expect("type");
+    }
+
+    /// Presses and releases `key` on the keyboard, wherever the focus is.
+    pub async fn press_key(&self, key: fantoccini::key::Key) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let value: char = key.into();
+        let actions = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value })
+            .then(KeyAction::Up { value });
+        self.client
+            .perform_actions(actions)
+            .await
+            .expect("a key press");
     }
 
     pub async fn value(&self, css: &str) -> String {

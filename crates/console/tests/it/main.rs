@@ -5,6 +5,7 @@
 
 mod assets;
 mod browser;
+mod keyboard;
 mod screenshots;
 mod walk;
 
