@@ -334,47 +334,25 @@ pub(crate) async fn advance_stats(
     Ok(())
 }
 
-/// Records that every message of `stream` up to `ack_floor` is acked for
-/// good, and forgets their applied sequences: they can never be delivered
-/// again, by this consumer or by one made anew (which starts after the
-/// floor). The hour of margin also covers a replica still holding an older
-/// copy of one of them.
-#[tracing::instrument(skip(conn))]
-pub(crate) async fn advance_ack_floor(
-    conn: &mut PgConnection,
+/// Forgets the applied sequences of `stream` up to `ack_floor`: every such
+/// message is acked and so gone from the work-queue stream, and can never
+/// be delivered again. The hour of margin also covers a replica still
+/// holding an older copy of one of them.
+#[tracing::instrument(skip(pool))]
+pub(crate) async fn forget_applied_up_to(
+    pool: &sqlx::PgPool,
     stream: &str,
     ack_floor: i64,
 ) -> sqlx::Result<()> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    sqlx::query(
-        "INSERT INTO store_progress (stream, ack_floor) VALUES ($1, $2) \
-         ON CONFLICT (stream) DO UPDATE \
-         SET ack_floor = GREATEST(store_progress.ack_floor, EXCLUDED.ack_floor)",
-    )
-    .bind(stream)
-    .bind(ack_floor)
-    .execute(&mut *tx)
-    .await?;
     sqlx::query(
         "DELETE FROM applied_messages WHERE stream = $1 AND sequence <= $2 \
          AND applied_at < now() - interval '1 hour'",
     )
     .bind(stream)
     .bind(ack_floor)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await
-}
-
-/// The last ack floor recorded for `stream`, 0 if none.
-#[tracing::instrument(skip(pool))]
-pub(crate) async fn recorded_ack_floor(pool: &sqlx::PgPool, stream: &str) -> sqlx::Result<i64> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT ack_floor FROM store_progress WHERE stream = $1")
-            .bind(stream)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map_or(0, |(floor,)| floor))
+    Ok(())
 }
 
 /// Starts the transaction that one GET reads in: a single snapshot, so the

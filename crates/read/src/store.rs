@@ -87,7 +87,7 @@ pub(crate) async fn start(
     let stream = js.get_stream(&stream_name).await?;
     let ack_wait = hooks.ack_wait.unwrap_or(ACK_WAIT);
     let consumer_name = namespace.store_consumer();
-    let consumer = attach_consumer(&stream, &pool, &namespace, ack_wait).await?;
+    let consumer = attach_consumer(&stream, &namespace, ack_wait).await?;
     let store = Store {
         stream: stream.clone(),
         pool: pool.clone(),
@@ -110,28 +110,21 @@ pub(crate) async fn start(
     Ok(())
 }
 
-/// Gets the shared consumer, creating it if it does not exist: from the
-/// start of the stream the first time, after the recorded ack floor if it
-/// existed before and was lost (whose messages up to the floor are acked,
-/// and their applied sequences maybe forgotten).
+/// Gets the shared consumer, creating it if it does not exist. The records
+/// stream is a work queue: a message leaves it once acked, so a consumer
+/// made again after being lost starts from what is left, never replaying
+/// what was stored (and JetStream only allows "deliver all" on such a
+/// stream anyway).
 async fn attach_consumer(
     stream: &stream::Stream,
-    pool: &PgPool,
     namespace: &Namespace,
     ack_wait: Duration,
 ) -> anyhow::Result<PullConsumer> {
-    let floor = db::recorded_ack_floor(pool, &namespace.records_stream()).await?;
-    let deliver_policy = match u64::try_from(floor) {
-        Ok(floor) if floor > 0 => DeliverPolicy::ByStartSequence {
-            start_sequence: floor + 1,
-        },
-        _ => DeliverPolicy::All,
-    };
     let name = namespace.store_consumer();
     let config = pull::Config {
         durable_name: Some(name.clone()),
         description: Some("Sluice read API: stores records in PostgreSQL".into()),
-        deliver_policy,
+        deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait,
         // Never give up on a message: transient failures (PostgreSQL down)
@@ -306,7 +299,7 @@ impl Store {
     /// or lost with a NATS server that kept no state), so the loop heals
     /// instead of failing every pull.
     async fn reattach(&mut self) {
-        match attach_consumer(&self.stream, &self.pool, &self.namespace, self.ack_wait).await {
+        match attach_consumer(&self.stream, &self.namespace, self.ack_wait).await {
             Ok(consumer) => self.consumer = consumer,
             Err(error) => tracing::warn!(%error, "the store consumer is unavailable"),
         }
@@ -625,14 +618,10 @@ async fn sample_consumer(
         metrics::gauge!("sluice_read_consumer_pending").set(info.num_pending as f64);
         metrics::gauge!("sluice_read_consumer_ack_pending").set(info.num_ack_pending as f64);
         let floor = i64::try_from(info.ack_floor.stream_sequence).unwrap_or(i64::MAX);
-        if floor > 0 {
-            let advanced = match pool.acquire().await {
-                Ok(mut conn) => db::advance_ack_floor(&mut conn, &stream_name, floor).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = advanced {
-                tracing::debug!(%error, "recording the ack floor failed");
-            }
+        if floor > 0
+            && let Err(error) = db::forget_applied_up_to(&pool, &stream_name, floor).await
+        {
+            tracing::debug!(%error, "forgetting applied sequences failed");
         }
     }
 }

@@ -262,9 +262,30 @@ pub struct RejectedRecord {
 impl RejectedRecord {
     pub fn new(record: serde_json::Value, errors: &[RecordError]) -> RejectedRecord {
         RejectedRecord {
-            record,
-            errors: serde_json::to_value(errors).unwrap_or_default(),
+            record: storable(record),
+            errors: storable(serde_json::to_value(errors).unwrap_or_default()),
         }
+    }
+}
+
+/// PostgreSQL's `jsonb` refuses the NUL character, which a refused record
+/// may well hold; such a value is kept as its JSON text instead, so that it
+/// cannot stop the accepted records that travel with it from being stored.
+fn storable(value: serde_json::Value) -> serde_json::Value {
+    fn holds_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(holds_nul),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+            _ => false,
+        }
+    }
+    if holds_nul(&value) {
+        serde_json::Value::String(value.to_string())
+    } else {
+        value
     }
 }
 
@@ -329,6 +350,9 @@ pub async fn ensure_streams(
         name: ns.records_stream(),
         subjects: vec![format!("{}.records.>", ns.as_str())],
         storage: stream::StorageType::File,
+        // A message leaves the stream once the read API has stored and acked
+        // it; until then it is kept, however long the readers are away.
+        retention: stream::RetentionPolicy::WorkQueue,
         // A full stream refuses new messages, so ingest answers 503 instead of
         // JetStream silently dropping old, unstored records.
         discard: stream::DiscardPolicy::New,
@@ -368,6 +392,18 @@ pub async fn connectors_bucket(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refused_records_holding_nul_are_kept_as_text() {
+        let record = serde_json::json!({"name": "a\u{0}b"});
+        let rejected = super::RejectedRecord::new(record.clone(), &[]);
+        assert_eq!(
+            rejected.record,
+            serde_json::Value::String(record.to_string())
+        );
+        let plain = serde_json::json!({"name": "ab"});
+        assert_eq!(super::RejectedRecord::new(plain.clone(), &[]).record, plain);
+    }
+
     use super::*;
 
     #[test]

@@ -12,7 +12,10 @@ use sluice_runtime::{Settings, http, telemetry, token};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(version, about = "Sluice: a typed schema becomes a secure HTTP endpoint.")]
+#[command(
+    version,
+    about = "Sluice: a typed schema becomes a secure HTTP endpoint."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,6 +66,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     openapi.merge(read.openapi());
     let api = control.router().merge(ingest.router()).merge(read.router());
     let services = Arc::new((control, ingest, read));
+    let stored = services.clone();
     let ready: http::ReadinessCheck = Arc::new(move || {
         let services = services.clone();
         async move {
@@ -78,6 +82,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let listener = TcpListener::bind(settings.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "sluice serving");
-    http::serve(listener, router, shutdown, std::time::Duration::from_secs(30)).await?;
+    http::serve(
+        listener,
+        router,
+        shutdown,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
+    // The reader commits and acks what it holds before the process exits.
+    stored.2.stopped().await;
     Ok(())
 }
