@@ -21,10 +21,17 @@ async fn sluice_serve_answers_every_route_on_one_port() {
         format!("{}/v1/connectors/{id}/records", sluice.url)
     );
     let (status, answer) = client
-        .post_records(id, created["write_token"].as_str().unwrap(), "text/csv", "email,at\nx@example.com,2026-02-28\ny@example.com,\n")
+        .post_records(
+            id,
+            created["write_token"].as_str().unwrap(),
+            "text/csv",
+            "email,at\nx@example.com,2026-02-28\ny@example.com,\n",
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let records = client.read_all(id, created["read_token"].as_str().unwrap()).await;
+    let records = client
+        .read_all(id, created["read_token"].as_str().unwrap())
+        .await;
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["at"], "2026-02-28");
 
@@ -32,7 +39,14 @@ async fn sluice_serve_answers_every_route_on_one_port() {
         let response = client.admin(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
-    let openapi: serde_json::Value = client.admin(Method::GET, "/openapi.json").send().await.unwrap().json().await.unwrap();
+    let openapi: serde_json::Value = client
+        .admin(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = openapi["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/connectors"));
     assert!(paths.contains_key("/v1/connectors/{id}/records"));
@@ -49,7 +63,11 @@ async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
         .unwrap()
         .join("sluice");
     // Started by hand (not Process::start) to read what it prints.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(binary)
         .arg("serve")
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
@@ -65,8 +83,15 @@ async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let mut token = None;
     let mut line = String::new();
-    while tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line).await.unwrap() > 0 {
-        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("sluice_admin_")) {
+    while tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+        .await
+        .unwrap()
+        > 0
+    {
+        if let Some(t) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("sluice_admin_"))
+        {
             token = Some(t.to_owned());
             break;
         }
@@ -84,6 +109,11 @@ async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status, StatusCode::OK);
-    let unauthorized = http.get(&url).bearer_auth("sluice_admin_wrong").send().await.unwrap();
+    let unauthorized = http
+        .get(&url)
+        .bearer_auth("sluice_admin_wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
 }

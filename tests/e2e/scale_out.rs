@@ -39,7 +39,9 @@ async fn two_gateways_and_two_readers_store_every_record_once() {
         let (id, write) = (&id, &write);
         async move {
             for b in (p..BATCHES).step_by(4) {
-                let body: Vec<Value> = (0..PER_BATCH).map(|i| json!({"seq": b * PER_BATCH + i})).collect();
+                let body: Vec<Value> = (0..PER_BATCH)
+                    .map(|i| json!({"seq": b * PER_BATCH + i}))
+                    .collect();
                 let response = client
                     .request(Method::POST, &format!("/v1/connectors/{id}/records"), write)
                     .json(&body)
@@ -62,7 +64,11 @@ async fn two_gateways_and_two_readers_store_every_record_once() {
             let mut query = vec![("limit", "7".to_owned()), ("wait", "1".to_owned())];
             query.extend(cursor.clone().map(|c| ("cursor", c)));
             let page: Value = client
-                .request(Method::GET, &format!("/v1/connectors/{id}/records"), &read_token)
+                .request(
+                    Method::GET,
+                    &format!("/v1/connectors/{id}/records"),
+                    &read_token,
+                )
                 .query(&query)
                 .send()
                 .await
@@ -72,17 +78,32 @@ async fn two_gateways_and_two_readers_store_every_record_once() {
                 .unwrap();
             cursor = page["next_cursor"].as_str().map(str::to_owned);
             for record in page["records"].as_array().unwrap() {
-                seen.push((record["_id"].as_str().unwrap().to_owned(), record["seq"].as_i64().unwrap()));
+                seen.push((
+                    record["_id"].as_str().unwrap().to_owned(),
+                    record["seq"].as_i64().unwrap(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         seen
     };
-    let ((), seen) = tokio::join!(async { producers.await; }, consumer);
+    let ((), seen) = tokio::join!(
+        async {
+            producers.await;
+        },
+        consumer
+    );
 
     let seqs: HashSet<i64> = seen.iter().map(|(_, s)| *s).collect();
-    assert_eq!(seen.len(), BATCHES * PER_BATCH, "every record seen, none twice");
+    assert_eq!(
+        seen.len(),
+        BATCHES * PER_BATCH,
+        "every record seen, none twice"
+    );
     assert_eq!(seqs.len(), BATCHES * PER_BATCH);
     let ids: Vec<u64> = seen.iter().map(|(id, _)| id.parse().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "records come in _id order");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "records come in _id order"
+    );
 }

@@ -33,7 +33,12 @@ async fn a_connector_from_creation_to_deletion() {
     let id = created["id"].as_str().unwrap().to_owned();
     let write = created["write_token"].as_str().unwrap().to_owned();
     let read_token = created["read_token"].as_str().unwrap().to_owned();
-    assert!(created["endpoint"].as_str().unwrap().ends_with(&format!("/v1/connectors/{id}/records")));
+    assert!(
+        created["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/v1/connectors/{id}/records"))
+    );
 
     // One record in each format, all stored before the answer (wait=true).
     let (status, answer) = client
@@ -82,7 +87,9 @@ async fn a_connector_from_creation_to_deletion() {
     let record = json!({"order_id": 4.5, "contact": "d@example.com", "amount": "1", "placed_at": "2026-11-29T13:00:03Z", "country": "NZ"}).to_string();
     let mut status = StatusCode::IM_A_TEAPOT;
     for _ in 0..20 {
-        (status, _) = client.post_records(&id, &write, "application/json", record.clone()).await;
+        (status, _) = client
+            .post_records(&id, &write, "application/json", record.clone())
+            .await;
         if status == StatusCode::OK {
             break;
         }
@@ -91,7 +98,10 @@ async fn a_connector_from_creation_to_deletion() {
     assert_eq!(status, StatusCode::OK);
     let records = client.read_all(&id, &read_token).await;
     assert_eq!(records.len(), 4);
-    assert_eq!(records[0]["contact"], "a@example.com", "renamed values are kept");
+    assert_eq!(
+        records[0]["contact"], "a@example.com",
+        "renamed values are kept"
+    );
     assert!(records[0].get("email").is_none());
     assert_eq!(records[3]["order_id"], 4.5);
     assert_eq!(records[3]["country"], "NZ");
@@ -109,7 +119,12 @@ async fn a_connector_from_creation_to_deletion() {
     assert_ne!(copy["id"], created["id"]);
     assert_eq!(copy["fields"], edited["fields"]);
     let copy_id = copy["id"].as_str().unwrap();
-    assert!(client.read_all(copy_id, copy["read_token"].as_str().unwrap()).await.is_empty());
+    assert!(
+        client
+            .read_all(copy_id, copy["read_token"].as_str().unwrap())
+            .await
+            .is_empty()
+    );
 
     // Rotate the write token: the old one stops working.
     let response = client
@@ -122,14 +137,18 @@ async fn a_connector_from_creation_to_deletion() {
     let new_write = rotated["token"].as_str().unwrap();
     let mut old_status = StatusCode::OK;
     for _ in 0..20 {
-        (old_status, _) = client.post_records(&id, &write, "application/json", record.clone()).await;
+        (old_status, _) = client
+            .post_records(&id, &write, "application/json", record.clone())
+            .await;
         if old_status == StatusCode::UNAUTHORIZED {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(old_status, StatusCode::UNAUTHORIZED);
-    let (status, _) = client.post_records(&id, new_write, "application/json", record.clone()).await;
+    let (status, _) = client
+        .post_records(&id, new_write, "application/json", record.clone())
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     // Delete: 404 everywhere afterwards.
@@ -139,11 +158,20 @@ async fn a_connector_from_creation_to_deletion() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let response = client.admin(Method::GET, &format!("/v1/connectors/{id}")).send().await.unwrap();
+    let response = client
+        .admin(Method::GET, &format!("/v1/connectors/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let mut statuses = (StatusCode::OK, StatusCode::OK);
     for _ in 0..20 {
-        let get = client.admin(Method::GET, &format!("/v1/connectors/{id}/records")).send().await.unwrap().status();
+        let get = client
+            .admin(Method::GET, &format!("/v1/connectors/{id}/records"))
+            .send()
+            .await
+            .unwrap()
+            .status();
         let post = client
             .admin(Method::POST, &format!("/v1/connectors/{id}/records"))
             .header("content-type", "application/json")

@@ -43,7 +43,12 @@ pub struct Process {
 }
 
 impl Process {
-    pub async fn start(env: &TestEnv, binary_name: &str, args: &[&str], extra: &[(&str, &str)]) -> Process {
+    pub async fn start(
+        env: &TestEnv,
+        binary_name: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Process {
         let port = free_port();
         let mut command = Command::new(binary(binary_name));
         command
@@ -74,10 +79,10 @@ impl Process {
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..300 {
-            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -146,7 +151,8 @@ impl Client {
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = if method == Method::POST && path.contains("/records") {
             &self.ingest[turn % self.ingest.len()]
-        } else if method == Method::GET && (path.contains("/records") || path.contains("/rejected")) {
+        } else if method == Method::GET && (path.contains("/records") || path.contains("/rejected"))
+        {
             &self.read[turn % self.read.len()]
         } else {
             &self.control
@@ -173,9 +179,19 @@ impl Client {
     }
 
     /// Posts `body` with `content_type` and waits until it is readable.
-    pub async fn post_records(&self, id: &str, token: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_records(
+        &self,
+        id: &str,
+        token: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let response = self
-            .request(Method::POST, &format!("/v1/connectors/{id}/records?wait=true"), token)
+            .request(
+                Method::POST,
+                &format!("/v1/connectors/{id}/records?wait=true"),
+                token,
+            )
             .header("content-type", content_type)
             .body(body)
             .send()

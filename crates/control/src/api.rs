@@ -6,11 +6,10 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use sluice_runtime::http::Problem;
 use sluice_runtime::store;
 use sluice_runtime::token::{NewToken, TokenKind};
 use sluice_schema::{
@@ -29,37 +28,17 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/connectors",
-            only(post(create_connector).get(list_connectors)),
+            post(create_connector).get(list_connectors),
         )
         .route(
             "/v1/connectors/{id}",
-            only(
-                get(get_connector)
-                    .patch(edit_connector)
-                    .delete(delete_connector),
-            ),
+            get(get_connector)
+                .patch(edit_connector)
+                .delete(delete_connector),
         )
-        .route(
-            "/v1/connectors/{id}/duplicate",
-            only(post(duplicate_connector)),
-        )
-        .route(
-            "/v1/connectors/{id}/tokens/{kind}",
-            only(post(rotate_token)),
-        )
-        .route("/v1/connectors/{id}/schema", only(get(connector_schema)))
-}
-
-/// Answers other methods with problem+json rather than axum's empty 405.
-/// Set per route, so merging this router with others' stays possible.
-fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
-    route.fallback(|| async {
-        Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not answer this method",
-        )
-    })
+        .route("/v1/connectors/{id}/duplicate", post(duplicate_connector))
+        .route("/v1/connectors/{id}/tokens/{kind}", post(rotate_token))
+        .route("/v1/connectors/{id}/schema", get(connector_schema))
 }
 
 // ---------------------------------------------------------------------------

@@ -25,15 +25,14 @@ use anyhow::Context;
 use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use futures::FutureExt;
 use secrecy::ExposeSecret;
+use sluice_runtime::http::BearerAuth;
 use sluice_runtime::token::TokenHash;
 use sluice_runtime::{Settings, bus, http, store};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// How long a JetStream request (a bucket write) may take before it fails.
 const BUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,9 +92,11 @@ impl Service {
         tokio::spawn(publish::reconcile_when_needed(state.clone(), shutdown));
         Ok(Service { state })
     }
+}
 
+impl http::Served for Service {
     /// The control-plane routes of SPEC section 6, state applied.
-    pub fn router(&self) -> Router {
+    fn router(&self) -> Router {
         api::router()
             // Definitions are small, but 500 fields with long descriptions
             // outgrow axum's 2 MB default; the operator's limit applies.
@@ -103,12 +104,12 @@ impl Service {
             .with_state(self.state.clone())
     }
 
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
         ApiDoc::openapi()
     }
 
     /// PostgreSQL answers a query, and the NATS connection is up.
-    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+    async fn readiness(&self) -> Vec<(&'static str, bool)> {
         let postgres = tokio::time::timeout(Duration::from_secs(2), db::ping(&self.state.pool))
             .await
             .unwrap_or(false);
@@ -136,18 +137,6 @@ impl Service {
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 /// The control plane bound to its address, ready to serve.
 pub struct Application {
@@ -181,14 +170,8 @@ impl Application {
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        let service = self.service.clone();
-        let ready: http::ReadinessCheck = Arc::new(move || {
-            let service = service.clone();
-            async move { service.readiness().await }.boxed()
-        });
-        let router = http::app(self.service.router(), &self.service.openapi(), ready);
-        tracing::info!(address = %self.local_addr(), "control plane listening");
-        http::serve(self.listener, router, self.shutdown, SHUTDOWN_GRACE).await?;
+        let service = Arc::new(self.service);
+        http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
         Ok(())
     }
 }

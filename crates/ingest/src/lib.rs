@@ -32,17 +32,15 @@ use async_nats::connection::State;
 use async_nats::jetstream;
 use axum::Router;
 use axum::http::StatusCode;
-use futures::FutureExt;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
-use sluice_runtime::http::{self, Problem};
+use sluice_runtime::http::{self, BearerAuth};
 use sluice_runtime::token::TokenHash;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::access::Definitions;
 use crate::error::IngestError;
@@ -167,18 +165,20 @@ impl Service {
             },
         })
     }
+}
 
+impl http::Served for Service {
     /// `POST /v1/connectors/{id}/records`, with state applied.
-    pub fn router(&self) -> Router {
+    fn router(&self) -> Router {
         records::router().with_state(self.state.clone())
     }
 
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
         ApiDoc::openapi()
     }
 
     /// NATS connected, and the connector definitions loaded.
-    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+    async fn readiness(&self) -> Vec<(&'static str, bool)> {
         vec![
             (
                 "nats",
@@ -252,18 +252,6 @@ impl Setup {
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// The gateway bound to its listener, ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -296,29 +284,8 @@ impl Application {
 
     /// Serves until shutdown, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        let service = self.service.clone();
-        let ready: http::ReadinessCheck = Arc::new(move || {
-            let service = service.clone();
-            async move { service.readiness().await }.boxed()
-        });
-        // Only here, not in `router()`: the all-in-one binary merges this
-        // route with the read API's GET on the same path, and two method
-        // fallbacks on one path cannot merge.
-        let api = self
-            .service
-            .router()
-            .method_not_allowed_fallback(method_not_allowed);
-        let router = http::app(api, &self.service.openapi(), ready);
-        tracing::info!(address = %self.local_addr, "ingest gateway listening");
-        http::serve(self.listener, router, self.shutdown, SHUTDOWN_GRACE).await?;
+        let service = Arc::new(self.service);
+        http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
         Ok(())
     }
-}
-
-async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
 }

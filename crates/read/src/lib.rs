@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::FutureExt;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
@@ -111,18 +110,20 @@ impl Service {
         tasks.close();
         Ok(Service { state, tasks })
     }
+}
 
+impl sluice_runtime::http::Served for Service {
     /// `GET /v1/connectors/{id}/records` and `/rejected`, state applied.
-    pub fn router(&self) -> axum::Router {
+    fn router(&self) -> axum::Router {
         records::router().with_state(self.state.clone())
     }
 
-    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
         records::ApiDoc::openapi()
     }
 
     /// PostgreSQL answers a query, and the NATS connection is up.
-    pub async fn readiness(&self) -> Vec<(&'static str, bool)> {
+    async fn readiness(&self) -> Vec<(&'static str, bool)> {
         let postgres = tokio::time::timeout(
             Duration::from_secs(2),
             sqlx::query("SELECT 1").execute(&self.state.pool),
@@ -135,7 +136,7 @@ impl Service {
 
     /// Resolves once the store loop has finished its in-flight batch after
     /// shutdown.
-    pub async fn stopped(&self) {
+    async fn stopped(&self) {
         self.tasks.wait().await;
     }
 }
@@ -182,16 +183,7 @@ impl Application {
     /// store loop to commit and ack what it holds.
     pub async fn run(self) -> anyhow::Result<()> {
         let service = Arc::new(self.service);
-        let ready = {
-            let service = service.clone();
-            Arc::new(move || {
-                let service = service.clone();
-                async move { service.readiness().await }.boxed()
-            }) as sluice_runtime::http::ReadinessCheck
-        };
-        let app = sluice_runtime::http::app(service.router(), &service.openapi(), ready);
-        sluice_runtime::http::serve(self.listener, app, self.shutdown, SHUTDOWN_GRACE).await?;
-        service.stopped().await;
+        sluice_runtime::http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
         Ok(())
     }
 }

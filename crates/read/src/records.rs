@@ -38,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sluice_runtime::http::BearerToken;
+use sluice_runtime::http::{BearerAuth, BearerToken};
 use sluice_runtime::store::records_table;
 use sluice_runtime::token::TokenKind;
 use sqlx::{Postgres, Transaction};
@@ -76,19 +76,6 @@ pub(crate) fn router() -> Router<AppState> {
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 /// The parameters every page takes. Any other parameter is a filter:
 /// `field=op.value` with `op` one of `eq`, `neq`, `gt`, `gte`, `lt`, `lte`,

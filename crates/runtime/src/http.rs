@@ -2,7 +2,7 @@
 //! bearer token extractor, the health and metrics routes, request ids and
 //! tracing, and serving with graceful shutdown.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request};
@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::FutureExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -209,9 +210,8 @@ pub fn readiness(checks: &[(&str, bool)]) -> Response {
 }
 
 /// Readiness checks of a service, run on each `/readyz`.
-pub type ReadinessCheck = std::sync::Arc<
-    dyn Fn() -> futures::future::BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync,
->;
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<(&'static str, bool)>> + Send + Sync>;
 
 /// The whole router a process serves: the API routes, `/openapi.json`,
 /// `/readyz`, `/healthz`, `/metrics`, problem+json for unknown routes, all
@@ -228,7 +228,67 @@ pub fn app(api: Router, openapi: &impl serde::Serialize, ready: ReadinessCheck) 
             }),
         )
         .merge(operational_routes());
-    instrument(api.merge(routes).fallback(no_such_route))
+    instrument(
+        api.merge(routes)
+            .method_not_allowed_fallback(method_not_allowed)
+            .fallback(no_such_route),
+    )
+}
+
+/// A service as a process serves it. Each service crate's `Service`
+/// implements it, so its own binary and the all-in-one binary run it alike
+/// with [`run`].
+pub trait Served: Send + Sync + 'static {
+    /// The API routes, state applied; [`app`] adds the operational ones.
+    fn router(&self) -> Router;
+    fn openapi(&self) -> utoipa::openapi::OpenApi;
+    fn readiness(&self) -> impl Future<Output = Vec<(&'static str, bool)>> + Send;
+    /// Resolves once background work has wound down after shutdown.
+    fn stopped(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown`, lets in-flight requests
+/// finish (up to `grace`), then waits for the service's background work.
+pub async fn run<S: Served>(
+    listener: TcpListener,
+    service: Arc<S>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let checked = service.clone();
+    let ready: ReadinessCheck = Arc::new(move || {
+        let service = checked.clone();
+        async move { service.readiness().await }.boxed()
+    });
+    let router = app(service.router(), &service.openapi(), ready);
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    serve(listener, router, shutdown, grace).await?;
+    service.stopped().await;
+    Ok(())
+}
+
+/// Declares the bearer scheme of SPEC 3 in an OpenAPI document.
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not answer this method",
+    )
 }
 
 /// Problem+json for routes that do not exist.

@@ -4,12 +4,17 @@
 //! starts the three and merges their routes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Router;
 use clap::{Parser, Subcommand};
-use futures::FutureExt;
 use secrecy::SecretString;
-use sluice_runtime::{Settings, http, telemetry, token};
+use sluice_runtime::http::{self, Served};
+use sluice_runtime::{Settings, telemetry, token};
 use tokio::net::TcpListener;
+
+/// How long in-flight requests may run after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Parser)]
 #[command(
@@ -57,39 +62,48 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let shutdown = http::shutdown_on_signal();
-    let control = sluice_control::Service::start(settings.clone(), shutdown.clone()).await?;
-    let ingest = sluice_ingest::Service::start(settings.clone(), shutdown.clone()).await?;
-    let read = sluice_read::Service::start(settings.clone(), shutdown.clone()).await?;
-
-    let mut openapi = control.openapi();
-    openapi.merge(ingest.openapi());
-    openapi.merge(read.openapi());
-    let api = control.router().merge(ingest.router()).merge(read.router());
-    let services = Arc::new((control, ingest, read));
-    let stored = services.clone();
-    let ready: http::ReadinessCheck = Arc::new(move || {
-        let services = services.clone();
-        async move {
-            let (control, ingest, read) = &*services;
-            let mut checks = control.readiness().await;
-            checks.extend(ingest.readiness().await);
-            checks.extend(read.readiness().await);
-            checks
-        }
-        .boxed()
-    });
-    let router = http::app(api, &openapi, ready);
-
+    let services = AllInOne {
+        control: sluice_control::Service::start(settings.clone(), shutdown.clone()).await?,
+        ingest: sluice_ingest::Service::start(settings.clone(), shutdown.clone()).await?,
+        read: sluice_read::Service::start(settings.clone(), shutdown.clone()).await?,
+    };
     let listener = TcpListener::bind(settings.listen).await?;
-    tracing::info!(address = %listener.local_addr()?, "sluice serving");
-    http::serve(
-        listener,
-        router,
-        shutdown,
-        std::time::Duration::from_secs(30),
-    )
-    .await?;
-    // The reader commits and acks what it holds before the process exits.
-    stored.2.stopped().await;
+    http::run(listener, Arc::new(services), shutdown, SHUTDOWN_GRACE).await?;
     Ok(())
+}
+
+/// The three services as one: their routes and OpenAPI documents merged,
+/// ready when all three are.
+struct AllInOne {
+    control: sluice_control::Service,
+    ingest: sluice_ingest::Service,
+    read: sluice_read::Service,
+}
+
+impl Served for AllInOne {
+    fn router(&self) -> Router {
+        self.control
+            .router()
+            .merge(self.ingest.router())
+            .merge(self.read.router())
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        let mut openapi = self.control.openapi();
+        openapi.merge(self.ingest.openapi());
+        openapi.merge(self.read.openapi());
+        openapi
+    }
+
+    async fn readiness(&self) -> Vec<(&'static str, bool)> {
+        let mut checks = self.control.readiness().await;
+        checks.extend(self.ingest.readiness().await);
+        checks.extend(self.read.readiness().await);
+        checks
+    }
+
+    /// The reader commits and acks what it holds before the process exits.
+    async fn stopped(&self) {
+        self.read.stopped().await;
+    }
 }

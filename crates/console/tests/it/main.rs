@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use sluice_runtime::http;
+use sluice_runtime::http::{self, Served};
 use sluice_testkit::TestEnv;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
