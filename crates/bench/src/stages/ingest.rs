@@ -85,7 +85,7 @@ pub(crate) async fn post_in_loop(
                 if sent >= until && (tally.requests + tally.failed > 0) {
                     break;
                 }
-                let (body, records) = &bodies[turn % bodies.len()];
+                let (body, _) = &bodies[turn % bodies.len()];
                 turn += clients;
                 let outcome = post_once(&http, &url, &token, body.clone()).await;
                 let done = Instant::now();
@@ -93,9 +93,9 @@ pub(crate) async fn post_in_loop(
                     continue;
                 }
                 match outcome {
-                    Ok(()) => {
+                    Ok(accepted) => {
                         tally.requests += 1;
-                        tally.records += *records as u64;
+                        tally.records += accepted;
                         tally.body_bytes += body.len() as u64;
                         measure::record(&mut tally.latency, done - sent);
                     }
@@ -156,7 +156,7 @@ async fn post_once(
     url: &str,
     token: &str,
     body: Bytes,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let response = http
         .post(url)
         .bearer_auth(token)
@@ -168,7 +168,11 @@ async fn post_once(
     let status = response.status();
     let text = response.bytes().await.map_err(|e| format!("{e}"))?;
     if status == reqwest::StatusCode::ACCEPTED {
-        Ok(())
+        // Count what the gateway says it accepted, not what was sent.
+        serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|answer| answer["accepted"].as_u64())
+            .ok_or_else(|| format!("a 202 without an accepted count: {text:?}"))
     } else {
         Err(format!(
             "{status}: {}",
