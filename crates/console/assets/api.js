@@ -102,7 +102,9 @@ export async function newest(id, source, lastReceivedAt, count = 20) {
   const windowsMs = lastReceivedAt ? [5_000, 300_000, 86_400_000, null] : [null];
   let result = { records: [], partial: false };
   for (const windowMs of windowsMs) {
-    const since = windowMs === null ? null : new Date(Date.parse(lastReceivedAt) - windowMs).toISOString();
+    // Microseconds trimmed to milliseconds: not every Date.parse takes more.
+    const last = Date.parse(String(lastReceivedAt).replace(/(\.\d{3})\d+/, '$1'));
+    const since = windowMs === null || Number.isNaN(last) ? null : new Date(last - windowMs).toISOString();
     let tail = [];
     let cursor = null;
     let more = true;
