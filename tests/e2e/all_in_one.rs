@@ -35,7 +35,7 @@ async fn sluice_serve_answers_every_route_on_one_port() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["at"], "2026-02-28");
 
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in ["/", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let response = client.admin(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }

@@ -95,13 +95,16 @@ impl Service {
 }
 
 impl http::Served for Service {
-    /// The control-plane routes of SPEC section 6, state applied.
+    /// The control-plane routes of SPEC section 6, state applied, and the
+    /// web console at `/`.
     fn router(&self) -> Router {
         api::router()
             // Definitions are small, but 500 fields with long descriptions
             // outgrow axum's 2 MB default; the operator's limit applies.
             .layer(DefaultBodyLimit::max(self.state.settings.max_body_bytes))
             .with_state(self.state.clone())
+            // The web console: static pages that call the routes above.
+            .merge(sluice_console::router())
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
