@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sluice_testkit::TestEnv;
 
-use crate::support::{Client, Process};
+use crate::support::{self, Client, Process};
 
 #[tokio::test]
 async fn sluice_serve_answers_every_route_on_one_port() {
@@ -56,12 +56,7 @@ async fn sluice_serve_answers_every_route_on_one_port() {
 #[tokio::test]
 async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
     let env = TestEnv::new().await;
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("sluice");
+    let binary = support::binary("sluice");
     // Started by hand (not Process::start) to read what it prints.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -10,30 +10,28 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use sluice_testkit::{ADMIN_TOKEN, TestEnv};
 
-/// The workspace's binaries, built once if a plain `cargo test` has not
-/// built them already (it builds every package's binaries).
-fn binary(name: &str) -> PathBuf {
+/// A binary of the workspace. `cargo test` builds the binaries only of
+/// packages that have integration tests of their own, and would leave the
+/// others stale, so the suite builds them itself, once per run (a no-op
+/// when they are up to date).
+pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = std::env::current_exe()
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bins"])
+            .args(["-p", "sluice", "-p", "sluice-control"])
+            .args(["-p", "sluice-ingest", "-p", "sluice-read"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    std::env::current_exe()
         .expect("test executable path")
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target directory")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--bins"])
-                .args(["-p", "sluice", "-p", "sluice-control"])
-                .args(["-p", "sluice-ingest", "-p", "sluice-read"])
-                .status()
-                .expect("running cargo build");
-            assert!(status.success(), "building the binaries failed");
-        });
-    }
-    path
+        .join(name)
 }
 
 /// A running binary, stopped (SIGTERM, then killed) when dropped.
