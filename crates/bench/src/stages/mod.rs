@@ -1,8 +1,8 @@
 //! The stages of a run, in the order that lets each one start from a known
-//! state: validation alone; ingest (Sluice, the gateway under large bodies,
-//! then raw publishing); the stream is then emptied and pre-filled, and the
-//! read API started to store it; reading; and freshness with everything
-//! running.
+//! state: validation alone; ingest (Sluice, then raw publishing); the stream
+//! is then emptied and pre-filled, and the read API started to store it;
+//! reading; freshness with everything running; and last, with the read API
+//! stopped, the gateway under large bodies.
 
 mod freshness;
 mod ingest;
@@ -144,32 +144,6 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
         ingest_http.first_failure
     );
 
-    // Stage 5, the gateway under large bodies.
-    eprintln!(
-        "sluice-bench: gateway memory, {} concurrent 1 MiB POSTs",
-        sizes.large_clients
-    );
-    let (large_body, large_records) = data::json_body_of_size(0, 1 << 20);
-    let large_bodies = vec![(Bytes::from(large_body), large_records)];
-    let large_target = ingest::Target {
-        http: &http,
-        url: records_url(&gateway, &main),
-        token: &main.write_token,
-        bodies: &large_bodies,
-    };
-    memory.begin(&[&gateway]);
-    let sampler = CpuSampler::start(&[("ingest", gateway.pid)]);
-    let mut large = ingest::post_in_loop(
-        &large_target,
-        sizes.large_clients,
-        Duration::ZERO,
-        sizes.large_duration,
-    )
-    .await;
-    large.cpu = sampler.finish();
-    large.gateway_peak_rss_bytes = gateway.peak_rss_bytes();
-    memory.end("gateway_1mib", &[&gateway]);
-
     // Stage 1, raw: as many messages as Sluice published, at least a few
     // windows' worth.
     eprintln!("sluice-bench: raw JetStream publish");
@@ -285,7 +259,36 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     .await?;
     memory.end("freshness", &services);
 
-    for service in [control, gateway, reader] {
+    reader.stop().await;
+    // Stage 5, the gateway under large bodies: last, with the read API
+    // stopped (it would store all of it), so that the memory the gateway's
+    // allocator keeps afterwards weighs on no other stage's peak.
+    eprintln!(
+        "sluice-bench: gateway memory, {} concurrent 1 MiB POSTs",
+        sizes.large_clients
+    );
+    let (large_body, large_records) = data::json_body_of_size(0, 1 << 20);
+    let large_bodies = vec![(Bytes::from(large_body), large_records)];
+    let large_target = ingest::Target {
+        http: &http,
+        url: records_url(&gateway, &main),
+        token: &main.write_token,
+        bodies: &large_bodies,
+    };
+    memory.begin(&[&gateway]);
+    let sampler = CpuSampler::start(&[("ingest", gateway.pid)]);
+    let mut large = ingest::post_in_loop(
+        &large_target,
+        sizes.large_clients,
+        Duration::ZERO,
+        sizes.large_duration,
+    )
+    .await;
+    large.cpu = sampler.finish();
+    large.gateway_peak_rss_bytes = gateway.peak_rss_bytes();
+    memory.end("gateway_1mib", &[&gateway]);
+
+    for service in [control, gateway] {
         service.stop().await;
     }
 
