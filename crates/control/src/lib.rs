@@ -30,7 +30,6 @@ use sluice_runtime::http::BearerAuth;
 use sluice_runtime::token::TokenHash;
 use sluice_runtime::{Settings, bus, http, store};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -142,11 +141,7 @@ impl http::Served for Service {
 struct ApiDoc;
 
 /// The control plane bound to its address, ready to serve.
-pub struct Application {
-    listener: TcpListener,
-    service: Service,
-    shutdown: CancellationToken,
-}
+pub struct Application(http::Bound<Service>);
 
 impl Application {
     pub async fn build(
@@ -155,26 +150,17 @@ impl Application {
     ) -> anyhow::Result<Application> {
         let listen = settings.listen;
         let service = Service::start(settings, shutdown.clone()).await?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen} (SLUICE_LISTEN)"))?;
-        Ok(Application {
-            listener,
-            service,
-            shutdown,
-        })
+        Ok(Application(
+            http::Bound::bind(listen, service, shutdown, SHUTDOWN_GRACE).await?,
+        ))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.0.local_addr()
     }
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        let service = Arc::new(self.service);
-        http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
-        Ok(())
+        Ok(self.0.run().await?)
     }
 }

@@ -38,7 +38,6 @@ use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::{self, BearerAuth};
 use sluice_runtime::token::TokenHash;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -253,39 +252,26 @@ impl Setup {
 struct ApiDoc;
 
 /// The gateway bound to its listener, ready to run.
-pub struct Application {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    service: Service,
-    shutdown: CancellationToken,
-}
+pub struct Application(http::Bound<Service>);
 
 impl Application {
     pub async fn build(
         settings: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
-        let local_addr = listener.local_addr()?;
+        let listen = settings.listen;
         let service = Service::start(settings, shutdown.clone()).await?;
-        Ok(Application {
-            listener,
-            local_addr,
-            service,
-            shutdown,
-        })
+        Ok(Application(
+            http::Bound::bind(listen, service, shutdown, SHUTDOWN_GRACE).await?,
+        ))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
     /// Serves until shutdown, then lets in-flight requests finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        let service = Arc::new(self.service);
-        http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
-        Ok(())
+        Ok(self.0.run().await?)
     }
 }

@@ -35,7 +35,6 @@ use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
 use sluice_runtime::token::TokenHash;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::OpenApi;
@@ -142,11 +141,7 @@ impl sluice_runtime::http::Served for Service {
 }
 
 /// The read API bound to its listener.
-pub struct Application {
-    listener: TcpListener,
-    service: Service,
-    shutdown: CancellationToken,
-}
+pub struct Application(sluice_runtime::http::Bound<Service>);
 
 impl Application {
     pub async fn build(
@@ -162,29 +157,20 @@ impl Application {
         shutdown: CancellationToken,
         hooks: StoreHooks,
     ) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
+        let listen = settings.listen;
         let service = Service::start_with_hooks(settings, shutdown.clone(), hooks).await?;
-        Ok(Application {
-            listener,
-            service,
-            shutdown,
-        })
+        let bound = sluice_runtime::http::Bound::bind(listen, service, shutdown, SHUTDOWN_GRACE);
+        Ok(Application(bound.await?))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.0.local_addr()
     }
 
     /// Serves until shutdown, then waits for in-flight requests and for the
     /// store loop to commit and ack what it holds.
     pub async fn run(self) -> anyhow::Result<()> {
-        let service = Arc::new(self.service);
-        sluice_runtime::http::run(self.listener, service, self.shutdown, SHUTDOWN_GRACE).await?;
-        Ok(())
+        Ok(self.0.run().await?)
     }
 }
 

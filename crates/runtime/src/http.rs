@@ -269,6 +269,55 @@ pub async fn run<S: Served>(
     Ok(())
 }
 
+/// A started service with its listener bound: what each service crate's
+/// `Application` wraps, so binding, `local_addr` and `run` are written once.
+pub struct Bound<S> {
+    listener: TcpListener,
+    local_addr: std::net::SocketAddr,
+    service: S,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl<S: Served> Bound<S> {
+    /// Binds `listen` (from `SLUICE_LISTEN`) for `service`, which shuts down
+    /// on `shutdown` and lets in-flight requests run up to `grace`.
+    pub async fn bind(
+        listen: std::net::SocketAddr,
+        service: S,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<Bound<S>> {
+        use anyhow::Context as _;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen} (SLUICE_LISTEN)"))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Bound {
+            listener,
+            local_addr,
+            service,
+            shutdown,
+            grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until shutdown; see [`run`].
+    pub async fn run(self) -> std::io::Result<()> {
+        run(
+            self.listener,
+            Arc::new(self.service),
+            self.shutdown,
+            self.grace,
+        )
+        .await
+    }
+}
+
 /// Declares the bearer scheme of SPEC 3 in an OpenAPI document.
 pub struct BearerAuth;
 
