@@ -6,7 +6,7 @@ use std::io::Write as _;
 
 use chrono::{Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use serde_json::json;
-use sluice_runtime::bus::{ConnectorDoc, RecordBatch};
+use sluice_runtime::bus::{ColumnsOf, ConnectorDoc, RecordBatch};
 use sluice_schema::{Format, validate};
 use uuid::Uuid;
 
@@ -94,7 +94,7 @@ pub(crate) fn record_batch_message(doc: &ConnectorDoc, body: &[u8]) -> anyhow::R
         schema_version: doc.schema_version,
         received_at: Utc::now(),
         rows: validation.records.len(),
-        columns: RecordBatch::columns_of(&doc.schema, &validation.records),
+        columns: ColumnsOf::new(&doc.schema, &validation.records),
         rejected: Vec::new(),
     };
     Ok(serde_json::to_vec(&batch)?)

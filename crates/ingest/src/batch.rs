@@ -13,7 +13,7 @@
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use sluice_runtime::bus::{RecordBatch, RejectedRecord};
+use sluice_runtime::bus::{ColumnsOf, RecordBatch, RejectedRecord};
 use sluice_schema::{Record, Rejected, Schema};
 use uuid::Uuid;
 
@@ -149,7 +149,7 @@ fn encode(
         schema_version: header.schema_version,
         received_at: header.received_at,
         rows: records.len(),
-        columns: RecordBatch::columns_of(header.schema, records),
+        columns: ColumnsOf::new(header.schema, records),
         rejected: rejected
             .iter()
             .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))

@@ -38,6 +38,7 @@ use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::{self, BearerAuth};
 use sluice_runtime::token::TokenHash;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -77,6 +78,10 @@ pub(crate) struct AppState {
     admin: Option<TokenHash>,
     max_body_bytes: usize,
     recent: Arc<RecentAnswers<(StatusCode, IngestAnswer)>>,
+    /// Bodies validated and encoded at once: one per core. More would only
+    /// queue for the CPU, each holding its body's records and messages, a
+    /// few times the body's size; waiting here a body holds only itself.
+    validations: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -160,6 +165,9 @@ impl Service {
                 admin,
                 max_body_bytes: settings.max_body_bytes,
                 recent: Arc::new(RecentAnswers::new(RECENT_ANSWERS)),
+                validations: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, usize::from),
+                )),
                 shutdown,
             },
         })

@@ -242,7 +242,12 @@ async fn ingest(
     let limit = state.chunk_limit();
     let prepare_doc = Arc::clone(&doc);
     let mode = params.mode;
+    let permit = Arc::clone(&state.validations)
+        .acquire_owned()
+        .await
+        .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation permits")))?;
     let prepared = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         prepare(&prepare_doc, format, mode, &bytes, batch_id, limit)
     })
     .await

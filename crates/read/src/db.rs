@@ -18,6 +18,7 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
+use crate::copy::BinaryRows;
 use crate::page::{Bind, PagePlan};
 
 /// A statement built for one connector, schema and request. It is not kept
@@ -28,22 +29,22 @@ pub(crate) fn dynamic(sql: &str) -> Query<'_, Postgres, PgArguments> {
     sqlx::query(sql).persistent(false)
 }
 
-/// Records `sequence` of `stream` as applied; false if it already was, in
-/// which case this message's rows are in the database already.
+/// Records `sequences` of `stream` as applied, and returns those that were
+/// not yet: the others' rows are in the database already.
 #[tracing::instrument(skip(conn))]
 pub(crate) async fn mark_applied(
     conn: &mut PgConnection,
     stream: &str,
-    sequence: i64,
-) -> sqlx::Result<bool> {
-    let result = sqlx::query(
-        "INSERT INTO applied_messages (stream, sequence) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    sequences: &[i64],
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO applied_messages (stream, sequence) SELECT $1, unnest($2::bigint[]) \
+         ON CONFLICT DO NOTHING RETURNING sequence",
     )
     .bind(stream)
-    .bind(sequence)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    .bind(sequences)
+    .fetch_all(conn)
+    .await
 }
 
 /// The connector's current schema, its row held FOR SHARE until the end of
@@ -112,24 +113,23 @@ pub(crate) async fn lock_counters(
 #[error("{0}")]
 pub(crate) struct Unstorable(pub String);
 
-/// One column of the insert: what is bound, and how it is cast to the
-/// field's current type.
-enum ArrayBind {
-    Integer(Vec<Option<i64>>),
-    Number(Vec<Option<f64>>),
-    Boolean(Vec<Option<bool>>),
-    Text(Vec<Option<String>>),
-    Date(Vec<Option<NaiveDate>>),
-    Timestamp(Vec<Option<DateTime<Utc>>>),
+/// One column of a batch, mapped onto the field it now belongs to.
+struct TargetColumn {
+    /// The field's column, quoted.
+    name: String,
+    values: ColumnValues,
+    /// How its values become the field's current type, if they are of an
+    /// older one.
+    conversion: Option<Conversion>,
 }
 
-/// The insert of a batch's rows into the records table, with ONE statement:
-/// every column bound as one typed array and unnested.
+/// The rows of one batch, on their way into the records table.
 pub(crate) struct RecordInsert {
-    sql: String,
-    ids: Vec<i64>,
+    table: String,
+    first_id: i64,
+    rows: usize,
     received_at: DateTime<Utc>,
-    arrays: Vec<ArrayBind>,
+    columns: Vec<TargetColumn>,
 }
 
 impl RecordInsert {
@@ -145,12 +145,8 @@ impl RecordInsert {
         first_id: i64,
     ) -> Result<RecordInsert, Unstorable> {
         let rows = batch.rows;
-        let mut targets = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
-        let mut selects = vec!["u.c0".to_owned(), "$2".to_owned()];
-        // $1 ids, $2 received_at, then one array per column from $3.
-        let mut unnest = vec!["$1::bigint[]".to_owned()];
-        let mut aliases = vec!["c0".to_owned()];
-        let mut arrays = Vec::new();
+        i64::try_from(rows).map_err(|_| Unstorable("too many rows".into()))?;
+        let mut columns: Vec<TargetColumn> = Vec::new();
         let mut seen = Vec::new();
         for column in batch.columns {
             if column.values.len() != rows {
@@ -172,52 +168,151 @@ impl RecordInsert {
             }
             seen.push(field.id);
             let from = column.values.field_type();
-            let n = arrays.len() + 3;
-            let alias = format!("c{}", arrays.len() + 1);
-            let (array, pg_array, cast) = array_of(column.values)?;
-            let value = format!("u.{alias}{cast}");
-            let value = if from == field.ty {
-                value
+            let conversion = if from == field.ty {
+                None
             } else {
-                let conversion = Conversion::between(from, field.ty).ok_or_else(|| {
+                Some(Conversion::between(from, field.ty).ok_or_else(|| {
                     Unstorable(format!(
                         "field {:?} is now {} and a {from} value cannot become one",
                         field.name.as_str(),
                         field.ty
                     ))
-                })?;
-                convert_sql(conversion, from, &value)
+                })?)
             };
-            targets.push(quote_ident(field.name.as_str()));
-            selects.push(value);
-            unnest.push(format!("${n}::{pg_array}"));
+            columns.push(TargetColumn {
+                name: quote_ident(field.name.as_str()),
+                values: column.values,
+                conversion,
+            });
+        }
+        Ok(RecordInsert {
+            table: records_table(connector),
+            first_id,
+            rows,
+            received_at: batch.received_at,
+            columns,
+        })
+    }
+
+    /// Binary COPY; a batch with a column to convert takes the slower
+    /// INSERT, whose SQL converts it exactly as the control plane did.
+    #[tracing::instrument(skip_all, fields(rows = self.rows))]
+    pub(crate) async fn execute(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        if self.columns.iter().any(|c| c.conversion.is_some()) {
+            return Ok(self.insert(conn).await?);
+        }
+        let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
+            .into_iter()
+            .map(quote_ident)
+            .chain(self.columns.iter().map(|c| c.name.clone()))
+            .collect();
+        let data = self.binary_rows()?;
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY {} ({}) FROM STDIN (FORMAT binary)",
+                self.table,
+                names.join(", ")
+            ))
+            .await?;
+        if let Err(error) = copy.send(data).await {
+            let _ = copy.abort("sending the rows failed").await;
+            return Err(error.into());
+        }
+        copy.finish().await?;
+        Ok(())
+    }
+
+    /// The rows in COPY's binary format; every column is of its field's type.
+    fn binary_rows(&self) -> Result<Vec<u8>, Unstorable> {
+        let fields = i16::try_from(self.columns.len() + 2)
+            .map_err(|_| Unstorable("too many columns".into()))?;
+        let mut out = BinaryRows::with_capacity(self.rows * (16 + 24 * self.columns.len()));
+        let malformed = |what: &str| Unstorable(format!("a {what} value is malformed"));
+        for row in 0..self.rows {
+            out.row(fields);
+            out.int8(self.first_id + row as i64);
+            out.timestamptz(self.received_at)
+                .ok_or_else(|| malformed("received_at"))?;
+            for column in &self.columns {
+                match &column.values {
+                    ColumnValues::String(v) => match &v[row] {
+                        Some(s) => out.text(s),
+                        None => out.null(),
+                    },
+                    ColumnValues::Integer(v) => match v[row] {
+                        Some(i) => out.int8(i),
+                        None => out.null(),
+                    },
+                    ColumnValues::Number(v) => match v[row] {
+                        Some(n) => out.float8(n),
+                        None => out.null(),
+                    },
+                    ColumnValues::Decimal(v) => match &v[row] {
+                        Some(d) => out.numeric(d).ok_or_else(|| malformed("decimal"))?,
+                        None => out.null(),
+                    },
+                    ColumnValues::Boolean(v) => match v[row] {
+                        Some(b) => out.boolean(b),
+                        None => out.null(),
+                    },
+                    ColumnValues::Date(v) => match &v[row] {
+                        Some(d) => out.date(parse_date(d).map_err(|_| malformed("date"))?),
+                        None => out.null(),
+                    },
+                    ColumnValues::Timestamp(v) => match &v[row] {
+                        Some(t) => parse_timestamp(t)
+                            .ok()
+                            .and_then(|t| out.timestamptz(t))
+                            .ok_or_else(|| malformed("timestamp"))?,
+                        None => out.null(),
+                    },
+                    ColumnValues::Json(v) => match &v[row] {
+                        Some(j) => out.jsonb(j.get()),
+                        None => out.null(),
+                    },
+                }
+            }
+        }
+        Ok(out.finish())
+    }
+
+    /// One `INSERT … SELECT … FROM UNNEST`: every column bound as one typed
+    /// array, converted in SQL.
+    async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
+        let mut targets = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
+        let mut selects = vec!["u.c0".to_owned(), "$2".to_owned()];
+        // $1 ids, $2 received_at, then one array per column from $3.
+        let mut unnest = vec!["$1::bigint[]".to_owned()];
+        let mut aliases = vec!["c0".to_owned()];
+        let mut arrays = Vec::new();
+        for (i, column) in self.columns.into_iter().enumerate() {
+            let from = column.values.field_type();
+            let alias = format!("c{}", i + 1);
+            let (array, pg_array, cast) = array_of(column.values)?;
+            let value = format!("u.{alias}{cast}");
+            targets.push(column.name);
+            selects.push(match column.conversion {
+                Some(conversion) => convert_sql(conversion, from, &value),
+                None => value,
+            });
+            unnest.push(format!("${}::{pg_array}", i + 3));
             aliases.push(alias);
             arrays.push(array);
         }
         let sql = format!(
             "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({})",
-            records_table(connector),
+            self.table,
             targets.join(", "),
             selects.join(", "),
             unnest.join(", "),
             aliases.join(", "),
         );
-        let count = i64::try_from(rows).map_err(|_| Unstorable("too many rows".into()))?;
-        Ok(RecordInsert {
-            sql,
-            ids: (first_id..first_id + count).collect(),
-            received_at: batch.received_at,
-            arrays,
-        })
-    }
-
-    #[tracing::instrument(skip_all, fields(rows = self.ids.len()))]
-    pub(crate) async fn execute(self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        if self.ids.is_empty() {
-            return Ok(());
-        }
-        let mut query = dynamic(&self.sql).bind(self.ids).bind(self.received_at);
-        for array in self.arrays {
+        let ids: Vec<i64> = (self.first_id..).take(self.rows).collect();
+        let mut query = dynamic(&sql).bind(ids).bind(self.received_at);
+        for array in arrays {
             query = match array {
                 ArrayBind::Integer(v) => query.bind(v),
                 ArrayBind::Number(v) => query.bind(v),
@@ -230,6 +325,33 @@ impl RecordInsert {
         query.execute(conn).await?;
         Ok(())
     }
+}
+
+/// Why storing rows failed: the data, or the database.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreFailure {
+    #[error(transparent)]
+    Unstorable(#[from] Unstorable),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn parse_date(text: &str) -> chrono::ParseResult<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+}
+
+fn parse_timestamp(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
+}
+
+/// A column bound as one array.
+enum ArrayBind {
+    Integer(Vec<Option<i64>>),
+    Number(Vec<Option<f64>>),
+    Boolean(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+    Date(Vec<Option<NaiveDate>>),
+    Timestamp(Vec<Option<DateTime<Utc>>>),
 }
 
 /// The array to bind for a column, its PostgreSQL array type, and the cast
@@ -245,10 +367,7 @@ fn array_of(values: ColumnValues) -> Result<(ArrayBind, &'static str, &'static s
         ColumnValues::Date(v) => {
             let dates = v
                 .into_iter()
-                .map(|d| {
-                    d.map(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d"))
-                        .transpose()
-                })
+                .map(|d| d.map(|d| parse_date(&d)).transpose())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Unstorable(format!("a date value is malformed: {e}")))?;
             (ArrayBind::Date(dates), "date[]", "")
@@ -256,10 +375,7 @@ fn array_of(values: ColumnValues) -> Result<(ArrayBind, &'static str, &'static s
         ColumnValues::Timestamp(v) => {
             let times = v
                 .into_iter()
-                .map(|t| {
-                    t.map(|t| DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)))
-                        .transpose()
-                })
+                .map(|t| t.map(|t| parse_timestamp(&t)).transpose())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Unstorable(format!("a timestamp value is malformed: {e}")))?;
             (ArrayBind::Timestamp(times), "timestamptz[]", "")
@@ -306,16 +422,16 @@ pub(crate) async fn insert_rejected(
     Ok(())
 }
 
-/// Moves the counters past what this batch stored, in the same transaction
-/// as its rows, for the control plane to report.
+/// Moves the counters from `before` to `after`, past what this
+/// transaction stored, in the same transaction as its rows, for the control
+/// plane to report.
 #[tracing::instrument(skip(conn))]
 pub(crate) async fn advance_stats(
     conn: &mut PgConnection,
     connector: Uuid,
-    counters: IdCounters,
-    records: i64,
-    rejected: i64,
-    received_at: DateTime<Utc>,
+    before: IdCounters,
+    after: IdCounters,
+    received_at: Option<DateTime<Utc>>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE connector_stats SET last_record_id = $2, last_rejected_id = $3, \
@@ -324,10 +440,10 @@ pub(crate) async fn advance_stats(
          WHERE connector_id = $1",
     )
     .bind(connector)
-    .bind(counters.last_record_id)
-    .bind(counters.last_rejected_id)
-    .bind(records)
-    .bind(rejected)
+    .bind(after.last_record_id)
+    .bind(after.last_rejected_id)
+    .bind(after.last_record_id - before.last_record_id)
+    .bind(after.last_rejected_id - before.last_rejected_id)
     .bind(received_at)
     .execute(conn)
     .await?;

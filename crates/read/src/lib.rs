@@ -17,6 +17,7 @@
 //! control plane's), never validate records (the gateway did, against the
 //! version it held), and never ack a message before its rows are committed.
 
+mod copy;
 mod db;
 mod error;
 mod page;

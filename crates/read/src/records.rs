@@ -409,12 +409,13 @@ async fn stream_rows(
     if end > after {
         let sql = plan.rows_sql();
         let mut rows = db::bind_page(db::dynamic(&sql), after, end, &plan.binds).fetch(&mut *tx);
-        let mut cells = Vec::with_capacity(plan.columns.len());
         while let Some(row) = rows.try_next().await? {
-            cells.clear();
-            for (index, column) in writer.columns().iter().enumerate() {
-                cells.push(Cell::read(&row, index, column.kind)?);
-            }
+            let cells = writer
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(index, column)| Cell::read(&row, index, column.kind))
+                .collect::<sqlx::Result<Vec<Cell<'_>>>>()?;
             writer.row(&mut buffer, &cells)?;
             if buffer.len() >= CHUNK_BYTES {
                 let chunk = Bytes::from(std::mem::replace(

@@ -5,94 +5,92 @@
 //! numbers, decimals as exact strings, dates `YYYY-MM-DD`, timestamps
 //! RFC 3339 in UTC, json as the value itself, `_id` as a string.
 
+use std::io::Write as _;
+
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use serde::ser::{SerializeMap, Serializer};
-use serde_json::value::RawValue;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::page::{CellKind, OutputColumn, OutputFormat};
 
-/// One value of a row, ready to write in any format.
+/// One value of a row, borrowed from it, ready to write in any format.
 #[derive(Debug)]
-pub(crate) enum Cell {
+pub(crate) enum Cell<'r> {
     Null,
-    Text(String),
+    /// `_id`: shown as a string.
+    Id(i64),
+    Text(&'r str),
     Integer(i64),
     Number(f64),
     Boolean(bool),
-    Json(Box<RawValue>),
+    Date(NaiveDate),
+    Timestamp(DateTime<Utc>),
+    /// jsonb's text, which is always valid JSON: written as it is, which
+    /// keeps big numbers exact and costs no parse.
+    Json(&'r str),
 }
 
-impl Cell {
+impl<'r> Cell<'r> {
     /// Reads column `index` of `row` as `kind` says it was selected.
-    pub(crate) fn read(row: &PgRow, index: usize, kind: CellKind) -> Result<Cell, sqlx::Error> {
+    pub(crate) fn read(row: &'r PgRow, index: usize, kind: CellKind) -> sqlx::Result<Cell<'r>> {
         let cell = match kind {
-            CellKind::Id => row
-                .try_get::<Option<i64>, _>(index)?
-                .map(|id| Cell::Text(id.to_string())),
-            CellKind::Text => row.try_get::<Option<String>, _>(index)?.map(Cell::Text),
+            CellKind::Id => row.try_get::<Option<i64>, _>(index)?.map(Cell::Id),
+            CellKind::Text => row.try_get::<Option<&str>, _>(index)?.map(Cell::Text),
             CellKind::Integer => row.try_get::<Option<i64>, _>(index)?.map(Cell::Integer),
             CellKind::Number => row.try_get::<Option<f64>, _>(index)?.map(Cell::Number),
             CellKind::Boolean => row.try_get::<Option<bool>, _>(index)?.map(Cell::Boolean),
-            CellKind::Date => row
-                .try_get::<Option<NaiveDate>, _>(index)?
-                .map(|d| Cell::Text(d.format("%Y-%m-%d").to_string())),
+            CellKind::Date => row.try_get::<Option<NaiveDate>, _>(index)?.map(Cell::Date),
             CellKind::Timestamp => row
                 .try_get::<Option<DateTime<Utc>>, _>(index)?
-                .map(|t| Cell::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))),
-            CellKind::Json => match row.try_get::<Option<String>, _>(index)? {
-                None => None,
-                // jsonb's text is always valid JSON; embedding it as raw
-                // keeps big numbers exact and costs no parse tree.
-                Some(text) => Some(Cell::Json(
-                    RawValue::from_string(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                )),
-            },
+                .map(Cell::Timestamp),
+            CellKind::Json => row.try_get::<Option<&str>, _>(index)?.map(Cell::Json),
         };
         Ok(cell.unwrap_or(Cell::Null))
     }
 
-    fn csv_text(&self) -> std::borrow::Cow<'_, str> {
-        use std::borrow::Cow;
+    /// The value in JSON.
+    fn write_json(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
         match self {
-            Cell::Null => Cow::Borrowed(""),
-            Cell::Text(s) => Cow::Borrowed(s),
-            Cell::Integer(i) => Cow::Owned(i.to_string()),
+            Cell::Null => out.extend_from_slice(b"null"),
+            Cell::Id(id) => {
+                out.push(b'"');
+                out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
+                out.push(b'"');
+            }
+            Cell::Text(s) => serde_json::to_writer(&mut *out, s)?,
+            Cell::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            // Finite, as validation keeps numbers; serde_json writes null
+            // for anything else.
+            Cell::Number(n) => serde_json::to_writer(&mut *out, n)?,
+            Cell::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Cell::Date(_) | Cell::Timestamp(_) => {
+                out.push(b'"');
+                self.write_text(out)?;
+                out.push(b'"');
+            }
+            Cell::Json(json) => out.extend_from_slice(json.as_bytes()),
+        }
+        Ok(())
+    }
+
+    /// The value as text, unquoted: what a CSV cell holds. Null is empty.
+    fn write_text(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Cell::Null => {}
+            Cell::Id(i) | Cell::Integer(i) => {
+                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes())
+            }
+            Cell::Text(s) | Cell::Json(s) => out.extend_from_slice(s.as_bytes()),
             // Display of f64 is the shortest text that reads back exactly.
-            Cell::Number(n) => Cow::Owned(n.to_string()),
-            Cell::Boolean(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            Cell::Json(raw) => Cow::Borrowed(raw.get()),
+            Cell::Number(n) => write!(out, "{n}")?,
+            Cell::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            // ISO 8601, `YYYY-MM-DD`.
+            Cell::Date(d) => write!(out, "{d}")?,
+            Cell::Timestamp(t) => {
+                out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes())
+            }
         }
-    }
-}
-
-impl serde::Serialize for Cell {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Cell::Null => serializer.serialize_unit(),
-            Cell::Text(s) => serializer.serialize_str(s),
-            Cell::Integer(i) => serializer.serialize_i64(*i),
-            Cell::Number(n) => serializer.serialize_f64(*n),
-            Cell::Boolean(b) => serializer.serialize_bool(*b),
-            Cell::Json(raw) => raw.serialize(serializer),
-        }
-    }
-}
-
-/// A row as a JSON object, keys in column order.
-struct JsonRow<'a> {
-    columns: &'a [OutputColumn],
-    cells: &'a [Cell],
-}
-
-impl serde::Serialize for JsonRow<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.columns.len()))?;
-        for (column, cell) in self.columns.iter().zip(self.cells) {
-            map.serialize_entry(&column.name, cell)?;
-        }
-        map.end()
+        Ok(())
     }
 }
 
@@ -101,14 +99,28 @@ impl serde::Serialize for JsonRow<'_> {
 pub(crate) struct PageWriter {
     format: OutputFormat,
     columns: Vec<OutputColumn>,
+    /// Each column's `"name":`, escaped once for every row.
+    json_keys: Vec<Vec<u8>>,
+    /// One CSV cell's text, before it is known whether it must be quoted.
+    cell: Vec<u8>,
     rows: usize,
 }
 
 impl PageWriter {
     pub(crate) fn new(format: OutputFormat, columns: Vec<OutputColumn>) -> PageWriter {
+        let json_keys = columns
+            .iter()
+            .map(|column| {
+                let mut key = serde_json::to_vec(&column.name).expect("a string serialises");
+                key.push(b':');
+                key
+            })
+            .collect();
         PageWriter {
             format,
             columns,
+            json_keys,
+            cell: Vec::new(),
             rows: 0,
         }
     }
@@ -122,34 +134,57 @@ impl PageWriter {
             OutputFormat::Json => out.extend_from_slice(b"{\"records\":["),
             OutputFormat::Ndjson => {}
             OutputFormat::Csv => {
-                write_csv_record(out, self.columns.iter().map(|c| c.name.as_str()));
+                for (i, column) in self.columns.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_csv_cell(out, column.name.as_bytes());
+                }
+                out.push(b'\n');
             }
         }
         Ok(())
     }
 
-    pub(crate) fn row(&mut self, out: &mut Vec<u8>, cells: &[Cell]) -> std::io::Result<()> {
-        let row = JsonRow {
-            columns: &self.columns,
-            cells,
-        };
+    pub(crate) fn row(&mut self, out: &mut Vec<u8>, cells: &[Cell<'_>]) -> std::io::Result<()> {
         match self.format {
             OutputFormat::Json => {
                 if self.rows > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut *out, &row)?;
+                self.json_row(out, cells)?;
             }
             OutputFormat::Ndjson => {
-                serde_json::to_writer(&mut *out, &row)?;
+                self.json_row(out, cells)?;
                 out.push(b'\n');
             }
             OutputFormat::Csv => {
-                let texts: Vec<_> = cells.iter().map(Cell::csv_text).collect();
-                write_csv_record(out, texts.iter().map(|t| t.as_ref()));
+                for (i, cell) in cells.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.cell.clear();
+                    cell.write_text(&mut self.cell)?;
+                    write_csv_cell(out, &self.cell);
+                }
+                out.push(b'\n');
             }
         }
         self.rows += 1;
+        Ok(())
+    }
+
+    /// A row as a JSON object, keys in column order.
+    fn json_row(&self, out: &mut Vec<u8>, cells: &[Cell<'_>]) -> std::io::Result<()> {
+        out.push(b'{');
+        for (i, (key, cell)) in self.json_keys.iter().zip(cells).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            cell.write_json(out)?;
+        }
+        out.push(b'}');
         Ok(())
     }
 
@@ -172,24 +207,26 @@ impl PageWriter {
     }
 }
 
-/// One RFC 4180 line: a cell is quoted when it holds a comma, a quote, a
-/// line break or edge spaces, and its quotes are doubled.
-fn write_csv_record<'a>(out: &mut Vec<u8>, cells: impl Iterator<Item = &'a str>) {
-    for (i, cell) in cells.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let quote =
-            cell.contains([',', '"', '\n', '\r']) || cell.starts_with(' ') || cell.ends_with(' ');
-        if quote {
-            out.push(b'"');
-            out.extend_from_slice(cell.replace('"', "\"\"").as_bytes());
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(cell.as_bytes());
-        }
+/// One RFC 4180 cell: quoted when it holds a comma, a quote, a line break
+/// or edge spaces, its quotes then doubled.
+fn write_csv_cell(out: &mut Vec<u8>, cell: &[u8]) {
+    let quote = cell
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        || cell.first() == Some(&b' ')
+        || cell.last() == Some(&b' ');
+    if !quote {
+        out.extend_from_slice(cell);
+        return;
     }
-    out.push(b'\n');
+    out.push(b'"');
+    for &b in cell {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -206,7 +243,7 @@ mod tests {
             .collect()
     }
 
-    fn page(format: OutputFormat, rows: Vec<Vec<Cell>>) -> String {
+    fn page(format: OutputFormat, rows: Vec<Vec<Cell<'_>>>) -> String {
         let mut writer = PageWriter::new(format, columns(&["_id", "a", "j"]));
         let mut out = Vec::new();
         writer.begin(&mut out).unwrap();
@@ -217,14 +254,14 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn sample() -> Vec<Vec<Cell>> {
+    fn sample() -> Vec<Vec<Cell<'static>>> {
         vec![
             vec![
-                Cell::Text("1".into()),
+                Cell::Id(1),
                 Cell::Integer(5),
-                Cell::Json(RawValue::from_string(r#"{"x": [1, "a,b"]}"#.into()).unwrap()),
+                Cell::Json(r#"{"x": [1, "a,b"]}"#),
             ],
-            vec![Cell::Text("2".into()), Cell::Null, Cell::Null],
+            vec![Cell::Id(2), Cell::Null, Cell::Null],
         ]
     }
 
@@ -245,6 +282,39 @@ mod tests {
         assert_eq!(
             page(OutputFormat::Csv, sample()),
             "_id,a,j\n1,5,\"{\"\"x\"\": [1, \"\"a,b\"\"]}\"\n2,,\n"
+        );
+    }
+
+    #[test]
+    fn values_are_written_as_spec_5_shows_them() {
+        let at = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.120+01:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cells = || {
+            vec![
+                Cell::Id(7),
+                Cell::Date(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()),
+                Cell::Timestamp(at),
+                Cell::Number(1e20),
+                Cell::Boolean(false),
+                Cell::Text(" say \"hi\"\n"),
+            ]
+        };
+        let write = |format| {
+            let mut writer = PageWriter::new(format, columns(&["a", "b", "c", "d", "e", "f"]));
+            let mut out = Vec::new();
+            writer.row(&mut out, &cells()).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            write(OutputFormat::Ndjson),
+            r#"{"a":"7","b":"2026-03-01","c":"2026-11-29T09:00:00.120Z","d":1e+20,"e":false,"f":" say \"hi\"\n"}"#
+                .to_owned()
+                + "\n"
+        );
+        assert_eq!(
+            write(OutputFormat::Csv),
+            "7,2026-03-01,2026-11-29T09:00:00.120Z,100000000000000000000,false,\" say \"\"hi\"\"\n\"\n"
         );
     }
 }

@@ -2,10 +2,11 @@
 //! once.
 //!
 //! Every replica pulls from one durable consumer, so more replicas store
-//! more. A message is stored in ONE transaction that also records its
-//! stream sequence in `applied_messages`; it is acked only after that
-//! commits. A crash anywhere before the ack redelivers the message, and the
-//! redelivery finds its sequence applied and stores nothing twice.
+//! more. The messages of one connector that arrive together are stored in
+//! ONE transaction that also records their stream sequences in
+//! `applied_messages`; they are acked only after that commits. A crash
+//! anywhere before the ack redelivers them, and a redelivery finds its
+//! sequence applied and stores nothing twice.
 //!
 //! `_id`s are allocated from the connector's `connector_stats` row, locked
 //! FOR UPDATE until commit. Two writers of one connector therefore commit
@@ -14,9 +15,7 @@
 //! sees every smaller one. That is what lets a reader follow a cursor
 //! without ever skipping a record (see `records`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::db::{self, IdCounters, RecordInsert, Unstorable};
+use crate::db::{self, IdCounters, RecordInsert, StoreFailure, Unstorable};
 
 /// How long a delivered message may stay unacked before JetStream gives it
 /// to another replica: far above the time one message takes to store.
@@ -42,10 +41,11 @@ const PULL_BATCH: usize = 32;
 /// How long a pull request waits for messages; also bounds how long the
 /// loop takes to notice shutdown while the stream is idle.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// Messages of one pull stored at once, each in its own transaction.
+/// Connectors whose messages are stored at once, each in its own
+/// transaction.
 const STORE_CONCURRENCY: usize = 4;
 /// The store loop's own connections, apart from the GET pool: one per
-/// message in flight, and one for the sampler.
+/// connector in flight, and one for the sampler.
 const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
 /// How often consumer lag is sampled and old applied sequences forgotten.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -149,23 +149,33 @@ struct Store {
     hooks: StoreHooks,
 }
 
-/// What became of one message.
+/// The messages of one connector taken from a pull together, in stream
+/// order, stored in one transaction.
+struct Group {
+    connector: Uuid,
+    messages: Vec<(jetstream::Message, u64)>,
+}
+
+/// What became of a group's messages.
 enum Outcome {
-    Stored {
-        connector: Uuid,
-        notice: StoredNotice,
-        records: usize,
-        rejected: usize,
-    },
-    /// Its sequence was applied before: acked, nothing stored twice.
-    AlreadyStored,
+    /// In the group's order: the notice of each message stored now, or
+    /// `None` for one whose sequence was applied before (acked again,
+    /// nothing stored twice).
+    Stored(Vec<Option<Stored>>),
     /// Its connector was deleted: acked and dropped.
     ConnectorGone,
 }
 
+struct Stored {
+    notice: StoredNotice,
+    records: usize,
+    rejected: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum StoreError {
-    /// Will never pass: the message goes to the dead-letter stream.
+    /// Will never pass: the message goes to the dead-letter stream (a
+    /// group is first split, to find which of its messages it is).
     #[error("{0}")]
     Unstorable(String),
     /// May pass later (PostgreSQL down, a deadlock): redelivered.
@@ -205,7 +215,17 @@ impl From<Unstorable> for StoreError {
     }
 }
 
-/// What the loop does after a message.
+impl From<StoreFailure> for StoreError {
+    fn from(failure: StoreFailure) -> StoreError {
+        match failure {
+            StoreFailure::Unstorable(e) => e.into(),
+            StoreFailure::Database(e) => e.into(),
+        }
+    }
+}
+
+/// What the loop does after a group; the most severe of a pull's wins.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Flow {
     Next,
     /// A transient failure: hand back the rest of this pull and pause.
@@ -233,59 +253,45 @@ impl Store {
                 }
             };
             // What this pull brings is stored even once shutdown has begun:
-            // the pull ends by itself within PULL_EXPIRES. Its messages are
-            // stored a few at a time, each in its own transaction, but those
-            // of one connector in stream order (each waits its turn in its
-            // connector's lane), so one replica gives ids in arrival order.
-            let lanes: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>> =
-                Default::default();
-            let retrying = AtomicBool::new(false);
-            let crashed = AtomicBool::new(false);
-            let pull_failed = AtomicBool::new(false);
-            let stored_any = AtomicBool::new(false);
-            messages
+            // the pull ends by itself within PULL_EXPIRES. Messages are
+            // taken as they come, all those already here at once, so a busy
+            // stream is stored many messages per transaction and a quiet one
+            // without waiting for the pull to fill.
+            let mut pull_failed = false;
+            let mut chunks = messages
                 .filter_map(|next| {
                     let message = match next {
                         Ok(message) => Some(message),
                         Err(error) => {
                             tracing::warn!(%error, "the records stream answered a pull with an error");
-                            pull_failed.store(true, Ordering::Relaxed);
+                            pull_failed = true;
                             None
                         }
                     };
                     std::future::ready(message)
                 })
-                .for_each_concurrent(STORE_CONCURRENCY, |message| async {
-                    let lane = message_connector(&message).map(|connector| {
-                        let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
-                        lanes.entry(connector).or_default().clone()
-                    });
-                    // tokio's mutex is fair: turns come in the order asked.
-                    let _turn = match &lane {
-                        Some(lane) => Some(lane.lock().await),
-                        None => None,
-                    };
-                    if retrying.load(Ordering::Relaxed) || crashed.load(Ordering::Relaxed) {
-                        // Hand it straight back for another replica, or for
-                        // us after the pause.
+                .ready_chunks(PULL_BATCH);
+            let mut flow = Flow::Next;
+            let mut stored_any = false;
+            while let Some(chunk) = chunks.next().await {
+                if flow != Flow::Next {
+                    // Hand it straight back for another replica, or for us
+                    // after the pause.
+                    for message in chunk {
                         let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
-                        return;
                     }
-                    match self.handle(message, pulled_at, &backoff).await {
-                        Flow::Next => stored_any.store(true, Ordering::Relaxed),
-                        Flow::Retry => retrying.store(true, Ordering::Relaxed),
-                        Flow::Crash => crashed.store(true, Ordering::Relaxed),
-                    }
-                })
-                .await;
-            if crashed.into_inner() {
-                break;
+                    continue;
+                }
+                flow = self.store_chunk(chunk, pulled_at, &backoff).await;
+                stored_any |= flow == Flow::Next;
             }
-            let (retrying, pull_failed) = (retrying.into_inner(), pull_failed.into_inner());
-            if stored_any.into_inner() && !retrying {
-                backoff.reset();
+            drop(chunks);
+            match flow {
+                Flow::Crash => break,
+                Flow::Next if stored_any => backoff.reset(),
+                _ => {}
             }
-            if retrying || pull_failed {
+            if flow == Flow::Retry || pull_failed {
                 backoff.pause(&shutdown).await;
             }
             if pull_failed {
@@ -312,126 +318,200 @@ impl Store {
         PULL_EXPIRES.min(self.ack_wait / 4)
     }
 
-    #[tracing::instrument(skip_all, fields(sequence, connector, request_id))]
-    async fn handle(
+    /// Stores the messages that arrived together: one group per connector,
+    /// in stream order, the groups of different connectors side by side.
+    async fn store_chunk(
         &self,
-        message: jetstream::Message,
+        chunk: Vec<jetstream::Message>,
         pulled_at: Instant,
         backoff: &Backoff,
     ) -> Flow {
-        let started = Instant::now();
-        let sequence = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(error) => {
-                // Not a JetStream delivery: there is nothing to ack either.
-                tracing::warn!(%error, "ignoring a message without delivery info");
-                return Flow::Next;
+        let mut groups: Vec<Group> = Vec::new();
+        for message in chunk {
+            let sequence = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(error) => {
+                    // Not a JetStream delivery: there is nothing to ack either.
+                    tracing::warn!(%error, "ignoring a message without delivery info");
+                    continue;
+                }
+            };
+            let Some(connector) = message_connector(&message) else {
+                let reason = format!(
+                    "the {} header is missing or is not a connector id",
+                    headers::CONNECTOR_ID
+                );
+                if self
+                    .reject(&message, None, sequence, &reason, backoff)
+                    .await
+                    == Flow::Retry
+                {
+                    return Flow::Retry;
+                }
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.connector == connector) {
+                Some(group) => group.messages.push((message, sequence)),
+                None => groups.push(Group {
+                    connector,
+                    messages: vec![(message, sequence)],
+                }),
             }
-        };
-        tracing::Span::current().record("sequence", sequence);
-        // The ingest request's id, so its logs and ours can be joined.
-        if let Some(id) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::REQUEST_ID))
-        {
-            tracing::Span::current().record("request_id", id.as_str());
         }
-        let connector = message_connector(&message);
-        if let Some(connector) = connector {
-            tracing::Span::current().record("connector", tracing::field::display(connector));
-        }
-        let outcome = match (connector, decode_batch(&message)) {
-            (None, _) => Err(StoreError::Unstorable(format!(
-                "the {} header is missing or is not a connector id",
-                headers::CONNECTOR_ID
-            ))),
-            (_, Err(reason)) => Err(StoreError::Unstorable(reason)),
-            (Some(connector), Ok(batch)) => self.store(connector, sequence, batch, pulled_at).await,
-        };
+        futures::stream::iter(groups)
+            .map(|group| self.handle(group, pulled_at, backoff))
+            .buffer_unordered(STORE_CONCURRENCY)
+            .fold(Flow::Next, |worst, flow| {
+                std::future::ready(worst.max(flow))
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        connector = %group.connector,
+        first_sequence = group.messages.first().map(|(_, s)| *s),
+        messages = group.messages.len(),
+    ))]
+    async fn handle(&self, group: Group, pulled_at: Instant, backoff: &Backoff) -> Flow {
+        let started = Instant::now();
+        let outcome = self.store(&group, pulled_at).await;
+        let Group {
+            connector,
+            mut messages,
+        } = group;
         match outcome {
-            Ok(Outcome::Stored {
-                connector,
-                notice,
-                records,
-                rejected,
-            }) => {
+            Ok(Outcome::Stored(stored)) => {
                 if let Some(crash) = &self.hooks.crash_after_commit {
                     tracing::warn!("test hook: stopping after the commit, before the ack");
                     crash.notify_one();
                     return Flow::Crash;
                 }
                 // Committed: from here on a failure only means a redelivery,
-                // which finds the sequence applied.
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(%error, "acking a stored message failed; it will come back and be skipped");
+                // which finds the sequences applied.
+                for ((message, _), stored) in messages.iter().zip(stored) {
+                    if let Err(error) = message.ack().await {
+                        tracing::warn!(%error, "acking a stored message failed; it will come back and be skipped");
+                    }
+                    let Some(stored) = stored else {
+                        tracing::info!(
+                            request_id = request_id(message),
+                            "message was stored before; acked it again"
+                        );
+                        metrics::counter!("sluice_read_messages_total", "outcome" => "duplicate")
+                            .increment(1);
+                        continue;
+                    };
+                    self.announce(connector, &stored.notice).await;
+                    metrics::counter!("sluice_read_messages_total", "outcome" => "stored")
+                        .increment(1);
+                    metrics::counter!("sluice_read_records_stored_total")
+                        .increment(stored.records as u64);
+                    metrics::counter!("sluice_read_rejected_stored_total")
+                        .increment(stored.rejected as u64);
+                    metrics::histogram!("sluice_read_batch_records").record(stored.records as f64);
                 }
-                self.announce(connector, &notice).await;
-                metrics::counter!("sluice_read_messages_total", "outcome" => "stored").increment(1);
-                metrics::counter!("sluice_read_records_stored_total").increment(records as u64);
-                metrics::counter!("sluice_read_rejected_stored_total").increment(rejected as u64);
-                metrics::histogram!("sluice_read_batch_records").record(records as f64);
                 metrics::histogram!("sluice_read_store_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
                 Flow::Next
             }
-            Ok(Outcome::AlreadyStored) => {
-                tracing::info!("message was stored before; acking it again");
-                let _ = message.ack().await;
-                metrics::counter!("sluice_read_messages_total", "outcome" => "duplicate")
-                    .increment(1);
+            Ok(Outcome::ConnectorGone) => {
+                for (message, _) in &messages {
+                    let _ = message.ack().await;
+                }
+                metrics::counter!("sluice_read_messages_total", "outcome" => "connector_gone")
+                    .increment(messages.len() as u64);
                 Flow::Next
             }
-            Ok(Outcome::ConnectorGone) => {
-                let _ = message.ack().await;
-                metrics::counter!("sluice_read_messages_total", "outcome" => "connector_gone")
-                    .increment(1);
-                Flow::Next
+            Err(StoreError::Unstorable(reason)) if messages.len() > 1 => {
+                // One of them can never be stored: store each alone, so that
+                // only that one is set aside.
+                tracing::info!(%reason, "a group failed; storing its messages one by one");
+                let mut flow = Flow::Next;
+                for message in messages {
+                    if flow != Flow::Next {
+                        let _ = message
+                            .0
+                            .ack_with(AckKind::Nak(Some(backoff.delay())))
+                            .await;
+                        continue;
+                    }
+                    let alone = Group {
+                        connector,
+                        messages: vec![message],
+                    };
+                    flow = Box::pin(self.handle(alone, pulled_at, backoff)).await;
+                }
+                flow
             }
             Err(StoreError::Unstorable(reason)) => {
-                tracing::error!(%reason, "message can never be stored; moving it to the dead-letter stream");
-                match self
-                    .dead_letter(&message, connector, sequence, &reason)
+                let (message, sequence) = messages.pop().expect("a group has a message");
+                self.reject(&message, Some(connector), sequence, &reason, backoff)
                     .await
-                {
-                    Ok(()) => {
-                        let _ = message.ack().await;
-                        metrics::counter!("sluice_read_dead_letters_total").increment(1);
-                        metrics::counter!("sluice_read_messages_total", "outcome" => "dead_letter")
-                            .increment(1);
-                        Flow::Next
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "the dead-letter stream did not take the message; retrying later");
-                        let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
-                        Flow::Retry
-                    }
-                }
             }
             Err(error @ (StoreError::Transient(_) | StoreError::Late)) => {
-                tracing::warn!(%error, "storing failed; the message will be redelivered");
-                let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
-                metrics::counter!("sluice_read_messages_total", "outcome" => "retry").increment(1);
+                tracing::warn!(%error, "storing failed; the messages will be redelivered");
+                for (message, _) in &messages {
+                    let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
+                }
+                metrics::counter!("sluice_read_messages_total", "outcome" => "retry")
+                    .increment(messages.len() as u64);
                 Flow::Retry
             }
         }
     }
 
-    /// The transaction of one message; see the module docs for why each
-    /// step is where it is.
+    /// Moves a message that can never be stored to the dead-letter stream
+    /// and acks it; if that stream does not take it, hands it back.
+    async fn reject(
+        &self,
+        message: &jetstream::Message,
+        connector: Option<Uuid>,
+        sequence: u64,
+        reason: &str,
+        backoff: &Backoff,
+    ) -> Flow {
+        tracing::error!(
+            %reason,
+            sequence,
+            request_id = request_id(message),
+            "message can never be stored; moving it to the dead-letter stream"
+        );
+        match self.dead_letter(message, connector, sequence, reason).await {
+            Ok(()) => {
+                let _ = message.ack().await;
+                metrics::counter!("sluice_read_dead_letters_total").increment(1);
+                metrics::counter!("sluice_read_messages_total", "outcome" => "dead_letter")
+                    .increment(1);
+                Flow::Next
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the dead-letter stream did not take the message; retrying later");
+                let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
+                Flow::Retry
+            }
+        }
+    }
+
+    /// The transaction of one group; see the module docs for why each step
+    /// is where it is.
     async fn store(
         &self,
-        connector: Uuid,
-        sequence: u64,
-        mut batch: RecordBatch,
-        // No later than JetStream's delivery of this copy.
+        group: &Group,
+        // No later than JetStream's delivery of these copies.
         received: Instant,
     ) -> Result<Outcome, StoreError> {
-        let sequence =
-            i64::try_from(sequence).map_err(|_| Unstorable("sequence out of range".into()))?;
+        let sequences = group
+            .messages
+            .iter()
+            .map(|(_, sequence)| i64::try_from(*sequence))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(|_| Unstorable("sequence out of range".into()))?;
         let mut tx = self.pool.begin().await?;
-        if !db::mark_applied(&mut tx, &self.stream_name, sequence).await? {
-            return Ok(Outcome::AlreadyStored);
+        let applied_now = db::mark_applied(&mut tx, &self.stream_name, &sequences).await?;
+        if applied_now.is_empty() {
+            return Ok(Outcome::Stored(
+                group.messages.iter().map(|_| None).collect(),
+            ));
         }
         // Applied sequences are forgotten once acked (`sample_consumer`). A
         // copy held past its ack wait may have been redelivered, stored,
@@ -445,50 +525,54 @@ impl Store {
         }
         // The connectors row before the stats row: the control plane's lock
         // order (see `db`), which a deletion also follows.
-        let Some(schema) = db::share_connector_schema(&mut tx, connector).await? else {
+        let Some(schema) = db::share_connector_schema(&mut tx, group.connector).await? else {
             return Ok(Outcome::ConnectorGone);
         };
-        let Some(counters) = db::lock_counters(&mut tx, connector).await? else {
+        let Some(counters) = db::lock_counters(&mut tx, group.connector).await? else {
             return Ok(Outcome::ConnectorGone);
         };
-        let records = batch.rows;
-        let rejected = std::mem::take(&mut batch.rejected);
-        let received_at = batch.received_at;
-        let (batch_id, chunk) = (batch.batch_id, batch.chunk);
-        let insert = RecordInsert::plan(connector, &schema, batch, counters.last_record_id + 1)?;
-        insert.execute(&mut tx).await?;
-        db::insert_rejected(
-            &mut tx,
-            connector,
-            received_at,
-            &rejected,
-            counters.last_rejected_id + 1,
-        )
-        .await?;
-        let advanced = IdCounters {
-            last_record_id: counters.last_record_id + records as i64,
-            last_rejected_id: counters.last_rejected_id + rejected.len() as i64,
-        };
-        db::advance_stats(
-            &mut tx,
-            connector,
-            advanced,
-            records as i64,
-            rejected.len() as i64,
-            received_at,
-        )
-        .await?;
+        let mut next = counters;
+        let mut last_received_at = None;
+        let mut stored = Vec::with_capacity(group.messages.len());
+        for ((message, _), sequence) in group.messages.iter().zip(&sequences) {
+            if !applied_now.contains(sequence) {
+                stored.push(None);
+                continue;
+            }
+            let mut batch = decode_batch(message).map_err(StoreError::Unstorable)?;
+            let records = batch.rows;
+            let rejected = std::mem::take(&mut batch.rejected);
+            let received_at = batch.received_at;
+            let (batch_id, chunk) = (batch.batch_id, batch.chunk);
+            let insert =
+                RecordInsert::plan(group.connector, &schema, batch, next.last_record_id + 1)?;
+            insert.execute(&mut tx).await?;
+            db::insert_rejected(
+                &mut tx,
+                group.connector,
+                received_at,
+                &rejected,
+                next.last_rejected_id + 1,
+            )
+            .await?;
+            next = IdCounters {
+                last_record_id: next.last_record_id + records as i64,
+                last_rejected_id: next.last_rejected_id + rejected.len() as i64,
+            };
+            last_received_at = last_received_at.max(Some(received_at));
+            stored.push(Some(Stored {
+                notice: StoredNotice {
+                    batch_id,
+                    chunk,
+                    last_id: (records > 0).then_some(next.last_record_id),
+                },
+                records,
+                rejected: rejected.len(),
+            }));
+        }
+        db::advance_stats(&mut tx, group.connector, counters, next, last_received_at).await?;
         tx.commit().await?;
-        Ok(Outcome::Stored {
-            connector,
-            notice: StoredNotice {
-                batch_id,
-                chunk,
-                last_id: (records > 0).then_some(advanced.last_record_id),
-            },
-            records,
-            rejected: rejected.len(),
-        })
+        Ok(Outcome::Stored(stored))
     }
 
     /// Tells waiting readers and gateways that the batch is visible. Core
@@ -552,6 +636,11 @@ fn message_connector(message: &jetstream::Message) -> Option<Uuid> {
         .as_str()
         .parse()
         .ok()
+}
+
+/// The ingest request's id, so that its logs and ours can be joined.
+fn request_id(message: &jetstream::Message) -> Option<&str> {
+    Some(message.headers.as_ref()?.get(headers::REQUEST_ID)?.as_str())
 }
 
 fn decode_batch(message: &jetstream::Message) -> Result<RecordBatch, String> {

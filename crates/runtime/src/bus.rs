@@ -105,8 +105,12 @@ pub struct ConnectorDoc {
 /// and type of its field at the version the gateway validated against, so a
 /// reader can store them under a newer schema (renamed, widened or removed
 /// fields) and bind each column as one typed array.
+///
+/// The reader decodes `Vec<Column>`; the gateway encodes [`ColumnsOf`] its
+/// validated records, which serialises the same columns without copying
+/// them.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RecordBatch {
+pub struct RecordBatch<C = Vec<Column>> {
     pub batch_id: Uuid,
     /// Index of this chunk within its request, from 0.
     pub chunk: u32,
@@ -114,7 +118,7 @@ pub struct RecordBatch {
     pub schema_version: i64,
     pub received_at: DateTime<Utc>,
     pub rows: usize,
-    pub columns: Vec<Column>,
+    pub columns: C,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<RejectedRecord>,
 }
@@ -210,45 +214,6 @@ impl ColumnValues {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn with_capacity(ty: FieldType, n: usize) -> ColumnValues {
-        match ty {
-            FieldType::String => ColumnValues::String(Vec::with_capacity(n)),
-            FieldType::Integer => ColumnValues::Integer(Vec::with_capacity(n)),
-            FieldType::Number => ColumnValues::Number(Vec::with_capacity(n)),
-            FieldType::Decimal => ColumnValues::Decimal(Vec::with_capacity(n)),
-            FieldType::Boolean => ColumnValues::Boolean(Vec::with_capacity(n)),
-            FieldType::Date => ColumnValues::Date(Vec::with_capacity(n)),
-            FieldType::Timestamp => ColumnValues::Timestamp(Vec::with_capacity(n)),
-            FieldType::Json => ColumnValues::Json(Vec::with_capacity(n)),
-        }
-    }
-
-    /// Appends `value`, which the schema crate validated for this column's
-    /// type; a value of another type is stored as null rather than panicking.
-    fn push(&mut self, value: &Value) {
-        use chrono::SecondsFormat;
-        match (self, value) {
-            (ColumnValues::String(v), Value::String(s)) => v.push(Some(s.clone())),
-            (ColumnValues::Integer(v), Value::Integer(i)) => v.push(Some(*i)),
-            (ColumnValues::Number(v), Value::Number(n)) => v.push(Some(*n)),
-            (ColumnValues::Decimal(v), Value::Decimal(d)) => v.push(Some(d.clone())),
-            (ColumnValues::Boolean(v), Value::Boolean(b)) => v.push(Some(*b)),
-            (ColumnValues::Date(v), Value::Date(d)) => v.push(Some(d.to_string())),
-            (ColumnValues::Timestamp(v), Value::Timestamp(t)) => {
-                v.push(Some(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
-            }
-            (ColumnValues::Json(v), Value::Json(j)) => v.push(Some(j.clone())),
-            (ColumnValues::String(v), _)
-            | (ColumnValues::Decimal(v), _)
-            | (ColumnValues::Date(v), _)
-            | (ColumnValues::Timestamp(v), _) => v.push(None),
-            (ColumnValues::Integer(v), _) => v.push(None),
-            (ColumnValues::Number(v), _) => v.push(None),
-            (ColumnValues::Boolean(v), _) => v.push(None),
-            (ColumnValues::Json(v), _) => v.push(None),
-        }
-    }
 }
 
 /// A record refused in partial mode, kept to be served by `/rejected`.
@@ -289,24 +254,73 @@ fn storable(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-impl RecordBatch {
-    /// Lays `records` (validated against `schema`) out column by column.
-    pub fn columns_of(schema: &Schema, records: &[Record]) -> Vec<Column> {
-        schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, field)| {
-                let mut values = ColumnValues::with_capacity(field.ty, records.len());
-                for record in records {
-                    values.push(record.0.get(i).unwrap_or(&Value::Null));
-                }
-                Column {
+/// Records validated against a schema, as the columns of a
+/// [`RecordBatch`]: serialised exactly as the `Vec<Column>` a reader decodes,
+/// straight from the records, so the gateway never holds a second copy of
+/// its values.
+pub struct ColumnsOf<'a> {
+    schema: &'a Schema,
+    records: &'a [Record],
+}
+
+impl<'a> ColumnsOf<'a> {
+    pub fn new(schema: &'a Schema, records: &'a [Record]) -> ColumnsOf<'a> {
+        ColumnsOf { schema, records }
+    }
+}
+
+impl Serialize for ColumnsOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(index, field)| ColumnOf {
                     field: field.id,
-                    values,
-                }
-            })
-            .collect()
+                    ty: field.ty,
+                    index,
+                    records: self.records,
+                }),
+        )
+    }
+}
+
+/// One field's values across the records, as a [`Column`].
+#[derive(Clone, Copy)]
+struct ColumnOf<'a> {
+    field: FieldId,
+    ty: FieldType,
+    index: usize,
+    records: &'a [Record],
+}
+
+impl Serialize for ColumnOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut column = serializer.serialize_struct("Column", 3)?;
+        column.serialize_field("field", &self.field)?;
+        column.serialize_field("type", &self.ty)?;
+        column.serialize_field("values", &ValuesOf(*self))?;
+        column.end()
+    }
+}
+
+struct ValuesOf<'a>(ColumnOf<'a>);
+
+impl Serialize for ValuesOf<'_> {
+    /// A value is written as [`Value`] serialises, which is how
+    /// [`ColumnValues`] reads it; one of another type than the column's
+    /// (validation lets none through) is written as null rather than making
+    /// the batch undecodable.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ColumnOf {
+            ty, index, records, ..
+        } = self.0;
+        serializer.collect_seq(records.iter().map(|record| match record.0.get(index) {
+            Some(value) if value.field_type() == Some(ty) => value,
+            _ => &Value::Null,
+        }))
     }
 }
 
@@ -406,25 +420,34 @@ mod tests {
 
     use super::*;
 
+    /// Every type: what the gateway writes from records, the reader reads
+    /// back as typed columns, and writes again to the same text.
     #[test]
     fn a_batch_with_every_column_type_reads_back() {
-        let columns: Vec<Column> = FieldType::ALL
+        let specs: Vec<sluice_schema::FieldSpec> = FieldType::ALL
             .iter()
-            .zip(1..)
-            .map(|(ty, id)| {
-                let mut values = ColumnValues::with_capacity(*ty, 2);
-                if let ColumnValues::Json(v) = &mut values {
-                    v.push(Some(
-                        RawValue::from_string(r#"{"a": [1, 1e400]}"#.into()).unwrap(),
-                    ));
-                    v.push(None);
-                }
-                Column {
-                    field: FieldId(id),
-                    values,
-                }
+            .map(|ty| {
+                serde_json::from_value(
+                    serde_json::json!({"name": format!("f_{ty}"), "type": ty, "nullable": true}),
+                )
+                .unwrap()
             })
             .collect();
+        let schema = Schema::define(&specs).unwrap();
+        let body = br#"[
+            {"f_string": "s", "f_integer": 1, "f_number": 1.5, "f_decimal": "1.50",
+             "f_boolean": true, "f_date": "2026-11-29", "f_timestamp": "2026-11-29T10:00:00+01:00",
+             "f_json": {"a": [1, 1e400]}},
+            {}
+        ]"#;
+        let validation = sluice_schema::validate(
+            &schema,
+            sluice_schema::ExtraFields::Reject,
+            sluice_schema::Format::Json,
+            body,
+        )
+        .unwrap();
+        assert_eq!(validation.records.len(), 2);
         let batch = RecordBatch {
             batch_id: Uuid::nil(),
             chunk: 0,
@@ -432,15 +455,25 @@ mod tests {
             schema_version: 1,
             received_at: Utc::now(),
             rows: 2,
-            columns,
+            columns: ColumnsOf::new(&schema, &validation.records),
             rejected: Vec::new(),
         };
         let text = serde_json::to_string(&batch).unwrap();
         let back: RecordBatch = serde_json::from_str(&text).unwrap();
         assert_eq!(back.columns.len(), FieldType::ALL.len());
-        let json = back.columns.last().unwrap();
-        assert_eq!(json.field, FieldId(8));
-        match &json.values {
+        for (column, field) in back.columns.iter().zip(schema.fields()) {
+            assert_eq!(column.field, field.id);
+            assert_eq!(column.values.field_type(), field.ty);
+            assert_eq!(column.values.len(), 2);
+        }
+        let values = |i: usize| serde_json::to_value(&back.columns[i].values).unwrap();
+        assert_eq!(values(3)["values"], serde_json::json!(["1.50", null]));
+        assert_eq!(values(5)["values"], serde_json::json!(["2026-11-29", null]));
+        assert_eq!(
+            values(6)["values"],
+            serde_json::json!(["2026-11-29T09:00:00Z", null])
+        );
+        match &back.columns[7].values {
             ColumnValues::Json(v) => {
                 assert_eq!(v[0].as_ref().unwrap().get(), r#"{"a": [1, 1e400]}"#);
                 assert!(v[1].is_none());

@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sluice_read::{Application, StoreHooks};
-use sluice_runtime::bus::{self, RecordBatch, RejectedRecord, headers};
+use sluice_runtime::bus::{self, ColumnsOf, RecordBatch, RejectedRecord, headers};
 use sluice_schema::{ExtraFields, Format, Schema};
 use sluice_testkit::{ADMIN_TOKEN, TestEnv};
 use sqlx::PgPool;
@@ -199,20 +199,22 @@ impl TestApp {
         let validation =
             sluice_schema::validate(&schema, ExtraFields::Reject, Format::Json, body.as_bytes())
                 .expect("well-formed JSON");
-        RecordBatch {
+        let batch = RecordBatch {
             batch_id: Uuid::now_v7(),
             chunk: 0,
             chunks: 1,
             schema_version: version,
             received_at: Utc::now(),
             rows: validation.records.len(),
-            columns: RecordBatch::columns_of(&schema, &validation.records),
+            columns: ColumnsOf::new(&schema, &validation.records),
             rejected: validation
                 .rejected
                 .iter()
                 .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
                 .collect(),
-        }
+        };
+        // Through the wire form, as the reader will see it.
+        serde_json::from_slice(&serde_json::to_vec(&batch).unwrap()).unwrap()
     }
 
     /// Publishes `payload` on the connector's records subject with the

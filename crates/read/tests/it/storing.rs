@@ -261,3 +261,49 @@ async fn one_reader_gives_a_connectors_records_ids_in_stream_order() {
         assert_eq!(ns, expected);
     }
 }
+
+#[tokio::test]
+async fn decimals_are_stored_as_postgresql_reads_their_text() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector(
+            "decimals",
+            json!([{"name": "i", "type": "integer"}, {"name": "d", "type": "decimal"}]),
+        )
+        .await;
+    let literals = [
+        "0",
+        "-0.00",
+        "1.50",
+        "-12345.6789",
+        "1.5e3",
+        "15E-1",
+        ".0001",
+        "+10000",
+        "007.",
+        "0.00001e5",
+        "99999.99990",
+        "123456789012345678901234567890.123456789",
+        "-9.99e999",
+        "1e-1000",
+    ];
+    let records: Vec<Value> = literals
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"i": i, "d": d}))
+        .collect();
+    app.publish(connector.id, Value::Array(records)).await;
+    app.wait_stored(connector.id, literals.len() as i64).await;
+    app.wait_visible(&connector).await;
+
+    let stored = app.all_records(&connector).await;
+    assert_eq!(stored.len(), literals.len());
+    for (record, literal) in stored.iter().zip(literals) {
+        let expected: String = sqlx::query_scalar("SELECT $1::numeric::text")
+            .bind(literal)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(record["d"], json!(expected), "{literal}");
+    }
+}

@@ -62,6 +62,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::connector::ExtraFields;
+use crate::field::FieldType;
 use crate::schema::Schema;
 
 /// Longest `decimal` literal kept, in characters.
@@ -113,6 +114,21 @@ pub enum Value {
 }
 
 impl Value {
+    /// The type of the field this value is valid for; `None` for null.
+    pub fn field_type(&self) -> Option<FieldType> {
+        Some(match self {
+            Value::Null => return None,
+            Value::String(_) => FieldType::String,
+            Value::Integer(_) => FieldType::Integer,
+            Value::Number(_) => FieldType::Number,
+            Value::Decimal(_) => FieldType::Decimal,
+            Value::Boolean(_) => FieldType::Boolean,
+            Value::Date(_) => FieldType::Date,
+            Value::Timestamp(_) => FieldType::Timestamp,
+            Value::Json(_) => FieldType::Json,
+        })
+    }
+
     /// The value as SPEC section 5 returns it: decimals, dates and timestamps
     /// as strings, timestamps in UTC.
     ///
