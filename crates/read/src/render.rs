@@ -31,19 +31,35 @@ pub(crate) enum Cell<'r> {
 }
 
 impl<'r> Cell<'r> {
-    /// Reads column `index` of `row` as `kind` says it was selected.
+    /// Reads column `index` of `row` as `kind` says it was selected. The
+    /// page's SQL casts every column to the type its kind reads, so the
+    /// types are not checked again for every value.
     pub(crate) fn read(row: &'r PgRow, index: usize, kind: CellKind) -> sqlx::Result<Cell<'r>> {
         let cell = match kind {
-            CellKind::Id => row.try_get::<Option<i64>, _>(index)?.map(Cell::Id),
-            CellKind::Text => row.try_get::<Option<&str>, _>(index)?.map(Cell::Text),
-            CellKind::Integer => row.try_get::<Option<i64>, _>(index)?.map(Cell::Integer),
-            CellKind::Number => row.try_get::<Option<f64>, _>(index)?.map(Cell::Number),
-            CellKind::Boolean => row.try_get::<Option<bool>, _>(index)?.map(Cell::Boolean),
-            CellKind::Date => row.try_get::<Option<NaiveDate>, _>(index)?.map(Cell::Date),
+            CellKind::Id => row
+                .try_get_unchecked::<Option<i64>, _>(index)?
+                .map(Cell::Id),
+            CellKind::Text => row
+                .try_get_unchecked::<Option<&str>, _>(index)?
+                .map(Cell::Text),
+            CellKind::Integer => row
+                .try_get_unchecked::<Option<i64>, _>(index)?
+                .map(Cell::Integer),
+            CellKind::Number => row
+                .try_get_unchecked::<Option<f64>, _>(index)?
+                .map(Cell::Number),
+            CellKind::Boolean => row
+                .try_get_unchecked::<Option<bool>, _>(index)?
+                .map(Cell::Boolean),
+            CellKind::Date => row
+                .try_get_unchecked::<Option<NaiveDate>, _>(index)?
+                .map(Cell::Date),
             CellKind::Timestamp => row
-                .try_get::<Option<DateTime<Utc>>, _>(index)?
+                .try_get_unchecked::<Option<DateTime<Utc>>, _>(index)?
                 .map(Cell::Timestamp),
-            CellKind::Json => row.try_get::<Option<&str>, _>(index)?.map(Cell::Json),
+            CellKind::Json => row
+                .try_get_unchecked::<Option<&str>, _>(index)?
+                .map(Cell::Json),
         };
         Ok(cell.unwrap_or(Cell::Null))
     }

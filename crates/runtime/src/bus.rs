@@ -437,8 +437,9 @@ mod tests {
         let body = br#"[
             {"f_string": "s", "f_integer": 1, "f_number": 1.5, "f_decimal": "1.50",
              "f_boolean": true, "f_date": "2026-11-29", "f_timestamp": "2026-11-29T10:00:00+01:00",
-             "f_json": {"a": [1, 1e400]}},
-            {}
+             "f_json": {"a": [1, 12345678901234567890123]}},
+            {"f_string": null, "f_integer": null, "f_number": null, "f_decimal": null,
+             "f_boolean": null, "f_date": null, "f_timestamp": null, "f_json": null}
         ]"#;
         let validation = sluice_schema::validate(
             &schema,
@@ -447,7 +448,7 @@ mod tests {
             body,
         )
         .unwrap();
-        assert_eq!(validation.records.len(), 2);
+        assert_eq!(validation.records.len(), 2, "{:?}", validation.errors);
         let batch = RecordBatch {
             batch_id: Uuid::nil(),
             chunk: 0,
@@ -475,7 +476,10 @@ mod tests {
         );
         match &back.columns[7].values {
             ColumnValues::Json(v) => {
-                assert_eq!(v[0].as_ref().unwrap().get(), r#"{"a": [1, 1e400]}"#);
+                assert_eq!(
+                    v[0].as_ref().unwrap().get(),
+                    r#"{"a": [1, 12345678901234567890123]}"#
+                );
                 assert!(v[1].is_none());
             }
             other => panic!("expected a json column, got {other:?}"),

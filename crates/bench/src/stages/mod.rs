@@ -72,6 +72,17 @@ impl MemoryLog {
     }
 }
 
+/// Flushes what earlier stages wrote (a million rows is about a GiB of WAL
+/// here), so that the stage about to run does not pay for their
+/// checkpoint. Needs a superuser, as the default `--database-url` is.
+async fn settle(db: &mut sqlx::PgConnection) {
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(db).await {
+        eprintln!(
+            "sluice-bench: CHECKPOINT failed ({error}); stages may pay for earlier ones' writes"
+        );
+    }
+}
+
 pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let nats = async_nats::connect(&env.nats_url)
@@ -190,6 +201,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     )
     .await?;
     eprintln!("sluice-bench: store, starting the read API");
+    settle(&mut db).await;
     memory.begin(&[&control, &gateway]);
     let (reader, store_sluice) = store::store_with_sluice(
         env,
@@ -202,6 +214,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     .await?;
     memory.end("store", &[&control, &gateway, &reader]);
     eprintln!("sluice-bench: raw binary COPY");
+    settle(&mut db).await;
     let raw_copy_in = store::copy_in(&mut db, main.id).await?;
 
     // Stage 3.
@@ -238,6 +251,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     let raw_copy_out = read::copy_out(&mut db, main.id, fill.records).await?;
 
     // Stage 4.
+    settle(&mut db).await;
     eprintln!(
         "sluice-bench: freshness at {} records/s for {:?}",
         sizes.freshness_rate, sizes.freshness_duration

@@ -18,8 +18,9 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     let connector = app
         .create_connector("once", json!([{"name": "n", "type": "integer"}]))
         .await;
-    app.publish(connector.id, json!([{"n": 1}, {"n": 2}, {"n": 3}]))
-        .await;
+    // Two messages, stored together in one transaction.
+    app.publish(connector.id, json!([{"n": 1}, {"n": 2}])).await;
+    app.publish(connector.id, json!([{"n": 3}])).await;
 
     // The first reader commits the batch, then "dies" before its ack.
     let crashed = Arc::new(Notify::new());
@@ -31,7 +32,8 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
         })
         .await;
     crashed.notified().await;
-    app.wait_stored(connector.id, 3).await;
+    // At least the first message was committed (both, if they came together).
+    app.wait_stored(connector.id, 2).await;
     first.stop().await;
 
     // A new reader on the same deployment gets the message again, after the
@@ -43,7 +45,7 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     .await;
     let info = app.wait_consumer_idle().await;
     assert!(
-        info.delivered.consumer_sequence >= 2,
+        info.delivered.consumer_sequence >= 3,
         "the message was delivered again: {info:?}"
     );
     app.publish(connector.id, json!([{"n": 4}])).await;
@@ -306,4 +308,39 @@ async fn decimals_are_stored_as_postgresql_reads_their_text() {
             .unwrap();
         assert_eq!(record["d"], json!(expected), "{literal}");
     }
+}
+
+#[tokio::test]
+async fn a_poison_message_stored_together_with_good_ones_is_set_aside_alone() {
+    let mut app = spawn_control_only().await;
+    let connector = app
+        .create_connector("together", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    // All in the stream before the reader starts, so they arrive together
+    // and are first tried in one transaction.
+    app.publish(connector.id, json!([{"n": 1}, {"n": 2}])).await;
+    app.publish_raw(connector.id, b"{not json".to_vec()).await;
+    app.publish(connector.id, json!([{"n": 3}])).await;
+    app.publish(connector.id, json!([{"n": 4}])).await;
+    app.start_reader(StoreHooks::default()).await;
+
+    app.wait_stored(connector.id, 4).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
+    assert_eq!(ns, [&json!(1), &json!(2), &json!(3), &json!(4)]);
+    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
+    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3"), &json!("4")]);
+    let dead = app
+        .js
+        .get_stream(app.env.namespace.dead_letter_stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dead, 1);
 }

@@ -163,7 +163,8 @@ impl Value {
             // Display of f64 is the shortest text that parses back exactly.
             Value::Number(n) => Cow::Owned(n.to_string()),
             Value::Boolean(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            Value::Date(d) => Cow::Owned(d.format("%Y-%m-%d").to_string()),
+            // ISO 8601, `YYYY-MM-DD` (validation keeps years to four digits).
+            Value::Date(d) => Cow::Owned(d.to_string()),
             Value::Timestamp(t) => Cow::Owned(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
             Value::Json(raw) => Cow::Borrowed(raw.get()),
         }
@@ -197,7 +198,8 @@ impl Serialize for Value {
             Value::Integer(i) => serializer.serialize_i64(*i),
             Value::Number(n) => serializer.serialize_f64(*n),
             Value::Boolean(b) => serializer.serialize_bool(*b),
-            Value::Date(_) | Value::Timestamp(_) => serializer.serialize_str(&self.csv_cell()),
+            Value::Date(d) => serializer.collect_str(d),
+            Value::Timestamp(_) => serializer.serialize_str(&self.csv_cell()),
             Value::Json(raw) => raw.serialize(serializer),
         }
     }
