@@ -123,8 +123,61 @@ struct TargetColumn {
     conversion: Option<Conversion>,
 }
 
-/// The rows of one batch, on their way into the records table.
-pub(crate) struct RecordInsert {
+/// A batch's rows, ready to write: encoded for a binary COPY, or, when a
+/// column must be converted, planned as an INSERT whose SQL converts it
+/// exactly as the control plane converted the stored values.
+pub(crate) enum RecordInsert {
+    /// Only refused records: no row to write.
+    Nothing,
+    Copy {
+        statement: String,
+        data: Vec<u8>,
+    },
+    Insert(Rows),
+}
+
+impl RecordInsert {
+    /// Maps the batch's columns onto `schema` (see [`Rows::map`]) and, for a
+    /// COPY, encodes them: the CPU work, for a blocking thread.
+    pub(crate) fn plan(
+        connector: Uuid,
+        schema: &Schema,
+        batch: RecordBatch,
+        first_id: i64,
+    ) -> Result<RecordInsert, Unstorable> {
+        let rows = Rows::map(connector, schema, batch, first_id)?;
+        Ok(if rows.rows == 0 {
+            RecordInsert::Nothing
+        } else if rows.columns.iter().any(|c| c.conversion.is_some()) {
+            RecordInsert::Insert(rows)
+        } else {
+            RecordInsert::Copy {
+                statement: rows.copy_statement(),
+                data: rows.binary_rows()?,
+            }
+        })
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn execute(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
+        match self {
+            RecordInsert::Nothing => Ok(()),
+            RecordInsert::Insert(rows) => rows.insert(conn).await,
+            RecordInsert::Copy { statement, data } => {
+                let mut copy = conn.copy_in_raw(&statement).await?;
+                if let Err(error) = copy.send(data).await {
+                    let _ = copy.abort("sending the rows failed").await;
+                    return Err(error.into());
+                }
+                copy.finish().await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The rows of one batch, mapped onto the records table's columns.
+pub(crate) struct Rows {
     table: String,
     first_id: i64,
     rows: usize,
@@ -132,18 +185,18 @@ pub(crate) struct RecordInsert {
     columns: Vec<TargetColumn>,
 }
 
-impl RecordInsert {
+impl Rows {
     /// Maps the batch's columns onto `schema`, the connector's current one:
     /// by field id, so renamed fields follow their id and removed ones are
     /// dropped; a column of an older type is converted exactly as the
     /// control plane converted the stored values; fields the batch lacks
     /// stay null.
-    pub(crate) fn plan(
+    fn map(
         connector: Uuid,
         schema: &Schema,
         batch: RecordBatch,
         first_id: i64,
-    ) -> Result<RecordInsert, Unstorable> {
+    ) -> Result<Rows, Unstorable> {
         let rows = batch.rows;
         i64::try_from(rows).map_err(|_| Unstorable("too many rows".into()))?;
         let mut columns: Vec<TargetColumn> = Vec::new();
@@ -185,7 +238,7 @@ impl RecordInsert {
                 conversion,
             });
         }
-        Ok(RecordInsert {
+        Ok(Rows {
             table: records_table(connector),
             first_id,
             rows,
@@ -194,35 +247,17 @@ impl RecordInsert {
         })
     }
 
-    /// Binary COPY; a batch with a column to convert takes the slower
-    /// INSERT, whose SQL converts it exactly as the control plane did.
-    #[tracing::instrument(skip_all, fields(rows = self.rows))]
-    pub(crate) async fn execute(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
-        if self.rows == 0 {
-            return Ok(());
-        }
-        if self.columns.iter().any(|c| c.conversion.is_some()) {
-            return Ok(self.insert(conn).await?);
-        }
+    fn copy_statement(&self) -> String {
         let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
             .into_iter()
             .map(quote_ident)
             .chain(self.columns.iter().map(|c| c.name.clone()))
             .collect();
-        let data = self.binary_rows()?;
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {} ({}) FROM STDIN (FORMAT binary)",
-                self.table,
-                names.join(", ")
-            ))
-            .await?;
-        if let Err(error) = copy.send(data).await {
-            let _ = copy.abort("sending the rows failed").await;
-            return Err(error.into());
-        }
-        copy.finish().await?;
-        Ok(())
+        format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            self.table,
+            names.join(", ")
+        )
     }
 
     /// The rows in COPY's binary format; every column is of its field's type.

@@ -22,8 +22,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use sluice_runtime::bus::{Namespace, RecordBatch, StoredNotice, headers};
+use sluice_runtime::bus::{Namespace, RecordBatch, RejectedRecord, StoredNotice, headers};
+use sluice_schema::Schema;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
@@ -531,44 +533,57 @@ impl Store {
         let Some(counters) = db::lock_counters(&mut tx, group.connector).await? else {
             return Ok(Outcome::ConnectorGone);
         };
+        // Each message is decoded and encoded on a blocking thread while
+        // the one before it is written, so the CPU and PostgreSQL work side
+        // by side. A message's first id follows from the one before it.
+        let schema = Arc::new(schema);
+        let prepare = |index: usize, first_id: i64| {
+            let payload = group.messages[index].0.payload.clone();
+            let (connector, schema) = (group.connector, Arc::clone(&schema));
+            tokio::task::spawn_blocking(move || prepare(connector, &schema, &payload, first_id))
+        };
+        let fresh: Vec<usize> = (0..sequences.len())
+            .filter(|i| applied_now.contains(&sequences[*i]))
+            .collect();
+        let mut stored: Vec<Option<Stored>> = group.messages.iter().map(|_| None).collect();
         let mut next = counters;
         let mut last_received_at = None;
-        let mut stored = Vec::with_capacity(group.messages.len());
-        for ((message, _), sequence) in group.messages.iter().zip(&sequences) {
-            if !applied_now.contains(sequence) {
-                stored.push(None);
-                continue;
+        let mut preparing = Some(prepare(fresh[0], next.last_record_id + 1));
+        for (k, &index) in fresh.iter().enumerate() {
+            let handle = preparing
+                .take()
+                .expect("each fresh message is being prepared");
+            // A panic there would recur on every delivery: dead-letter it.
+            let prepared = handle.await.map_err(|e| {
+                StoreError::Unstorable(format!("preparing the batch failed: {e}"))
+            })??;
+            let first_rejected = next.last_rejected_id + 1;
+            next = IdCounters {
+                last_record_id: next.last_record_id + prepared.records as i64,
+                last_rejected_id: next.last_rejected_id + prepared.rejected.len() as i64,
+            };
+            if let Some(&following) = fresh.get(k + 1) {
+                preparing = Some(prepare(following, next.last_record_id + 1));
             }
-            let mut batch = decode_batch(message).map_err(StoreError::Unstorable)?;
-            let records = batch.rows;
-            let rejected = std::mem::take(&mut batch.rejected);
-            let received_at = batch.received_at;
-            let (batch_id, chunk) = (batch.batch_id, batch.chunk);
-            let insert =
-                RecordInsert::plan(group.connector, &schema, batch, next.last_record_id + 1)?;
-            insert.execute(&mut tx).await?;
+            prepared.insert.execute(&mut tx).await?;
             db::insert_rejected(
                 &mut tx,
                 group.connector,
-                received_at,
-                &rejected,
-                next.last_rejected_id + 1,
+                prepared.received_at,
+                &prepared.rejected,
+                first_rejected,
             )
             .await?;
-            next = IdCounters {
-                last_record_id: next.last_record_id + records as i64,
-                last_rejected_id: next.last_rejected_id + rejected.len() as i64,
-            };
-            last_received_at = last_received_at.max(Some(received_at));
-            stored.push(Some(Stored {
+            last_received_at = last_received_at.max(Some(prepared.received_at));
+            stored[index] = Some(Stored {
                 notice: StoredNotice {
-                    batch_id,
-                    chunk,
-                    last_id: (records > 0).then_some(next.last_record_id),
+                    batch_id: prepared.batch_id,
+                    chunk: prepared.chunk,
+                    last_id: (prepared.records > 0).then_some(next.last_record_id),
                 },
-                records,
-                rejected: rejected.len(),
-            }));
+                records: prepared.records,
+                rejected: prepared.rejected.len(),
+            });
         }
         db::advance_stats(&mut tx, group.connector, counters, next, last_received_at).await?;
         tx.commit().await?;
@@ -643,9 +658,36 @@ fn request_id(message: &jetstream::Message) -> Option<&str> {
     Some(message.headers.as_ref()?.get(headers::REQUEST_ID)?.as_str())
 }
 
-fn decode_batch(message: &jetstream::Message) -> Result<RecordBatch, String> {
-    serde_json::from_slice::<RecordBatch>(&message.payload)
-        .map_err(|e| format!("the payload is not a record batch: {e}"))
+/// A message decoded and laid out for the records table.
+struct Prepared {
+    insert: RecordInsert,
+    records: usize,
+    rejected: Vec<RejectedRecord>,
+    received_at: DateTime<Utc>,
+    batch_id: Uuid,
+    chunk: u32,
+}
+
+/// The CPU work of storing a message, with its rows' ids from `first_id`.
+fn prepare(
+    connector: Uuid,
+    schema: &Schema,
+    payload: &[u8],
+    first_id: i64,
+) -> Result<Prepared, Unstorable> {
+    let mut batch = serde_json::from_slice::<RecordBatch>(payload)
+        .map_err(|e| Unstorable(format!("the payload is not a record batch: {e}")))?;
+    let rejected = std::mem::take(&mut batch.rejected);
+    let (records, received_at, batch_id, chunk) =
+        (batch.rows, batch.received_at, batch.batch_id, batch.chunk);
+    Ok(Prepared {
+        insert: RecordInsert::plan(connector, schema, batch, first_id)?,
+        records,
+        rejected,
+        received_at,
+        batch_id,
+        chunk,
+    })
 }
 
 /// Header values may not hold line breaks; reasons are kept short.
