@@ -57,7 +57,7 @@ use crate::render::{Cell, PageWriter};
 /// NDJSON and CSV have it).
 pub(crate) const NEXT_CURSOR_HEADER: &str = "sluice-next-cursor";
 /// Bytes gathered before a chunk is sent to the client.
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -410,13 +410,9 @@ async fn stream_rows(
         let sql = plan.rows_sql();
         let mut rows = db::bind_page(db::dynamic(&sql), after, end, &plan.binds).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
-            let cells = writer
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(index, column)| Cell::read(&row, index, column.kind))
-                .collect::<sqlx::Result<Vec<Cell<'_>>>>()?;
-            writer.row(&mut buffer, &cells)?;
+            writer.row(&mut buffer, |index, kind| {
+                Cell::read(&row, index, kind).map_err(StreamError::from)
+            })?;
             if buffer.len() >= CHUNK_BYTES {
                 let chunk = Bytes::from(std::mem::replace(
                     &mut buffer,

@@ -14,7 +14,7 @@ use sqlx::postgres::PgRow;
 use crate::page::{CellKind, OutputColumn, OutputFormat};
 
 /// One value of a row, borrowed from it, ready to write in any format.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Cell<'r> {
     Null,
     /// `_id`: shown as a string.
@@ -117,8 +117,6 @@ pub(crate) struct PageWriter {
     columns: Vec<OutputColumn>,
     /// Each column's `"name":`, escaped once for every row.
     json_keys: Vec<Vec<u8>>,
-    /// One CSV cell's text, before it is known whether it must be quoted.
-    cell: Vec<u8>,
     rows: usize,
 }
 
@@ -136,13 +134,8 @@ impl PageWriter {
             format,
             columns,
             json_keys,
-            cell: Vec::new(),
             rows: 0,
         }
-    }
-
-    pub(crate) fn columns(&self) -> &[OutputColumn] {
-        &self.columns
     }
 
     pub(crate) fn begin(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -162,45 +155,49 @@ impl PageWriter {
         Ok(())
     }
 
-    pub(crate) fn row(&mut self, out: &mut Vec<u8>, cells: &[Cell<'_>]) -> std::io::Result<()> {
-        match self.format {
-            OutputFormat::Json => {
-                if self.rows > 0 {
+    /// Writes a row whose cells `cell` reads, by index and kind, as they
+    /// are written: nothing of the row is gathered first.
+    pub(crate) fn row<'r, E: From<std::io::Error>>(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut cell: impl FnMut(usize, CellKind) -> Result<Cell<'r>, E>,
+    ) -> Result<(), E> {
+        let PageWriter {
+            format,
+            columns,
+            json_keys,
+            rows,
+        } = self;
+        if *format == OutputFormat::Csv {
+            for (i, column) in columns.iter().enumerate() {
+                if i > 0 {
                     out.push(b',');
                 }
-                self.json_row(out, cells)?;
-            }
-            OutputFormat::Ndjson => {
-                self.json_row(out, cells)?;
-                out.push(b'\n');
-            }
-            OutputFormat::Csv => {
-                for (i, cell) in cells.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    self.cell.clear();
-                    cell.write_text(&mut self.cell)?;
-                    write_csv_cell(out, &self.cell);
+                match cell(i, column.kind)? {
+                    Cell::Text(text) | Cell::Json(text) => write_csv_cell(out, text.as_bytes()),
+                    // Numbers, booleans, dates and timestamps never need quotes.
+                    value => value.write_text(out)?,
                 }
-                out.push(b'\n');
             }
-        }
-        self.rows += 1;
-        Ok(())
-    }
-
-    /// A row as a JSON object, keys in column order.
-    fn json_row(&self, out: &mut Vec<u8>, cells: &[Cell<'_>]) -> std::io::Result<()> {
-        out.push(b'{');
-        for (i, (key, cell)) in self.json_keys.iter().zip(cells).enumerate() {
-            if i > 0 {
+            out.push(b'\n');
+        } else {
+            if *format == OutputFormat::Json && *rows > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(key);
-            cell.write_json(out)?;
+            out.push(b'{');
+            for (i, (key, column)) in json_keys.iter().zip(columns.iter()).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(key);
+                cell(i, column.kind)?.write_json(out)?;
+            }
+            out.push(b'}');
+            if *format == OutputFormat::Ndjson {
+                out.push(b'\n');
+            }
         }
-        out.push(b'}');
+        *rows += 1;
         Ok(())
     }
 
@@ -264,10 +261,16 @@ mod tests {
         let mut out = Vec::new();
         writer.begin(&mut out).unwrap();
         for row in rows {
-            writer.row(&mut out, &row).unwrap();
+            writer.row(&mut out, cells_of(&row)).unwrap();
         }
         writer.end(&mut out, "CUR", false).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    fn cells_of<'a, 'r>(
+        cells: &'a [Cell<'r>],
+    ) -> impl FnMut(usize, CellKind) -> std::io::Result<Cell<'r>> + 'a {
+        |i, _| Ok(cells[i])
     }
 
     fn sample() -> Vec<Vec<Cell<'static>>> {
@@ -319,7 +322,7 @@ mod tests {
         let write = |format| {
             let mut writer = PageWriter::new(format, columns(&["a", "b", "c", "d", "e", "f"]));
             let mut out = Vec::new();
-            writer.row(&mut out, &cells()).unwrap();
+            writer.row(&mut out, cells_of(&cells())).unwrap();
             String::from_utf8(out).unwrap()
         };
         assert_eq!(
