@@ -328,6 +328,7 @@ impl Store {
         pulled_at: Instant,
         backoff: &Backoff,
     ) -> Flow {
+        let mut worst = Flow::Next;
         let mut groups: Vec<Group> = Vec::new();
         for message in chunk {
             let sequence = match message.info() {
@@ -343,13 +344,10 @@ impl Store {
                     "the {} header is missing or is not a connector id",
                     headers::CONNECTOR_ID
                 );
-                if self
-                    .reject(&message, None, sequence, &reason, backoff)
-                    .await
-                    == Flow::Retry
-                {
-                    return Flow::Retry;
-                }
+                // If the dead-letter stream refuses it, it is handed back and
+                // the loop pauses after this chunk; the others are stored.
+                let flow = self.reject(&message, None, sequence, &reason, backoff);
+                worst = worst.max(flow.await);
                 continue;
             };
             match groups.iter_mut().find(|g| g.connector == connector) {
@@ -363,9 +361,7 @@ impl Store {
         futures::stream::iter(groups)
             .map(|group| self.handle(group, pulled_at, backoff))
             .buffer_unordered(STORE_CONCURRENCY)
-            .fold(Flow::Next, |worst, flow| {
-                std::future::ready(worst.max(flow))
-            })
+            .fold(worst, |worst, flow| std::future::ready(worst.max(flow)))
             .await
     }
 
@@ -537,7 +533,7 @@ impl Store {
         // the one before it is written, so the CPU and PostgreSQL work side
         // by side. A message's first id follows from the one before it.
         let schema = Arc::new(schema);
-        let prepare = |index: usize, first_id: i64| {
+        let start_preparing = |index: usize, first_id: i64| {
             let payload = group.messages[index].0.payload.clone();
             let (connector, schema) = (group.connector, Arc::clone(&schema));
             tokio::task::spawn_blocking(move || prepare(connector, &schema, &payload, first_id))
@@ -548,7 +544,7 @@ impl Store {
         let mut stored: Vec<Option<Stored>> = group.messages.iter().map(|_| None).collect();
         let mut next = counters;
         let mut last_received_at = None;
-        let mut preparing = Some(prepare(fresh[0], next.last_record_id + 1));
+        let mut preparing = Some(start_preparing(fresh[0], next.last_record_id + 1));
         for (k, &index) in fresh.iter().enumerate() {
             let handle = preparing
                 .take()
@@ -563,7 +559,7 @@ impl Store {
                 last_rejected_id: next.last_rejected_id + prepared.rejected.len() as i64,
             };
             if let Some(&following) = fresh.get(k + 1) {
-                preparing = Some(prepare(following, next.last_record_id + 1));
+                preparing = Some(start_preparing(following, next.last_record_id + 1));
             }
             prepared.insert.execute(&mut tx).await?;
             db::insert_rejected(
