@@ -19,6 +19,13 @@ fn epoch() -> NaiveDate {
     NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date")
 }
 
+/// Microseconds since 2000-01-01 UTC, truncated as sqlx binds a timestamp
+/// (the path a converted column takes); `None` beyond `i64`.
+pub(crate) fn micros(value: DateTime<Utc>) -> Option<i64> {
+    let epoch = epoch().and_hms_opt(0, 0, 0)?.and_utc();
+    (value - epoch).num_microseconds()
+}
+
 /// The data of one `COPY … FROM STDIN (FORMAT binary)`, row by row.
 pub(crate) struct BinaryRows {
     out: Vec<u8>,
@@ -77,13 +84,9 @@ impl BinaryRows {
         self.value(&days.to_be_bytes());
     }
 
-    /// Microseconds since 2000-01-01 UTC, truncated as sqlx binds a
-    /// timestamp (the path a converted column takes).
-    pub(crate) fn timestamptz(&mut self, value: DateTime<Utc>) -> Option<()> {
-        let epoch = epoch().and_hms_opt(0, 0, 0)?.and_utc();
-        let micros = (value - epoch).num_microseconds()?;
+    /// A `timestamptz` given as [`micros`] of it.
+    pub(crate) fn timestamptz(&mut self, micros: i64) {
         self.value(&micros.to_be_bytes());
-        Some(())
     }
 
     /// A decimal literal of the schema crate's canonical syntax; `None` if

@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
-use crate::copy::BinaryRows;
+use crate::copy::{self, BinaryRows};
 use crate::page::{Bind, PagePlan};
 
 /// A statement built for one connector, schema and request. It is not kept
@@ -266,11 +266,12 @@ impl Rows {
             .map_err(|_| Unstorable("too many columns".into()))?;
         let mut out = BinaryRows::with_capacity(self.rows * (16 + 24 * self.columns.len()));
         let malformed = |what: &str| Unstorable(format!("a {what} value is malformed"));
+        // One value for every row of the batch: encoded once.
+        let received_at = copy::micros(self.received_at).ok_or_else(|| malformed("received_at"))?;
         for row in 0..self.rows {
             out.row(fields);
             out.int8(self.first_id + row as i64);
-            out.timestamptz(self.received_at)
-                .ok_or_else(|| malformed("received_at"))?;
+            out.timestamptz(received_at);
             for column in &self.columns {
                 match &column.values {
                     ColumnValues::String(v) => match &v[row] {
@@ -300,7 +301,8 @@ impl Rows {
                     ColumnValues::Timestamp(v) => match &v[row] {
                         Some(t) => parse_timestamp(t)
                             .ok()
-                            .and_then(|t| out.timestamptz(t))
+                            .and_then(copy::micros)
+                            .map(|t| out.timestamptz(t))
                             .ok_or_else(|| malformed("timestamp"))?,
                         None => out.null(),
                     },

@@ -506,10 +506,10 @@ impl Store {
             .map_err(|_| Unstorable("sequence out of range".into()))?;
         let mut tx = self.pool.begin().await?;
         let applied_now = db::mark_applied(&mut tx, &self.stream_name, &sequences).await?;
+        // `None` for a message stored before: acked again, stored never twice.
+        let mut stored: Vec<Option<Stored>> = group.messages.iter().map(|_| None).collect();
         if applied_now.is_empty() {
-            return Ok(Outcome::Stored(
-                group.messages.iter().map(|_| None).collect(),
-            ));
+            return Ok(Outcome::Stored(stored));
         }
         // Applied sequences are forgotten once acked (`sample_consumer`). A
         // copy held past its ack wait may have been redelivered, stored,
@@ -541,7 +541,6 @@ impl Store {
         let fresh: Vec<usize> = (0..sequences.len())
             .filter(|i| applied_now.contains(&sequences[*i]))
             .collect();
-        let mut stored: Vec<Option<Stored>> = group.messages.iter().map(|_| None).collect();
         let mut next = counters;
         let mut last_received_at = None;
         let mut preparing = Some(start_preparing(fresh[0], next.last_record_id + 1));
