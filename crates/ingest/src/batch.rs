@@ -122,7 +122,7 @@ fn fit(
     parts: &mut Vec<(Range<usize>, Vec<u8>)>,
 ) -> Result<(), ChunkError> {
     let bytes = encode(header, items, range.clone(), 0, 1)?;
-    if bytes.len() <= limit {
+    if bytes.len() + received_at_slack(header)? <= limit {
         parts.push((range, bytes));
         return Ok(());
     }
@@ -132,6 +132,15 @@ fn fit(
     let middle = range.start + range.len() / 2;
     fit(header, items, range.start..middle, limit, parts)?;
     fit(header, items, middle..range.end, limit, parts)
+}
+
+/// How much longer `received_at` could be written than it is (its fraction
+/// of a second takes 0 to 9 digits). Parts are measured as if it were its
+/// longest, so that a retry, received at another instant, is cut exactly as
+/// the first attempt was and its chunks keep their identities.
+fn received_at_slack(header: &BatchHeader<'_>) -> Result<usize, serde_json::Error> {
+    const LONGEST: usize = "\"2026-11-29T13:00:00.123456789Z\"".len();
+    Ok(LONGEST.saturating_sub(serde_json::to_vec(&header.received_at)?.len()))
 }
 
 fn encode(
@@ -249,6 +258,41 @@ mod tests {
             assert_eq!(next, 5000);
             let rejected: usize = batches.iter().map(|b| b.rejected.len()).sum();
             assert_eq!(rejected, 2);
+        }
+    }
+
+    /// A retry is received at another instant, whose fraction of a second
+    /// may take another number of digits; it must be cut the same way, at
+    /// every limit, or its chunks would not match the first attempt's.
+    #[test]
+    fn a_body_is_cut_the_same_whenever_it_is_received() {
+        let schema = schema();
+        let body: String = (0..40)
+            .map(|i| format!("{{\"n\": {i}, \"s\": \"{}\"}}\n", "x".repeat(i)))
+            .collect();
+        let v = validate(
+            &schema,
+            ExtraFields::Reject,
+            Format::Ndjson,
+            body.as_bytes(),
+        )
+        .unwrap();
+        let whole_second: DateTime<Utc> = "2026-11-29T13:00:00Z".parse().unwrap();
+        let with_nanos: DateTime<Utc> = "2026-11-29T13:00:00.123456789Z".parse().unwrap();
+        let rows = |received_at, limit| -> Vec<usize> {
+            let header = BatchHeader {
+                received_at,
+                ..header(&schema)
+            };
+            let chunks = encode_chunks(&header, &v.records, &v.rejected, 0, limit).unwrap();
+            decode(&chunks).iter().map(|b| b.rows).collect()
+        };
+        for limit in 600..1_400 {
+            assert_eq!(
+                rows(whole_second, limit),
+                rows(with_nanos, limit),
+                "limit {limit}"
+            );
         }
     }
 

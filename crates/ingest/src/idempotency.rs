@@ -1,15 +1,20 @@
 //! `Idempotency-Key` (SPEC 7): a retry within 10 minutes stores nothing twice
 //! and answers as the first did.
 //!
-//! Correctness comes from JetStream, not from this process: every message of
-//! an idempotent request carries a `Nats-Msg-Id` derived from the connector,
-//! the key and the chunk index, and the records stream drops a message whose
-//! id it saw within its duplicate window (10 minutes). The batch id derives
-//! from the connector and key too, and chunking is deterministic, so a retry
-//! of the same body, served by any gateway, publishes the same message ids
-//! (all dropped as duplicates) and computes the same answer (`accepted`,
-//! `rejected`, `batch_id`, `schema_version` — unless the schema changed in
-//! between).
+//! Correctness comes from the read API, not from this process: the batch id
+//! derives from the connector, the key and the schema version, and chunking
+//! is deterministic, so a retry of the same body, served by any gateway,
+//! publishes chunks of the same (batch, chunk) identities, which the read
+//! API stores once (`applied_chunks`), and computes the same answer
+//! (`accepted`, `rejected`, `batch_id`, `schema_version`). Each message also
+//! carries a `Nats-Msg-Id` of that identity, so JetStream drops most
+//! retries before they reach the read API: a saving, not the guarantee (a
+//! restarted server forgets the ids of messages it no longer holds).
+//!
+//! A retry after a schema edit may be cut into other chunks; it is a new
+//! batch then (the version is part of its id), stored whole: duplicates of
+//! what its first attempt stored, rather than a chunk of it taken for one
+//! already stored and lost.
 //!
 //! [`RecentAnswers`] is only a fast path on top: the gateway that served the
 //! first request answers a retry from memory, and refuses the key reused for
@@ -54,32 +59,25 @@ impl IdempotencyKey {
         ))
     }
 
-    /// SHA-256 of the connector and key: the key itself may hold characters
-    /// that are awkward in ids, and need not be stored anywhere.
-    fn digest(&self, connector: Uuid) -> [u8; 32] {
+    /// The request's batch id, the same for every retry under the same
+    /// schema version: a UUID (version 8, "custom") made of the first bytes
+    /// of a SHA-256 of the connector, the version and the key (which may
+    /// hold characters awkward in ids, and need not be stored anywhere).
+    pub(crate) fn batch_id(&self, connector: Uuid, schema_version: i64) -> Uuid {
         let mut hash = Sha256::new();
         hash.update(connector.as_bytes());
+        hash.update(schema_version.to_le_bytes());
         hash.update(self.0.as_bytes());
-        hash.finalize().into()
-    }
-
-    /// The request's batch id, the same for every retry: a UUID (version 8,
-    /// "custom") made of the digest's first bytes.
-    pub(crate) fn batch_id(&self, connector: Uuid) -> Uuid {
-        let digest = self.digest(connector);
+        let digest: [u8; 32] = hash.finalize().into();
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&digest[..16]);
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
     }
+}
 
-    /// `Nats-Msg-Id` of chunk `chunk`: connector, key digest and chunk.
-    pub(crate) fn message_id(&self, connector: Uuid, chunk: usize) -> String {
-        format!(
-            "{}.{}.{chunk}",
-            connector.simple(),
-            hex::encode(self.digest(connector))
-        )
-    }
+/// `Nats-Msg-Id` of chunk `chunk` of an idempotent request's batch.
+pub(crate) fn message_id(batch_id: Uuid, chunk: usize) -> String {
+    format!("{}.{chunk}", batch_id.simple())
 }
 
 /// What a request was, to tell a retry from a reuse of its key.
@@ -215,15 +213,16 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_deterministic_and_specific_to_connector_key_and_chunk() {
+    fn ids_are_deterministic_and_specific_to_connector_version_key_and_chunk() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(key("k").batch_id(a), key("k").batch_id(a));
-        assert_ne!(key("k").batch_id(a), key("k").batch_id(b));
-        assert_ne!(key("k").batch_id(a), key("l").batch_id(a));
-        assert_eq!(key("k").batch_id(a).get_version_num(), 8);
-        assert_eq!(key("k").message_id(a, 0), key("k").message_id(a, 0));
-        assert_ne!(key("k").message_id(a, 0), key("k").message_id(a, 1));
-        assert_ne!(key("k").message_id(a, 0), key("k").message_id(b, 0));
+        assert_eq!(key("k").batch_id(a, 1), key("k").batch_id(a, 1));
+        assert_ne!(key("k").batch_id(a, 1), key("k").batch_id(b, 1));
+        assert_ne!(key("k").batch_id(a, 1), key("k").batch_id(a, 2));
+        assert_ne!(key("k").batch_id(a, 1), key("l").batch_id(a, 1));
+        assert_eq!(key("k").batch_id(a, 1).get_version_num(), 8);
+        let batch = key("k").batch_id(a, 1);
+        assert_eq!(message_id(batch, 0), message_id(batch, 0));
+        assert_ne!(message_id(batch, 0), message_id(batch, 1));
     }
 
     #[test]

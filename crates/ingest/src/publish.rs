@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::IngestError;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::message_id;
 
 /// The longest a whole request's publishing may take. Each ack already has
 /// the JetStream context's timeout; this also bounds the wait for an
@@ -23,7 +23,8 @@ pub(crate) struct Envelope<'a> {
     pub schema_version: i64,
     pub batch_id: Uuid,
     pub request_id: Option<&'a str>,
-    pub key: Option<&'a IdempotencyKey>,
+    /// Whether the batch id derives from an `Idempotency-Key`.
+    pub idempotent: bool,
 }
 
 /// How the stream took a request's chunks.
@@ -38,7 +39,13 @@ pub(crate) enum Published {
 /// Publishes every chunk without waiting in between, then awaits every ack.
 /// `Ok` means every chunk is durable in the stream; any error or timeout
 /// means the request must not be reported as accepted.
+///
+/// Losing the connection to NATS meanwhile ends the wait at once (an ack
+/// cannot come over a connection that is gone): the answer is 503, and a
+/// retry with the same `Idempotency-Key` stores nothing twice, whichever
+/// chunks did reach the stream.
 pub(crate) async fn publish_chunks(
+    client: &async_nats::Client,
     js: &jetstream::Context,
     subject: &str,
     envelope: &Envelope<'_>,
@@ -52,14 +59,15 @@ pub(crate) async fn publish_chunks(
                 .payload(payload.into())
                 .header(headers::CONNECTOR_ID, envelope.connector.to_string())
                 .header(headers::SCHEMA_VERSION, envelope.schema_version.to_string())
-                .header(headers::BATCH_ID, envelope.batch_id.to_string());
+                .header(headers::BATCH_ID, envelope.batch_id.to_string())
+                .header(headers::CHUNK, chunk.to_string());
             if let Some(request_id) = envelope.request_id {
                 message = message.header(headers::REQUEST_ID, request_id);
             }
             // Only idempotent requests are deduplicated: two distinct
             // requests with the same body are two batches.
-            if let Some(key) = envelope.key {
-                message = message.message_id(key.message_id(envelope.connector, chunk));
+            if envelope.idempotent {
+                message = message.message_id(message_id(envelope.batch_id, chunk));
             }
             let ack = js
                 .send_publish(subject.to_owned(), message)
@@ -90,17 +98,32 @@ pub(crate) async fn publish_chunks(
             Published::New
         })
     };
-    let outcome = tokio::time::timeout(PUBLISH_DEADLINE, work)
-        .await
-        .unwrap_or_else(|_| {
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(PUBLISH_DEADLINE, work) => outcome.unwrap_or_else(|_| {
             Err(IngestError::BusUnavailable(
                 "publishing took longer than its deadline".to_owned(),
             ))
-        });
+        }),
+        () = disconnected(client) => Err(IngestError::BusUnavailable(
+            "the connection to NATS was lost while publishing".to_owned(),
+        )),
+    };
     let result = if outcome.is_ok() { "ok" } else { "error" };
     metrics::histogram!("sluice_ingest_publish_duration_seconds", "result" => result)
         .record(started.elapsed().as_secs_f64());
     outcome
+}
+
+/// How often a request waiting for acks looks at the connection.
+const CONNECTION_CHECK: Duration = Duration::from_millis(20);
+
+/// Resolves once `client` is not connected. The client offers no way to
+/// await its state, so it is looked at every few milliseconds, only while
+/// a request waits for its acks.
+async fn disconnected(client: &async_nats::Client) {
+    while client.connection_state() == async_nats::connection::State::Connected {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+    }
 }
 
 /// Waits until the read API has announced every chunk of `batch_id` stored.

@@ -236,9 +236,9 @@ async fn ingest(
         }
     }
 
-    let batch_id = key
-        .as_ref()
-        .map_or_else(Uuid::now_v7, |key| key.batch_id(connector));
+    let batch_id = key.as_ref().map_or_else(Uuid::now_v7, |key| {
+        key.batch_id(connector, doc.schema_version)
+    });
     let limit = state.chunk_limit();
     let prepare_doc = Arc::clone(&doc);
     let mode = params.mode;
@@ -286,10 +286,17 @@ async fn ingest(
             schema_version: doc.schema_version,
             batch_id,
             request_id,
-            key: key.as_ref(),
+            idempotent: key.is_some(),
         };
         let subject = state.namespace.records_subject(connector);
-        let published = publish_chunks(&state.js, &subject, &envelope, prepared.chunks).await?;
+        let published = publish_chunks(
+            &state.client,
+            &state.js,
+            &subject,
+            &envelope,
+            prepared.chunks,
+        )
+        .await?;
         metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
         metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
         match notices {

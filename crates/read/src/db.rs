@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use sluice_runtime::bus::{ColumnValues, RecordBatch, RejectedRecord};
+use sluice_runtime::bus::{ChunkId, ColumnValues, RecordBatch, RejectedRecord};
 use sluice_runtime::store::{
     ID_COLUMN, RECEIVED_AT_COLUMN, convert_sql, quote_ident, records_table,
 };
@@ -29,22 +29,36 @@ pub(crate) fn dynamic(sql: &str) -> Query<'_, Postgres, PgArguments> {
     sqlx::query(sql).persistent(false)
 }
 
-/// Records `sequences` of `stream` as applied, and returns those that were
-/// not yet: the others' rows are in the database already.
-#[tracing::instrument(skip(conn))]
+/// Records the chunks of `connector` as applied, and returns those that
+/// were not yet: the others' rows are in the database already. A chunk
+/// named twice is returned once.
+#[tracing::instrument(skip_all, fields(chunks = chunks.len()))]
 pub(crate) async fn mark_applied(
     conn: &mut PgConnection,
-    stream: &str,
-    sequences: &[i64],
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "INSERT INTO applied_messages (stream, sequence) SELECT $1, unnest($2::bigint[]) \
-         ON CONFLICT DO NOTHING RETURNING sequence",
+    connector: Uuid,
+    chunks: &[ChunkId],
+) -> sqlx::Result<Vec<ChunkId>> {
+    let batches: Vec<Uuid> = chunks.iter().map(|c| c.batch_id).collect();
+    let indexes: Vec<i64> = chunks.iter().map(|c| i64::from(c.chunk)).collect();
+    let applied: Vec<(Uuid, i64)> = sqlx::query_as(
+        "INSERT INTO applied_chunks (connector_id, batch_id, chunk) \
+         SELECT $1, batch_id, chunk FROM unnest($2::uuid[], $3::bigint[]) AS c (batch_id, chunk) \
+         ON CONFLICT DO NOTHING RETURNING batch_id, chunk",
     )
-    .bind(stream)
-    .bind(sequences)
+    .bind(connector)
+    .bind(&batches)
+    .bind(&indexes)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(applied
+        .into_iter()
+        .filter_map(|(batch_id, chunk)| {
+            Some(ChunkId {
+                batch_id,
+                chunk: u32::try_from(chunk).ok()?,
+            })
+        })
+        .collect())
 }
 
 /// The connector's current schema, its row held FOR SHARE until the end of
@@ -487,26 +501,34 @@ pub(crate) async fn advance_stats(
     Ok(())
 }
 
-/// Forgets the applied sequences of `stream` up to `ack_floor`: every such
-/// message is acked and so gone from the work-queue stream, and can never
-/// be delivered again. The hour of margin also covers a replica still
-/// holding an older copy of one of them.
+/// Forgets the chunks applied more than [`APPLIED_KEPT`] before both now
+/// and `oldest_held`, the publication time of the oldest message the
+/// stream still holds.
+///
+/// Every copy of a chunk (a redelivery, or an idempotent retry sent within
+/// the idempotency window of the first attempt) is published no later than
+/// a window after the chunk was first applied. So once the stream holds
+/// nothing older than that, and that time has passed, no copy can come any
+/// more. The margin covers the window, clocks that disagree a little, and a
+/// replica still holding a copy (see `StoreError::Late`).
 #[tracing::instrument(skip(pool))]
-pub(crate) async fn forget_applied_up_to(
+pub(crate) async fn forget_applied(
     pool: &sqlx::PgPool,
-    stream: &str,
-    ack_floor: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "DELETE FROM applied_messages WHERE stream = $1 AND sequence <= $2 \
-         AND applied_at < now() - interval '1 hour'",
+    oldest_held: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    let forgotten = sqlx::query(
+        "DELETE FROM applied_chunks WHERE applied_at < least(now(), $1) - make_interval(secs => $2)",
     )
-    .bind(stream)
-    .bind(ack_floor)
+    .bind(oldest_held)
+    .bind(APPLIED_KEPT.as_secs_f64())
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(forgotten.rows_affected())
 }
+
+/// An hour: the idempotency window with a generous margin.
+pub(crate) const APPLIED_KEPT: std::time::Duration =
+    sluice_runtime::bus::DUPLICATE_WINDOW.saturating_mul(6);
 
 /// Starts the transaction that one GET reads in: a single snapshot, so the
 /// bound, the probe and the rows agree.

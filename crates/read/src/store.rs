@@ -3,10 +3,13 @@
 //!
 //! Every replica pulls from one durable consumer, so more replicas store
 //! more. The messages of one connector that arrive together are stored in
-//! ONE transaction that also records their stream sequences in
-//! `applied_messages`; they are acked only after that commits. A crash
-//! anywhere before the ack redelivers them, and a redelivery finds its
-//! sequence applied and stores nothing twice.
+//! ONE transaction that also records their identities (batch and chunk,
+//! [`ChunkId`]) in `applied_chunks`; they are acked only after that
+//! commits. A crash anywhere before the ack redelivers them, and a
+//! redelivery, or an idempotent retry that JetStream did not catch, finds
+//! its identity applied and stores nothing twice. Stream sequences play no
+//! part: a stream made again after its store was lost numbers its messages
+//! from 1 again.
 //!
 //! `_id`s are allocated from the connector's `connector_stats` row, locked
 //! FOR UPDATE until commit. Two writers of one connector therefore commit
@@ -24,7 +27,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use sluice_runtime::bus::{Namespace, RecordBatch, RejectedRecord, StoredNotice, headers};
+use sluice_runtime::bus::{ChunkId, Namespace, RecordBatch, RejectedRecord, StoredNotice, headers};
 use sluice_schema::Schema;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -49,7 +52,7 @@ const STORE_CONCURRENCY: usize = 4;
 /// The store loop's own connections, apart from the GET pool: one per
 /// connector in flight, and one for the sampler.
 const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
-/// How often consumer lag is sampled and old applied sequences forgotten.
+/// How often consumer lag is sampled and old applied chunks forgotten.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Headers added to a message sent to the dead-letter stream.
@@ -96,19 +99,12 @@ pub(crate) async fn start(
         nats,
         js,
         namespace,
-        stream_name: stream_name.clone(),
         consumer,
         ack_wait,
         hooks,
     };
     tasks.spawn(store.run(shutdown.clone()));
-    tasks.spawn(sample_consumer(
-        stream,
-        consumer_name,
-        pool,
-        stream_name,
-        shutdown,
-    ));
+    tasks.spawn(sample_consumer(stream, consumer_name, pool, shutdown));
     Ok(())
 }
 
@@ -145,7 +141,6 @@ struct Store {
     nats: async_nats::Client,
     js: jetstream::Context,
     namespace: Namespace,
-    stream_name: String,
     consumer: PullConsumer,
     ack_wait: Duration,
     hooks: StoreHooks,
@@ -155,21 +150,30 @@ struct Store {
 /// order, stored in one transaction.
 struct Group {
     connector: Uuid,
-    messages: Vec<(jetstream::Message, u64)>,
+    messages: Vec<Delivered>,
+}
+
+/// A message as delivered, with what the store needs to know of it before
+/// decoding it.
+struct Delivered {
+    message: jetstream::Message,
+    sequence: u64,
+    id: ChunkId,
 }
 
 /// What became of a group's messages.
 enum Outcome {
-    /// In the group's order: the notice of each message stored now, or
-    /// `None` for one whose sequence was applied before (acked again,
-    /// nothing stored twice).
+    /// In the group's order: what each message stored now brought, or
+    /// `None` for one whose chunk was applied before (acked again, nothing
+    /// stored twice).
     Stored(Vec<Option<Stored>>),
     /// Its connector was deleted: acked and dropped.
     ConnectorGone,
 }
 
 struct Stored {
-    notice: StoredNotice,
+    /// The highest `_id` it stored, if it stored any record.
+    last_id: Option<i64>,
     records: usize,
     rejected: usize,
 }
@@ -339,22 +343,35 @@ impl Store {
                     continue;
                 }
             };
-            let Some(connector) = message_connector(&message) else {
-                let reason = format!(
+            let connector = message_connector(&message);
+            let identity = match connector {
+                Some(connector) => chunk_id(&message).map(|id| (connector, id)),
+                None => Err(format!(
                     "the {} header is missing or is not a connector id",
                     headers::CONNECTOR_ID
-                );
-                // If the dead-letter stream refuses it, it is handed back and
-                // the loop pauses after this chunk; the others are stored.
-                let flow = self.reject(&message, None, sequence, &reason, backoff);
-                worst = worst.max(flow.await);
-                continue;
+                )),
+            };
+            let (connector, id) = match identity {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    // If the dead-letter stream refuses it, it is handed back
+                    // and the loop pauses after this chunk; the others are
+                    // stored.
+                    let flow = self.reject(&message, connector, sequence, &reason, backoff);
+                    worst = worst.max(flow.await);
+                    continue;
+                }
+            };
+            let delivered = Delivered {
+                message,
+                sequence,
+                id,
             };
             match groups.iter_mut().find(|g| g.connector == connector) {
-                Some(group) => group.messages.push((message, sequence)),
+                Some(group) => group.messages.push(delivered),
                 None => groups.push(Group {
                     connector,
-                    messages: vec![(message, sequence)],
+                    messages: vec![delivered],
                 }),
             }
         }
@@ -367,7 +384,7 @@ impl Store {
 
     #[tracing::instrument(skip_all, fields(
         connector = %group.connector,
-        first_sequence = group.messages.first().map(|(_, s)| *s),
+        first_sequence = group.messages.first().map(|m| m.sequence),
         messages = group.messages.len(),
     ))]
     async fn handle(&self, group: Group, pulled_at: Instant, backoff: &Backoff) -> Flow {
@@ -385,21 +402,31 @@ impl Store {
                     return Flow::Crash;
                 }
                 // Committed: from here on a failure only means a redelivery,
-                // which finds the sequences applied.
-                for ((message, _), stored) in messages.iter().zip(stored) {
+                // which finds the chunks applied.
+                for (delivered, stored) in messages.iter().zip(stored) {
+                    let message = &delivered.message;
                     if let Err(error) = message.ack().await {
                         tracing::warn!(%error, "acking a stored message failed; it will come back and be skipped");
                     }
+                    // A copy is announced too: its records are visible, and
+                    // a retry with `wait=true` waits for this notice.
+                    let notice = StoredNotice {
+                        batch_id: delivered.id.batch_id,
+                        chunk: delivered.id.chunk,
+                        last_id: stored.as_ref().and_then(|s| s.last_id),
+                    };
+                    self.announce(connector, &notice).await;
                     let Some(stored) = stored else {
                         tracing::info!(
                             request_id = request_id(message),
-                            "message was stored before; acked it again"
+                            batch_id = %delivered.id.batch_id,
+                            chunk = delivered.id.chunk,
+                            "the chunk was stored before; acked this copy"
                         );
                         metrics::counter!("sluice_read_messages_total", "outcome" => "duplicate")
                             .increment(1);
                         continue;
                     };
-                    self.announce(connector, &stored.notice).await;
                     metrics::counter!("sluice_read_messages_total", "outcome" => "stored")
                         .increment(1);
                     metrics::counter!("sluice_read_records_stored_total")
@@ -413,8 +440,8 @@ impl Store {
                 Flow::Next
             }
             Ok(Outcome::ConnectorGone) => {
-                for (message, _) in &messages {
-                    let _ = message.ack().await;
+                for delivered in &messages {
+                    let _ = delivered.message.ack().await;
                 }
                 metrics::counter!("sluice_read_messages_total", "outcome" => "connector_gone")
                     .increment(messages.len() as u64);
@@ -428,7 +455,7 @@ impl Store {
                 for message in messages {
                     if flow != Flow::Next {
                         let _ = message
-                            .0
+                            .message
                             .ack_with(AckKind::Nak(Some(backoff.delay())))
                             .await;
                         continue;
@@ -442,14 +469,23 @@ impl Store {
                 flow
             }
             Err(StoreError::Unstorable(reason)) => {
-                let (message, sequence) = messages.pop().expect("a group has a message");
-                self.reject(&message, Some(connector), sequence, &reason, backoff)
-                    .await
+                let delivered = messages.pop().expect("a group has a message");
+                self.reject(
+                    &delivered.message,
+                    Some(connector),
+                    delivered.sequence,
+                    &reason,
+                    backoff,
+                )
+                .await
             }
             Err(error @ (StoreError::Transient(_) | StoreError::Late)) => {
                 tracing::warn!(%error, "storing failed; the messages will be redelivered");
-                for (message, _) in &messages {
-                    let _ = message.ack_with(AckKind::Nak(Some(backoff.delay()))).await;
+                for delivered in &messages {
+                    let _ = delivered
+                        .message
+                        .ack_with(AckKind::Nak(Some(backoff.delay())))
+                        .await;
                 }
                 metrics::counter!("sluice_read_messages_total", "outcome" => "retry")
                     .increment(messages.len() as u64);
@@ -498,26 +534,22 @@ impl Store {
         // No later than JetStream's delivery of these copies.
         received: Instant,
     ) -> Result<Outcome, StoreError> {
-        let sequences = group
-            .messages
-            .iter()
-            .map(|(_, sequence)| i64::try_from(*sequence))
-            .collect::<Result<Vec<i64>, _>>()
-            .map_err(|_| Unstorable("sequence out of range".into()))?;
+        let ids: Vec<ChunkId> = group.messages.iter().map(|m| m.id).collect();
         let mut tx = self.pool.begin().await?;
-        let applied_now = db::mark_applied(&mut tx, &self.stream_name, &sequences).await?;
+        let mut applied_now = db::mark_applied(&mut tx, group.connector, &ids).await?;
         // `None` for a message stored before: acked again, stored never twice.
         let mut stored: Vec<Option<Stored>> = group.messages.iter().map(|_| None).collect();
         if applied_now.is_empty() {
             return Ok(Outcome::Stored(stored));
         }
-        // Applied sequences are forgotten once acked (`sample_consumer`). A
-        // copy held past its ack wait may have been redelivered, stored,
-        // acked and forgotten meanwhile, and would then store twice: drop
-        // it. JetStream redelivers no sooner than the ack wait after it
-        // delivered this copy, which was after `received`; until then no
-        // other copy can have been stored, and from this check on a
-        // redelivered copy blocks on our applied row until we commit.
+        // Applied chunks are forgotten once no copy can come any more
+        // (`sample_consumer`). A copy held past its ack wait may have been
+        // redelivered, stored and acked meanwhile, and then no longer count
+        // as held: drop it. JetStream redelivers no sooner than the ack
+        // wait after it delivered this copy, which was after `received`;
+        // until then no other copy can have been stored, and from this
+        // check on a redelivered copy blocks on our applied row until we
+        // commit.
         if received.elapsed() >= self.ack_wait * 9 / 10 {
             return Err(StoreError::Late);
         }
@@ -534,12 +566,17 @@ impl Store {
         // by side. A message's first id follows from the one before it.
         let schema = Arc::new(schema);
         let start_preparing = |index: usize, first_id: i64| {
-            let payload = group.messages[index].0.payload.clone();
+            let delivered = &group.messages[index];
+            let (payload, id) = (delivered.message.payload.clone(), delivered.id);
             let (connector, schema) = (group.connector, Arc::clone(&schema));
-            tokio::task::spawn_blocking(move || prepare(connector, &schema, &payload, first_id))
+            tokio::task::spawn_blocking(move || prepare(connector, &schema, &payload, id, first_id))
         };
-        let fresh: Vec<usize> = (0..sequences.len())
-            .filter(|i| applied_now.contains(&sequences[*i]))
+        // The first of two copies of one chunk in this group is stored.
+        let fresh: Vec<usize> = (0..ids.len())
+            .filter(|&i| {
+                let first = applied_now.iter().position(|id| *id == ids[i]);
+                first.map(|at| applied_now.swap_remove(at)).is_some()
+            })
             .collect();
         let mut next = counters;
         let mut last_received_at = None;
@@ -571,11 +608,7 @@ impl Store {
             .await?;
             last_received_at = last_received_at.max(Some(prepared.received_at));
             stored[index] = Some(Stored {
-                notice: StoredNotice {
-                    batch_id: prepared.batch_id,
-                    chunk: prepared.chunk,
-                    last_id: (prepared.records > 0).then_some(next.last_record_id),
-                },
+                last_id: (prepared.records > 0).then_some(next.last_record_id),
                 records: prepared.records,
                 rejected: prepared.rejected.len(),
             });
@@ -659,30 +692,57 @@ struct Prepared {
     records: usize,
     rejected: Vec<RejectedRecord>,
     received_at: DateTime<Utc>,
-    batch_id: Uuid,
-    chunk: u32,
 }
 
-/// The CPU work of storing a message, with its rows' ids from `first_id`.
+/// The CPU work of storing a message known as `id`, with its rows' ids from
+/// `first_id`.
 fn prepare(
     connector: Uuid,
     schema: &Schema,
     payload: &[u8],
+    id: ChunkId,
     first_id: i64,
 ) -> Result<Prepared, Unstorable> {
     let mut batch = serde_json::from_slice::<RecordBatch>(payload)
         .map_err(|e| Unstorable(format!("the payload is not a record batch: {e}")))?;
+    if (ChunkId {
+        batch_id: batch.batch_id,
+        chunk: batch.chunk,
+    }) != id
+    {
+        // Stored under the wrong identity, it could be taken for another.
+        return Err(Unstorable(format!(
+            "the payload is chunk {} of batch {}, its headers say chunk {} of batch {}",
+            batch.chunk, batch.batch_id, id.chunk, id.batch_id
+        )));
+    }
     let rejected = std::mem::take(&mut batch.rejected);
-    let (records, received_at, batch_id, chunk) =
-        (batch.rows, batch.received_at, batch.batch_id, batch.chunk);
+    let (records, received_at) = (batch.rows, batch.received_at);
     Ok(Prepared {
         insert: RecordInsert::plan(connector, schema, batch, first_id)?,
         records,
         rejected,
         received_at,
-        batch_id,
-        chunk,
     })
+}
+
+/// The identity of a message: from its headers, or else from its payload
+/// (a message from a gateway that did not send the chunk header yet).
+fn chunk_id(message: &jetstream::Message) -> Result<ChunkId, String> {
+    if let Some(id) = ChunkId::from_headers(message.headers.as_ref()) {
+        return Ok(id);
+    }
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        batch_id: Uuid,
+        chunk: u32,
+    }
+    serde_json::from_slice::<Identity>(&message.payload)
+        .map(|i| ChunkId {
+            batch_id: i.batch_id,
+            chunk: i.chunk,
+        })
+        .map_err(|e| format!("the payload is not a record batch: {e}"))
 }
 
 /// Header values may not hold line breaks; reasons are kept short.
@@ -718,14 +778,13 @@ impl Backoff {
     }
 }
 
-/// Publishes the consumer's lag as metrics, and forgets applied sequences
-/// that JetStream can no longer redeliver, so `applied_messages` stays
-/// small. Every replica does it; both are idempotent.
+/// Publishes the consumer's lag as metrics, and forgets applied chunks of
+/// which no copy can come any more, so `applied_chunks` stays small. Every
+/// replica does it; both are idempotent.
 async fn sample_consumer(
-    stream: stream::Stream,
+    mut stream: stream::Stream,
     consumer: String,
     pool: PgPool,
-    stream_name: String,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
@@ -743,11 +802,22 @@ async fn sample_consumer(
         };
         metrics::gauge!("sluice_read_consumer_pending").set(info.num_pending as f64);
         metrics::gauge!("sluice_read_consumer_ack_pending").set(info.num_ack_pending as f64);
-        let floor = i64::try_from(info.ack_floor.stream_sequence).unwrap_or(i64::MAX);
-        if floor > 0
-            && let Err(error) = db::forget_applied_up_to(&pool, &stream_name, floor).await
-        {
-            tracing::debug!(%error, "forgetting applied sequences failed");
+        // A work queue deletes what is acked: its first message is the
+        // oldest one not yet stored.
+        let oldest_held = match stream.info().await {
+            Ok(info) if info.state.messages > 0 => {
+                let first = info.state.first_timestamp;
+                DateTime::from_timestamp(first.unix_timestamp(), first.nanosecond())
+                    .unwrap_or_else(Utc::now)
+            }
+            Ok(_) => Utc::now(),
+            Err(error) => {
+                tracing::debug!(%error, "reading the records stream's state failed");
+                continue;
+            }
+        };
+        if let Err(error) = db::forget_applied(&pool, oldest_held).await {
+            tracing::debug!(%error, "forgetting applied chunks failed");
         }
     }
 }

@@ -79,6 +79,9 @@ pub mod headers {
     pub const CONNECTOR_ID: &str = "Sluice-Connector";
     pub const SCHEMA_VERSION: &str = "Sluice-Schema-Version";
     pub const BATCH_ID: &str = "Sluice-Batch";
+    /// The chunk's index within its batch: with the batch id, the identity
+    /// under which the read API stores a message once (see [`ChunkId`]).
+    pub const CHUNK: &str = "Sluice-Chunk";
     pub const REQUEST_ID: &str = "X-Request-Id";
 }
 
@@ -333,6 +336,39 @@ pub struct StoredNotice {
     pub last_id: Option<i64>,
 }
 
+/// The identity of one message on the records stream: its batch and its
+/// chunk within it. A retry of an idempotent request publishes the same
+/// identities, and a redelivery carries the same, so the read API stores
+/// each identity once, whatever JetStream remembers (a restarted server
+/// forgets the ids of messages it no longer holds, and a re-created stream
+/// starts its sequence numbers again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkId {
+    pub batch_id: Uuid,
+    pub chunk: u32,
+}
+
+impl ChunkId {
+    /// Read from a message's headers; `None` when they do not say (a
+    /// message from a gateway older than the chunk header).
+    pub fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Option<ChunkId> {
+        let headers = headers?;
+        Some(ChunkId {
+            batch_id: headers.get(headers::BATCH_ID)?.as_str().parse().ok()?,
+            chunk: headers.get(headers::CHUNK)?.as_str().parse().ok()?,
+        })
+    }
+}
+
+/// How long a client waits before its `attempts`th attempt to reconnect:
+/// at once, then 100 ms more each time up to half a second, so a service is
+/// back within about half a second of NATS. A connection attempt costs the
+/// server little, and a cluster's other nodes are tried in turn.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let steps = u64::try_from(attempts.saturating_sub(1)).unwrap_or(u64::MAX);
+    Duration::from_millis(steps.saturating_mul(100).min(500))
+}
+
 /// Connects to NATS, retrying in the background if it is down at start, so
 /// a service can come up before its bus and report itself not ready.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -340,6 +376,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(reconnect_delay)
         .connect(url)
         .await?;
     Ok(client)

