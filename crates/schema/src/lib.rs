@@ -22,7 +22,7 @@ pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_des
 pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
-    Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation,
-    Value, ValueError, parse_value, validate,
+    DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError,
+    Validation, Value, ValueError, parse_value, validate,
 };
 pub use schema::{FieldSpec, Schema};

@@ -294,6 +294,44 @@ fn decimal_parts(text: &str) -> Option<&str> {
     (i == b.len()).then_some(exponent)
 }
 
+/// A decimal value's literal taken apart, as PostgreSQL's `numeric` input
+/// reads it: for writers that build the binary form themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecimalParts<'a> {
+    pub negative: bool,
+    /// ASCII digits before the point; empty in `.5`.
+    pub whole: &'a str,
+    /// ASCII digits after the point; empty in `5` and `5.`.
+    pub fraction: &'a str,
+    /// At most [`MAX_DECIMAL_EXPONENT`] in magnitude.
+    pub exponent: i32,
+}
+
+impl<'a> DecimalParts<'a> {
+    /// `literal` taken apart if it is a decimal value as this crate accepts
+    /// one (canonical syntax within the size limits); `None` otherwise.
+    pub fn of(literal: &'a str) -> Option<DecimalParts<'a>> {
+        decimal(literal).ok()?;
+        let (negative, unsigned) = match literal.as_bytes()[0] {
+            b'-' => (true, &literal[1..]),
+            b'+' => (false, &literal[1..]),
+            _ => (false, literal),
+        };
+        let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+            // Checked above: digits after an optional sign, at most 1000.
+            Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
+            None => (unsigned, 0),
+        };
+        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        Some(DecimalParts {
+            negative,
+            whole,
+            fraction,
+            exponent,
+        })
+    }
+}
+
 /// A decimal literal sent as text: canonical syntax, then the size limits.
 fn decimal(text: &str) -> Result<(), Misfit> {
     if is_decimal_literal(text) {
@@ -521,6 +559,29 @@ mod tests {
         ] {
             assert!(!is_decimal_literal(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn decimal_parts_are_those_of_a_valid_decimal() {
+        let parts = |negative, whole, fraction, exponent| {
+            Some(DecimalParts {
+                negative,
+                whole,
+                fraction,
+                exponent,
+            })
+        };
+        assert_eq!(DecimalParts::of("-12.50"), parts(true, "12", "50", 0));
+        assert_eq!(DecimalParts::of("+.5E-3"), parts(false, "", "5", -3));
+        assert_eq!(DecimalParts::of("7."), parts(false, "7", "", 0));
+        assert_eq!(
+            DecimalParts::of("1e-000000001000"),
+            parts(false, "1", "", -1000)
+        );
+        for bad in ["", "1e1001", "1,5", "٣", "1e99999999999", "NaN"] {
+            assert_eq!(DecimalParts::of(bad), None, "{bad}");
+        }
+        assert_eq!(DecimalParts::of(&"1".repeat(MAX_DECIMAL_CHARS + 1)), None);
     }
 
     #[test]
