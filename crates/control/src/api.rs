@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use sluice_runtime::store;
 use sluice_runtime::token::{NewToken, TokenKind};
-use sluice_schema::{
-    ChangeError, ConnectorName, ExtraFields, FieldSpec, Schema,
-};
+use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Schema};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
