@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use sluice_runtime::store;
 use sluice_runtime::token::{NewToken, TokenKind};
-use sluice_schema::{
-    ChangeError, ConnectorName, ExtraFields, FieldSpec, MAX_DESCRIPTION_CHARS, ProblemCode, Schema,
-};
+use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Schema};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -250,12 +248,10 @@ fn check_name(name: &str, problems: &mut Vec<sluice_schema::Problem>) {
 }
 
 fn check_description(description: Option<&str>, problems: &mut Vec<sluice_schema::Problem>) {
-    if description.is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS) {
-        problems.push(sluice_schema::Problem::new(
-            ProblemCode::DescriptionTooLong,
-            "description",
-            format!("a description has at most {MAX_DESCRIPTION_CHARS} characters"),
-        ));
+    if let Some(description) = description
+        && let Err(problem) = sluice_schema::check_description(description, "description")
+    {
+        problems.push(problem);
     }
 }
 

@@ -10,6 +10,7 @@
 //! gives.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use sluice_schema::DecimalParts;
 
 /// The signature, flags and header extension length that open the data.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -89,8 +90,8 @@ impl BinaryRows {
         self.value(&micros.to_be_bytes());
     }
 
-    /// A decimal literal of the schema crate's canonical syntax; `None` if
-    /// it is not one.
+    /// A decimal literal as the schema crate accepts one; `None` if it is
+    /// not one.
     pub(crate) fn numeric(&mut self, literal: &str) -> Option<()> {
         let numeric = Numeric::parse(literal)?;
         let len = 8 + 2 * numeric.digits.len();
@@ -132,26 +133,22 @@ const NUMERIC_NEG: u16 = 0x4000;
 const DEC_DIGITS: i32 = 4;
 
 impl Numeric {
-    /// `set_var_from_str` and `strip_var` of PostgreSQL's numeric.c.
+    /// `set_var_from_str` and `strip_var` of PostgreSQL's numeric.c, on a
+    /// literal that the schema crate accepts as a decimal (what the gateway
+    /// validated; anything else in a message is malformed).
     fn parse(literal: &str) -> Option<Numeric> {
-        let (negative, unsigned) = match literal.as_bytes().first()? {
-            b'-' => (true, &literal[1..]),
-            b'+' => (false, &literal[1..]),
-            _ => (false, literal),
-        };
-        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-            Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i32>().ok()?),
-            None => (unsigned, 0),
-        };
-        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let DecimalParts {
+            negative,
+            whole,
+            fraction,
+            exponent,
+        } = DecimalParts::of(literal)?;
+        // ASCII digits, by the grammar.
         let decimal: Vec<u8> = whole
             .bytes()
             .chain(fraction.bytes())
-            .map(|b| b.is_ascii_digit().then(|| b - b'0'))
-            .collect::<Option<_>>()?;
-        if decimal.is_empty() || exponent.abs() > 1000 {
-            return None;
-        }
+            .map(|b| b - b'0')
+            .collect();
         let dweight = whole.len() as i32 - 1 + exponent;
         let dscale = (fraction.len() as i32 - exponent).max(0);
         let weight = if dweight >= 0 {

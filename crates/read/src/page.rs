@@ -8,15 +8,21 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use sluice_runtime::store::{ID_COLUMN, RECEIVED_AT_COLUMN, quote_ident};
-use sluice_schema::{FieldType, Schema};
+use sluice_schema::{FieldType, Schema, Value, parse_value};
 
 use crate::error::ReadError;
 
 pub(crate) const DEFAULT_LIMIT: i64 = 100;
 pub(crate) const MAX_LIMIT: i64 = 10_000;
 pub(crate) const MAX_WAIT_SECS: u64 = 30;
+/// Most filters one GET may combine: each becomes a condition and usually a
+/// bound parameter, and PostgreSQL takes at most 65 535 of those in one
+/// statement; a hundred is more than any real query needs.
+pub(crate) const MAX_FILTERS: usize = 100;
 
 /// Parameters with a meaning of their own; any other name is a filter.
 const RESERVED: [&str; 5] = ["limit", "cursor", "fields", "format", "wait"];
@@ -211,6 +217,13 @@ impl PageParams {
                         ),
                     )
                 })?;
+                if params.filters.len() == MAX_FILTERS {
+                    return Err(ReadError::bad_parameter(
+                        "too_many_filters",
+                        name,
+                        format!("at most {MAX_FILTERS} filters can be combined in one request"),
+                    ));
+                }
                 params.filters.push(RawFilter {
                     field: name.clone(),
                     op,
@@ -304,6 +317,62 @@ impl PageParams {
         }
         Ok(params)
     }
+}
+
+/// The name and value pairs of a query string, decoded as HTML forms
+/// encode them (`+` is a space, `%XX` a byte). A name or value that is not
+/// UTF-8 once decoded is refused: decoding it lossily would filter on a
+/// value that nobody sent.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ReadError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(name);
+            let value = percent_decode(value);
+            match (String::from_utf8(name), String::from_utf8(value)) {
+                (Ok(name), Ok(value)) => Ok((name, value)),
+                (name, _) => {
+                    let name = name.unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    Err(ReadError::bad_parameter(
+                        "invalid_query",
+                        snippet(&name),
+                        format!(
+                            "query parameter {:?} is not UTF-8 once percent-decoded; send text as percent-encoded UTF-8",
+                            snippet(&name)
+                        ),
+                    ))
+                }
+            }
+        })
+        .collect()
+}
+
+/// `+` as a space and `%XX` as its byte; a `%` without two hex digits after
+/// it stays as it is.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A value bound to a statement, typed as its field.
@@ -510,82 +579,34 @@ impl PagePlan {
                 "json fields can be filtered with eq, neq, is.null and not.null only",
             ));
         }
-        let operand = match ty {
-            FieldType::String => self.placeholder(Bind::Text(text.to_owned())),
-            FieldType::Integer => {
-                let value = text.parse::<i64>().map_err(|_| {
-                    invalid_filter_value(
-                        &filter.field,
-                        &format!("{:?} is not an integer", snippet(text)),
-                    )
-                })?;
-                self.placeholder(Bind::Integer(value))
+        let text = if ty == FieldType::Timestamp {
+            restore_offset_plus(text)
+        } else {
+            Cow::Borrowed(text)
+        };
+        // The grammar of ingest (a CSV cell's), so a filter value means
+        // what the same text means in a record, and whatever PostgreSQL
+        // could not hold is refused here rather than by the query.
+        let value = parse_value(ty, &text)
+            .map_err(|error| invalid_filter_value(&filter.field, &error.message))?;
+        let operand = match value {
+            Value::Null => {
+                return Err(invalid_filter_value(
+                    &filter.field,
+                    "null is no value to compare with; use is.null or not.null",
+                ));
             }
-            FieldType::Number => {
-                let value = text
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|n| n.is_finite())
-                    .ok_or_else(|| {
-                        invalid_filter_value(
-                            &filter.field,
-                            &format!("{:?} is not a finite number", snippet(text)),
-                        )
-                    })?;
-                self.placeholder(Bind::Number(value))
-            }
-            FieldType::Decimal => {
-                if !is_decimal_literal(text) {
-                    return Err(invalid_filter_value(
-                        &filter.field,
-                        &format!("{:?} is not a decimal number", snippet(text)),
-                    ));
-                }
-                format!("{}::numeric", self.placeholder(Bind::Text(text.to_owned())))
-            }
-            FieldType::Boolean => {
-                let value = match text.to_ascii_lowercase().as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(invalid_filter_value(
-                            &filter.field,
-                            &format!("{:?} is not true or false", snippet(text)),
-                        ));
-                    }
-                };
-                self.placeholder(Bind::Boolean(value))
-            }
-            FieldType::Date => {
-                let value = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-                    invalid_filter_value(
-                        &filter.field,
-                        &format!("{:?} is not a date like 2026-11-29", snippet(text)),
-                    )
-                })?;
-                self.placeholder(Bind::Date(value))
-            }
-            FieldType::Timestamp => {
-                let value = parse_timestamp(text).ok_or_else(|| {
-                    invalid_filter_value(
-                        &filter.field,
-                        &format!(
-                            "{:?} is not an RFC 3339 timestamp like 2026-11-29T13:00:00Z (write + as %2B)",
-                            snippet(text)
-                        ),
-                    )
-                })?;
-                self.placeholder(Bind::Timestamp(value))
-            }
-            FieldType::Json => {
-                if serde_json::from_str::<serde_json::Value>(text).is_err() {
-                    return Err(invalid_filter_value(
-                        &filter.field,
-                        &format!("{:?} is not JSON text", snippet(text)),
-                    ));
-                }
-                format!("{}::jsonb", self.placeholder(Bind::Text(text.to_owned())))
-            }
+            Value::String(s) => self.placeholder(Bind::Text(s)),
+            Value::Integer(i) => self.placeholder(Bind::Integer(i)),
+            Value::Number(n) => self.placeholder(Bind::Number(n)),
+            Value::Decimal(d) => format!("{}::numeric", self.placeholder(Bind::Text(d))),
+            Value::Boolean(b) => self.placeholder(Bind::Boolean(b)),
+            Value::Date(d) => self.placeholder(Bind::Date(d)),
+            Value::Timestamp(t) => self.placeholder(Bind::Timestamp(t)),
+            Value::Json(raw) => format!(
+                "{}::jsonb",
+                self.placeholder(Bind::Text(raw.get().to_owned()))
+            ),
         };
         self.conditions
             .push_str(&format!(" AND {column} {} {operand}", op.sql()));
@@ -640,42 +661,16 @@ fn invalid_filter_value(field: &str, why: &str) -> ReadError {
     )
 }
 
-/// RFC 3339 with an offset. A `+` that the query string turned into a space
-/// (an unencoded `+01:00`) is taken back.
-fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .or_else(|_| DateTime::parse_from_rfc3339(&text.replace(' ', "+")))
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// `-?digits[.digits][e[+-]digits]` with a sane exponent, which PostgreSQL's
-/// numeric always accepts (so a bad filter is a 400, never a 500).
-fn is_decimal_literal(text: &str) -> bool {
-    if text.len() > 1000 {
-        return false;
-    }
-    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
-        Some((m, e)) => (m, Some(e)),
-        None => (body, None),
-    };
-    let (whole, fraction) = match mantissa.split_once('.') {
-        Some((w, f)) => (w, Some(f)),
-        None => (mantissa, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let mantissa_ok = match fraction {
-        None => digits(whole),
-        Some(f) => {
-            (digits(whole) || whole.is_empty()) && (digits(f) || (f.is_empty() && digits(whole)))
+/// A `+` that the query string turned into a space (an unencoded
+/// `?at=gt.2026-11-29T13:00:00+01:00`) is taken back: the space where a
+/// timestamp's offset sign stands, six characters from its end.
+fn restore_offset_plus(text: &str) -> Cow<'_, str> {
+    match text.len().checked_sub(6) {
+        Some(at) if text.as_bytes()[at] == b' ' => {
+            Cow::Owned(format!("{}+{}", &text[..at], &text[at + 1..]))
         }
-    };
-    let exponent_ok = exponent.is_none_or(|e| {
-        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
-        digits(e) && e.len() <= 4 && e.parse::<u32>().is_ok_and(|n| n <= 1000)
-    });
-    mantissa_ok && exponent_ok
+        _ => Cow::Borrowed(text),
+    }
 }
 
 /// At most 100 characters of user text, for error messages.
@@ -774,14 +769,40 @@ mod tests {
     }
 
     #[test]
-    fn decimal_literals() {
-        for ok in ["1", "-1.5", "0.000", "1e10", "1.5E-3", ".5", "5."] {
-            assert!(is_decimal_literal(ok), "{ok}");
+    fn query_strings_decode_as_forms_and_refuse_what_is_not_utf8() {
+        assert_eq!(
+            query_pairs("a=eq.x+y%2B1&&b&c=%C3%A9%2&=v").unwrap(),
+            pairs(&[("a", "eq.x y+1"), ("b", ""), ("c", "é%2"), ("", "v")])
+        );
+        assert_eq!(query_pairs("").unwrap(), pairs(&[]));
+        for bad in ["s=eq.%FF", "%FF=eq.1", "s=eq.%C3", "s=eq.%ED%A0%80"] {
+            assert_eq!(
+                code(query_pairs(bad).unwrap_err()),
+                "invalid_query",
+                "{bad}"
+            );
         }
-        for bad in [
-            "", "-", "1.2.3", "1e", "1e99999", "NaN", "Infinity", "1,5", ".",
-        ] {
-            assert!(!is_decimal_literal(bad), "{bad}");
+    }
+
+    #[test]
+    fn filters_are_bounded_in_number() {
+        let many: Vec<(String, String)> = (0..=MAX_FILTERS)
+            .map(|_| ("n".to_owned(), "eq.1".to_owned()))
+            .collect();
+        let error = PageParams::parse(CursorKind::Records, &many, None).unwrap_err();
+        assert_eq!(code(error), "too_many_filters");
+        let params = PageParams::parse(CursorKind::Records, &many[..MAX_FILTERS], None).unwrap();
+        assert_eq!(params.filters.len(), MAX_FILTERS);
+    }
+
+    #[test]
+    fn an_offset_sign_read_as_a_space_is_restored() {
+        assert_eq!(
+            restore_offset_plus("2026-11-29T13:00:00 01:00"),
+            "2026-11-29T13:00:00+01:00"
+        );
+        for kept in ["2026-11-29T13:00:00Z", "2026-11-29 13:00:00Z", "", "a b"] {
+            assert_eq!(restore_offset_plus(kept), kept);
         }
     }
 }

@@ -31,8 +31,10 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use std::convert::Infallible;
+
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -50,7 +52,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::db;
 use crate::error::ReadError;
-use crate::page::{CursorKind, OutputFormat, PageParams, PagePlan, RecordCursor};
+use crate::page::{CursorKind, OutputFormat, PageParams, PagePlan, RecordCursor, query_pairs};
 use crate::render::{Cell, PageWriter};
 
 /// The header that carries the next cursor (every format; the only place
@@ -144,15 +146,15 @@ struct RejectedPage {
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip_all, fields(connector = %id))]
+#[tracing::instrument(skip_all, fields(connector = ?id))]
 async fn get_records(
     State(state): State<AppState>,
     token: BearerToken,
-    Path(id): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ConnectorPath(id): ConnectorPath,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, &token, &id)?;
+    let connector = authorize(&state, &token, id)?;
     let params = page_params(CursorKind::Records, query, &headers)?;
     serve_page(state, connector, params, Source::Records).await
 }
@@ -172,24 +174,45 @@ async fn get_records(
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip_all, fields(connector = %id))]
+#[tracing::instrument(skip_all, fields(connector = ?id))]
 async fn get_rejected(
     State(state): State<AppState>,
     token: BearerToken,
-    Path(id): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ConnectorPath(id): ConnectorPath,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, &token, &id)?;
+    let connector = authorize(&state, &token, id)?;
     let params = page_params(CursorKind::Rejected, query, &headers)?;
     serve_page(state, connector, params, Source::Rejected).await
+}
+
+/// The `{id}` of a route: `None` when it names no connector, because it is
+/// no UUID or not even UTF-8 once percent-decoded. Never a rejection of its
+/// own, so that such an id is answered like any unknown one, after the
+/// token is checked.
+struct ConnectorPath(Option<Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let id = Path::<String>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|Path(id)| id.parse::<Uuid>().ok());
+        Ok(ConnectorPath(id))
+    }
 }
 
 /// SPEC 3: the operator or this connector's read token. An id that is not
 /// a UUID names no connector: the operator gets 404, a connector's token
 /// 403 (it is not this connector's), an unknown token 401.
-fn authorize(state: &AppState, token: &BearerToken, id: &str) -> Result<Uuid, ReadError> {
-    let connector = id.parse::<Uuid>().ok();
+fn authorize(
+    state: &AppState,
+    token: &BearerToken,
+    connector: Option<Uuid>,
+) -> Result<Uuid, ReadError> {
     state.catalog.authorize(
         &token.0,
         state.admin_hash.as_deref(),
@@ -201,12 +224,10 @@ fn authorize(state: &AppState, token: &BearerToken, id: &str) -> Result<Uuid, Re
 
 fn page_params(
     kind: CursorKind,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    query: Option<String>,
     headers: &HeaderMap,
 ) -> Result<PageParams, ReadError> {
-    let Query(pairs) = query.map_err(|rejection| {
-        ReadError::bad_parameter("invalid_query", "", rejection.body_text())
-    })?;
+    let pairs = query_pairs(query.as_deref().unwrap_or_default())?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     PageParams::parse(kind, &pairs, accept)
 }

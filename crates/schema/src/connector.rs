@@ -86,3 +86,43 @@ impl ExtraFields {
 
 /// Descriptions (of connectors and fields) are kept verbatim up to this size.
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+
+/// Checks a description of a connector or a field, kept verbatim: at most
+/// [`MAX_DESCRIPTION_CHARS`] characters, and no NUL character, which
+/// PostgreSQL's `text` and `jsonb` cannot store. `path` locates it in the
+/// request for the problem.
+pub fn check_description(description: &str, path: &str) -> Result<(), Problem> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(Problem::new(
+            ProblemCode::DescriptionTooLong,
+            path,
+            format!("a description has at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    if description.contains('\0') {
+        return Err(Problem::new(
+            ProblemCode::InvalidDescription,
+            path,
+            "a description may not hold the NUL character (U+0000), which PostgreSQL cannot store",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_bounded_and_storable() {
+        assert!(check_description("", "description").is_ok());
+        assert!(check_description(&"é".repeat(MAX_DESCRIPTION_CHARS), "description").is_ok());
+        let long = check_description(&"x".repeat(MAX_DESCRIPTION_CHARS + 1), "description");
+        assert_eq!(long.unwrap_err().code, ProblemCode::DescriptionTooLong);
+        let nul = check_description("a\0b", "fields[3].description").unwrap_err();
+        assert_eq!(nul.code, ProblemCode::InvalidDescription);
+        assert_eq!(nul.field, "fields[3].description");
+        // Other control characters are text PostgreSQL stores as it is.
+        assert!(check_description("line\nline\ttab", "description").is_ok());
+    }
+}

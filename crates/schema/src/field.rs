@@ -57,14 +57,20 @@ impl fmt::Display for FieldType {
 }
 
 /// A field name that matches `^[A-Za-z][A-Za-z0-9_]{0,62}$`: it fits a
-/// PostgreSQL identifier (63 bytes) and never starts with the `_` that system
-/// columns use.
+/// PostgreSQL identifier (63 bytes), never starts with the `_` that Sluice's
+/// system fields use, and is none of PostgreSQL's own system columns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct FieldName(String);
 
 impl FieldName {
     pub const MAX_LEN: usize = 63;
+
+    /// The system columns every PostgreSQL table has: a user column cannot
+    /// take their names (in any case, since names fold to lower case for
+    /// uniqueness), so creating a records table with one would fail.
+    pub const POSTGRES_SYSTEM_COLUMNS: [&str; 6] =
+        ["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
 
     /// Checks `name`; `path` locates it in the request for the problem.
     pub fn parse(name: &str, path: &str) -> Result<FieldName, Problem> {
@@ -79,6 +85,19 @@ impl FieldName {
         let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
             && name.len() <= Self::MAX_LEN;
+        if valid
+            && let Some(system) = Self::POSTGRES_SYSTEM_COLUMNS
+                .iter()
+                .find(|system| name.eq_ignore_ascii_case(system))
+        {
+            return Err(Problem::new(
+                ProblemCode::ReservedFieldName,
+                path,
+                format!(
+                    "field name {name:?} is reserved: {system} is a system column of every PostgreSQL table"
+                ),
+            ));
+        }
         if valid {
             Ok(FieldName(name.to_owned()))
         } else {
@@ -139,4 +158,23 @@ pub struct Field {
     pub nullable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgresql_system_columns_are_no_field_names() {
+        for name in ["ctid", "xmin", "XMAX", "cMin", "cmax", "TableOid"] {
+            let problem = FieldName::parse(name, "fields[0].name").unwrap_err();
+            assert_eq!(problem.code, ProblemCode::ReservedFieldName, "{name}");
+            assert_eq!(problem.field, "fields[0].name");
+            assert!(problem.message.contains("system column"), "{name}");
+        }
+        // Only the names themselves: longer names that hold them are fine.
+        for name in ["ctid2", "xmin_at", "oid", "tableoids"] {
+            assert!(FieldName::parse(name, "name").is_ok(), "{name}");
+        }
+    }
 }

@@ -18,11 +18,11 @@ pub mod record;
 pub mod schema;
 
 pub use change::{ChangeError, ChangeStep, Conversion, IncompatibleChange, SchemaChange};
-pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS};
+pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_description};
 pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
-    Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation,
-    Value, validate,
+    DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError,
+    Validation, Value, ValueError, parse_value, validate,
 };
 pub use schema::{FieldSpec, Schema};

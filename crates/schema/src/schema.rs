@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::connector::MAX_DESCRIPTION_CHARS;
+use crate::connector::check_description;
 use crate::field::{Field, FieldId, FieldName, FieldType};
 use crate::problem::{Problem, ProblemCode};
 
@@ -157,16 +157,11 @@ pub(crate) fn parse_specs(specs: &[FieldSpec], problems: &mut Vec<Problem>) -> V
                 ),
             )
         });
-        let description_ok = spec
-            .description
-            .as_ref()
-            .is_none_or(|d| d.chars().count() <= MAX_DESCRIPTION_CHARS);
-        if !description_ok {
-            problems.push(Problem::new(
-                ProblemCode::DescriptionTooLong,
-                format!("fields[{i}].description"),
-                format!("a description has at most {MAX_DESCRIPTION_CHARS} characters"),
-            ));
+        if let Some(description) = &spec.description
+            && let Err(problem) =
+                check_description(description, &format!("fields[{i}].description"))
+        {
+            problems.push(problem);
         }
         if let Ok(name) = &name
             && let Some(first) = seen.insert(name.folded(), i)

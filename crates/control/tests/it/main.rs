@@ -6,6 +6,7 @@ mod binary;
 mod concurrency;
 mod connectors;
 mod edit;
+mod hostile_values;
 mod lifecycle;
 
 use async_nats::jetstream::kv;

@@ -1,5 +1,6 @@
 mod auth;
 mod guarantees;
 mod helpers;
+mod hostile_values;
 mod reading;
 mod storing;

@@ -55,6 +55,8 @@ mod csv;
 mod json;
 mod values;
 
+pub use values::{DecimalParts, ValueError, parse_value};
+
 use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};

@@ -112,68 +112,92 @@ pub(super) fn from_json(field: &Field, raw: &RawValue) -> Result<Value, Misfit> 
 
 /// The value of `field` from a CSV cell; the empty cell is null.
 pub(super) fn from_csv(field: &Field, cell: &str) -> Result<Value, Misfit> {
-    if cell.is_empty() {
-        return if field.nullable {
-            Ok(Value::Null)
-        } else {
-            Err(null_not_allowed(field))
-        };
+    let value = if cell.is_empty() {
+        Value::Null
+    } else {
+        from_text(field.ty, cell)?
+    };
+    if matches!(value, Value::Null) && !field.nullable {
+        return Err(null_not_allowed(field));
     }
-    match field.ty {
-        FieldType::String => storable_string(cell.to_owned()),
+    Ok(value)
+}
+
+/// Why a text is no value of its type: the code that ingest reports for it,
+/// and a message for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValueError {
+    pub code: RecordErrorCode,
+    pub message: String,
+}
+
+/// One value of type `ty` from its text form, the grammar of a CSV cell in
+/// SPEC 5: the one owner of what a valid integer, decimal, date or
+/// timestamp written as text is, shared by CSV ingest and the read API's
+/// filters, so that a value means the same wherever it is written and
+/// whatever PostgreSQL cannot hold (NUL, dates beyond year 9999) is refused
+/// before it gets there.
+///
+/// The text is never trimmed. The empty text is the empty string for
+/// `string` and no value of any other type (CSV reads an empty cell as null
+/// before it gets here). The JSON text `null` of a `json` value is
+/// [`Value::Null`].
+pub fn parse_value(ty: FieldType, text: &str) -> Result<Value, ValueError> {
+    from_text(ty, text).map_err(|(code, message)| ValueError { code, message })
+}
+
+/// [`parse_value`], with the error as a [`Misfit`].
+fn from_text(ty: FieldType, text: &str) -> Result<Value, Misfit> {
+    match ty {
+        FieldType::String => storable_string(text.to_owned()),
         FieldType::Integer => {
-            let digits = cell.strip_prefix('-').unwrap_or(cell);
+            let digits = text.strip_prefix('-').unwrap_or(text);
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                parse_integer(cell)
-            } else if is_decimal_literal(cell) && cell.contains(['.', 'e', 'E']) {
+                parse_integer(text)
+            } else if is_decimal_literal(text) && text.contains(['.', 'e', 'E']) {
                 Err(mismatch(
                     "integer",
-                    format!("number {}", describe_cell(cell)),
+                    format!("number {}", describe_cell(text)),
                 ))
             } else {
                 Err((
                     RecordErrorCode::InvalidNumber,
-                    format!("expected integer, got {}", describe_cell(cell)),
+                    format!("expected integer, got {}", describe_cell(text)),
                 ))
             }
         }
         FieldType::Number => {
-            if is_decimal_literal(cell) {
-                parse_number(cell)
+            if is_decimal_literal(text) {
+                parse_number(text)
             } else {
                 Err((
                     RecordErrorCode::InvalidNumber,
-                    format!("expected number, got {}", describe_cell(cell)),
+                    format!("expected number, got {}", describe_cell(text)),
                 ))
             }
         }
-        FieldType::Decimal => decimal(cell).map(|()| Value::Decimal(cell.to_owned())),
+        FieldType::Decimal => decimal(text).map(|()| Value::Decimal(text.to_owned())),
         FieldType::Boolean => {
-            if cell.eq_ignore_ascii_case("true") {
+            if text.eq_ignore_ascii_case("true") {
                 Ok(Value::Boolean(true))
-            } else if cell.eq_ignore_ascii_case("false") {
+            } else if text.eq_ignore_ascii_case("false") {
                 Ok(Value::Boolean(false))
             } else {
-                Err(mismatch("boolean (true or false)", describe_cell(cell)))
+                Err(mismatch("boolean (true or false)", describe_cell(text)))
             }
         }
-        FieldType::Date => parse_date(cell),
-        FieldType::Timestamp => parse_timestamp(cell),
-        FieldType::Json => match serde_json::from_str::<&RawValue>(cell) {
-            Ok(raw) if raw.get() == "null" => {
-                if field.nullable {
-                    Ok(Value::Null)
-                } else {
-                    Err(null_not_allowed(field))
-                }
-            }
+        FieldType::Date => parse_date(text),
+        FieldType::Timestamp => parse_timestamp(text),
+        FieldType::Json => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) if raw.get() == "null" => Ok(Value::Null),
             Ok(raw) => {
                 check_json_text(raw.get())?;
                 Ok(Value::Json(raw.to_owned()))
             }
             Err(e) => Err(mismatch(
                 "JSON text",
-                format!("{} ({e})", describe_cell(cell)),
+                format!("{} ({e})", describe_cell(text)),
             )),
         },
     }
@@ -268,6 +292,44 @@ fn decimal_parts(text: &str) -> Option<&str> {
         exponent = &text[digits_start..i];
     }
     (i == b.len()).then_some(exponent)
+}
+
+/// A decimal value's literal taken apart, as PostgreSQL's `numeric` input
+/// reads it: for writers that build the binary form themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecimalParts<'a> {
+    pub negative: bool,
+    /// ASCII digits before the point; empty in `.5`.
+    pub whole: &'a str,
+    /// ASCII digits after the point; empty in `5` and `5.`.
+    pub fraction: &'a str,
+    /// At most [`MAX_DECIMAL_EXPONENT`] in magnitude.
+    pub exponent: i32,
+}
+
+impl<'a> DecimalParts<'a> {
+    /// `literal` taken apart if it is a decimal value as this crate accepts
+    /// one (canonical syntax within the size limits); `None` otherwise.
+    pub fn of(literal: &'a str) -> Option<DecimalParts<'a>> {
+        decimal(literal).ok()?;
+        let (negative, unsigned) = match literal.as_bytes()[0] {
+            b'-' => (true, &literal[1..]),
+            b'+' => (false, &literal[1..]),
+            _ => (false, literal),
+        };
+        let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+            // Checked above: digits after an optional sign, at most 1000.
+            Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
+            None => (unsigned, 0),
+        };
+        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        Some(DecimalParts {
+            negative,
+            whole,
+            fraction,
+            exponent,
+        })
+    }
 }
 
 /// A decimal literal sent as text: canonical syntax, then the size limits.
@@ -500,6 +562,29 @@ mod tests {
     }
 
     #[test]
+    fn decimal_parts_are_those_of_a_valid_decimal() {
+        let parts = |negative, whole, fraction, exponent| {
+            Some(DecimalParts {
+                negative,
+                whole,
+                fraction,
+                exponent,
+            })
+        };
+        assert_eq!(DecimalParts::of("-12.50"), parts(true, "12", "50", 0));
+        assert_eq!(DecimalParts::of("+.5E-3"), parts(false, "", "5", -3));
+        assert_eq!(DecimalParts::of("7."), parts(false, "7", "", 0));
+        assert_eq!(
+            DecimalParts::of("1e-000000001000"),
+            parts(false, "1", "", -1000)
+        );
+        for bad in ["", "1e1001", "1,5", "٣", "1e99999999999", "NaN"] {
+            assert_eq!(DecimalParts::of(bad), None, "{bad}");
+        }
+        assert_eq!(DecimalParts::of(&"1".repeat(MAX_DECIMAL_CHARS + 1)), None);
+    }
+
+    #[test]
     fn decimal_exponent_is_bounded_with_leading_zeros_ignored() {
         assert!(check_decimal("1e1000").is_ok());
         assert!(check_decimal("1e-000000001000").is_ok());
@@ -511,6 +596,112 @@ mod tests {
             check_decimal("1e99999999999").unwrap_err().0,
             RecordErrorCode::OutOfRange
         );
+    }
+
+    fn code_of(ty: FieldType, text: &str) -> RecordErrorCode {
+        match parse_value(ty, text) {
+            Ok(value) => panic!("{ty} {text:?} was read as {value:?}"),
+            Err(error) => error.code,
+        }
+    }
+
+    #[test]
+    fn text_values_refuse_what_postgresql_cannot_hold() {
+        use RecordErrorCode as Code;
+        // Dates are YYYY-MM-DD exactly: no short parts, no sign, no fifth
+        // year digit, so every one fits PostgreSQL's `date`.
+        for (bad, code) in [
+            ("2026-1-5", Code::InvalidDate),
+            ("2026-01-5", Code::InvalidDate),
+            ("-5000-01-01", Code::InvalidDate),
+            ("+2026-01-05", Code::InvalidDate),
+            ("10000-01-01", Code::InvalidDate),
+            ("2026-02-30", Code::InvalidDate),
+            (" 2026-01-05", Code::InvalidDate),
+        ] {
+            assert_eq!(code_of(FieldType::Date, bad), code, "{bad}");
+        }
+        assert_eq!(
+            parse_value(FieldType::Date, "2026-01-05").unwrap(),
+            Value::Date(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap())
+        );
+        assert_eq!(code_of(FieldType::String, "a\0b"), Code::TypeMismatch);
+        assert_eq!(
+            parse_value(FieldType::String, "").unwrap(),
+            Value::String(String::new())
+        );
+        for bad in [r#""\u0000""#, r#"{"\u0000": 1}"#, "[\"\0\"]", r#""\ud800""#] {
+            assert!(parse_value(FieldType::Json, bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_value(FieldType::Json, "null").unwrap(), Value::Null);
+        assert_eq!(
+            code_of(FieldType::Integer, "9223372036854775808"),
+            Code::OutOfRange
+        );
+        assert_eq!(code_of(FieldType::Integer, "+5"), Code::InvalidNumber);
+        assert_eq!(code_of(FieldType::Integer, "1.5"), Code::TypeMismatch);
+        assert_eq!(
+            parse_value(FieldType::Integer, "-9223372036854775808").unwrap(),
+            Value::Integer(i64::MIN)
+        );
+        for bad in ["inf", "NaN", "1e309", "0x10", ""] {
+            assert!(parse_value(FieldType::Number, bad).is_err(), "{bad}");
+        }
+        assert_eq!(code_of(FieldType::Decimal, "1e1001"), Code::OutOfRange);
+        assert_eq!(code_of(FieldType::Decimal, "1,5"), Code::InvalidDecimal);
+        assert_eq!(code_of(FieldType::Boolean, "yes"), Code::TypeMismatch);
+        assert_eq!(
+            parse_value(FieldType::Boolean, "TRUE").unwrap(),
+            Value::Boolean(true)
+        );
+        assert_eq!(
+            code_of(FieldType::Timestamp, "0000-01-01T00:00:00+01:00"),
+            Code::OutOfRange
+        );
+        assert_eq!(
+            code_of(FieldType::Timestamp, "10000-01-01T00:00:00Z"),
+            Code::InvalidTimestamp
+        );
+        assert_eq!(
+            code_of(FieldType::Timestamp, "2026-01-05T10:00:00"),
+            Code::InvalidTimestamp
+        );
+    }
+
+    /// CSV cells are read by the same grammar, null aside.
+    #[test]
+    fn csv_cells_are_text_values() {
+        let field = |ty| Field {
+            id: crate::field::FieldId(1),
+            name: crate::field::FieldName::parse("f", "name").unwrap(),
+            ty,
+            nullable: true,
+            description: None,
+        };
+        for ty in FieldType::ALL {
+            for cell in [
+                "x",
+                "5",
+                "-5",
+                "+5",
+                "1.5",
+                "1e3",
+                "true",
+                "False",
+                "2026-01-05",
+                "2026-1-5",
+                "2026-01-05T10:00:00Z",
+                "{\"a\": 1}",
+                "[1]",
+                "a\0",
+            ] {
+                assert_eq!(
+                    from_csv(&field(ty), cell),
+                    from_text(ty, cell),
+                    "{ty} {cell:?}"
+                );
+            }
+        }
     }
 
     #[test]
