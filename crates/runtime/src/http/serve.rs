@@ -129,7 +129,14 @@ async fn serve_connection(
         Pin::new(&mut connection).graceful_shutdown();
     };
     match served {
-        Ok(()) => linger(connection.into_parts().io.into_inner()).await,
+        // Shutting down, nobody waits for the client's leftovers.
+        Ok(()) => {
+            let stream = connection.into_parts().io.into_inner();
+            tokio::select! {
+                () = linger(stream) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
         // A header timeout, a malformed request (hyper has answered it), or
         // a client that went away.
         Err(error) => tracing::debug!(%error, "connection closed"),
