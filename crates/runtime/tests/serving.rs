@@ -422,3 +422,26 @@ async fn requests_carry_their_client_address() {
     assert_eq!(answer.status, 200);
     assert_eq!(String::from_utf8(answer.body).unwrap(), local.to_string());
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    let server = start(HttpLimits {
+        max_connections: 1,
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut first = Client::connect(&server).await;
+    first.send(&get_request("/healthz")).await;
+    assert_eq!(first.answer().await.expect("an answer").status, 200);
+
+    // The kernel completes the handshake, but the server takes the
+    // connection only once the first one closes.
+    let mut second = Client::connect(&server).await;
+    second.send(&get_request("/healthz")).await;
+    let waiting = tokio::time::timeout(Duration::from_millis(300), second.answer()).await;
+    assert!(waiting.is_err(), "answered past the cap: {waiting:?}");
+
+    drop(first);
+    let answer = second.answer().await.expect("served once a slot is free");
+    assert_eq!(answer.status, 200);
+}

@@ -19,7 +19,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use super::{PROBLEM_JSON, Problem};
+use super::Problem;
 use crate::settings::HttpLimits;
 
 /// Longest path and query answered; longer ones get 414. hyper's own limit
@@ -258,18 +258,15 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let is_head = request.method() == Method::HEAD;
     let response = next.run(request).await;
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem || is_head {
+    // Only bodies without a type or of plain text are bare: a typed one
+    // (problem+json, or `/readyz`'s JSON listing its checks) is meant.
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let is_text = content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    let is_bare = content_type.is_none() || is_text;
+    if !(status.is_client_error() || status.is_server_error()) || !is_bare || is_head {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let is_text = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
     let text = if is_text && status.is_client_error() {
         axum::body::to_bytes(body, BARE_DETAIL_BYTES)
             .await
