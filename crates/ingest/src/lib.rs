@@ -267,10 +267,10 @@ impl Application {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Application> {
-        let listen = settings.listen;
+        let (listen, limits) = (settings.listen, settings.http);
         let service = Service::start(settings, shutdown.clone()).await?;
         Ok(Application(
-            http::Bound::bind(listen, service, shutdown, SHUTDOWN_GRACE).await?,
+            http::Bound::bind(listen, limits, service, shutdown, SHUTDOWN_GRACE).await?,
         ))
     }
 

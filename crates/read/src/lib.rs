@@ -158,9 +158,10 @@ impl Application {
         shutdown: CancellationToken,
         hooks: StoreHooks,
     ) -> anyhow::Result<Application> {
-        let listen = settings.listen;
+        let (listen, limits) = (settings.listen, settings.http);
         let service = Service::start_with_hooks(settings, shutdown.clone(), hooks).await?;
-        let bound = sluice_runtime::http::Bound::bind(listen, service, shutdown, SHUTDOWN_GRACE);
+        let bound =
+            sluice_runtime::http::Bound::bind(listen, limits, service, shutdown, SHUTDOWN_GRACE);
         Ok(Application(bound.await?))
     }
 

@@ -1,6 +1,11 @@
 //! HTTP pieces every service shares: problem+json errors (RFC 9457), the
 //! bearer token extractor, the health and metrics routes, request ids and
-//! tracing, and serving with graceful shutdown.
+//! tracing, and serving with timeouts and graceful shutdown.
+
+mod limits;
+mod serve;
+
+pub use serve::serve;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -8,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +23,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::settings::HttpLimits;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -249,13 +256,15 @@ pub trait Served: Send + Sync + 'static {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown`, lets in-flight requests
-/// finish (up to `grace`), then waits for the service's background work.
+/// Serves `service` on `listener` within `limits` until `shutdown`, lets
+/// in-flight requests finish (up to `grace`), then waits for the service's
+/// background work.
 pub async fn run<S: Served>(
     listener: TcpListener,
     service: Arc<S>,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
     let checked = service.clone();
     let ready: ReadinessCheck = Arc::new(move || {
@@ -264,7 +273,7 @@ pub async fn run<S: Served>(
     });
     let router = app(service.router(), &service.openapi(), ready);
     tracing::info!(address = %listener.local_addr()?, "listening");
-    serve(listener, router, shutdown, grace).await?;
+    serve(listener, router, shutdown, grace, limits).await?;
     service.stopped().await;
     Ok(())
 }
@@ -277,13 +286,16 @@ pub struct Bound<S> {
     service: S,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: HttpLimits,
 }
 
 impl<S: Served> Bound<S> {
-    /// Binds `listen` (from `SLUICE_LISTEN`) for `service`, which shuts down
-    /// on `shutdown` and lets in-flight requests run up to `grace`.
+    /// Binds `listen` (from `SLUICE_LISTEN`) for `service`, served within
+    /// `limits`, which shuts down on `shutdown` and lets in-flight requests
+    /// run up to `grace`.
     pub async fn bind(
         listen: std::net::SocketAddr,
+        limits: HttpLimits,
         service: S,
         shutdown: CancellationToken,
         grace: Duration,
@@ -299,6 +311,7 @@ impl<S: Served> Bound<S> {
             service,
             shutdown,
             grace,
+            limits,
         })
     }
 
@@ -313,6 +326,7 @@ impl<S: Served> Bound<S> {
             Arc::new(self.service),
             self.shutdown,
             self.grace,
+            self.limits,
         )
         .await
     }
@@ -369,16 +383,19 @@ pub fn instrument(router: Router) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// Labels come from closed sets only (known methods, route templates,
+/// statuses): a label taken from the request would let any client create
+/// series without end.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
@@ -388,25 +405,19 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `router` until `shutdown` fires, then lets in-flight requests
-/// finish (up to `grace`) before returning.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        result = server => result,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("requests still running after the grace period; stopping anyway");
-            Ok(())
-        }
+/// The method as a metric label: one of RFC 9110's, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }
 

@@ -2,6 +2,7 @@
 //! reads the same names and ignores those it does not need.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -28,6 +29,37 @@ pub struct Settings {
     /// Size limit of the records stream (`SLUICE_STREAM_MAX_BYTES`); when it
     /// is full, ingest answers 503. `None`: limited only by the server.
     pub stream_max_bytes: Option<i64>,
+    pub http: HttpLimits,
+}
+
+/// What one client may hold of a listener, and for how long. Every listener
+/// applies them (see `http::serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `SLUICE_HTTP_HEADER_TIMEOUT_SECS`: time for a request's line and
+    /// headers to arrive whole. hyper starts it as soon as a connection waits
+    /// for a request, so it is also the idle keep-alive timeout.
+    pub header_timeout: Duration,
+    /// `SLUICE_HTTP_BODY_TIMEOUT_SECS`: time for a whole request body to
+    /// arrive, counted from the service's first read of it.
+    pub body_timeout: Duration,
+    /// `SLUICE_HTTP_MAX_CONNECTIONS`: connections served at once; further
+    /// ones wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    /// Ten seconds is ample for headers over any link that can use the
+    /// service; sixty for a body lets a 16 MiB body through at about
+    /// 2.3 Mbit/s and cuts off a client that trickles. A thousand
+    /// connections bound hyper's buffers to about 64 MiB.
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
 }
 
 impl Settings {
@@ -84,6 +116,34 @@ impl Settings {
                 }
             },
         };
+        let defaults = HttpLimits::default();
+        let positive = |variable: &'static str, default: u64, unit: &str| {
+            let value = get(variable, &default.to_string());
+            match value.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(SettingsError {
+                    variable,
+                    reason: format!("{value:?} is not a positive number of {unit}"),
+                }),
+            }
+        };
+        let http = HttpLimits {
+            header_timeout: Duration::from_secs(positive(
+                "SLUICE_HTTP_HEADER_TIMEOUT_SECS",
+                defaults.header_timeout.as_secs(),
+                "seconds",
+            )?),
+            body_timeout: Duration::from_secs(positive(
+                "SLUICE_HTTP_BODY_TIMEOUT_SECS",
+                defaults.body_timeout.as_secs(),
+                "seconds",
+            )?),
+            max_connections: positive(
+                "SLUICE_HTTP_MAX_CONNECTIONS",
+                defaults.max_connections as u64,
+                "connections",
+            )? as usize,
+        };
         let public_url = get("SLUICE_PUBLIC_URL", "http://localhost:8080");
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(SettingsError {
@@ -102,6 +162,7 @@ impl Settings {
             public_url: public_url.trim_end_matches('/').to_owned(),
             max_body_bytes,
             stream_max_bytes,
+            http,
         })
     }
 }
@@ -117,12 +178,29 @@ mod tests {
         assert_eq!(s.namespace.as_str(), "sluice");
         assert_eq!(s.max_body_bytes, 16 * 1024 * 1024);
         assert!(s.admin_token.is_none());
+        assert_eq!(s.http, HttpLimits::default());
 
         let err = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_MAX_BODY_BYTES").then(|| "lots".to_owned())
         })
         .unwrap_err();
         assert_eq!(err.variable, "SLUICE_MAX_BODY_BYTES");
+
+        for variable in [
+            "SLUICE_HTTP_HEADER_TIMEOUT_SECS",
+            "SLUICE_HTTP_BODY_TIMEOUT_SECS",
+            "SLUICE_HTTP_MAX_CONNECTIONS",
+        ] {
+            let err =
+                Settings::from_lookup("0.0.0.0:8081", |n| (n == variable).then(|| "0".to_owned()))
+                    .unwrap_err();
+            assert_eq!(err.variable, variable);
+        }
+        let s = Settings::from_lookup("0.0.0.0:8081", |n| {
+            (n == "SLUICE_HTTP_BODY_TIMEOUT_SECS").then(|| "5".to_owned())
+        })
+        .unwrap();
+        assert_eq!(s.http.body_timeout, Duration::from_secs(5));
 
         let s = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_ADMIN_TOKEN").then(|| "hunter2".to_owned())

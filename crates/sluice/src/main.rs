@@ -68,7 +68,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         read: sluice_read::Service::start(settings.clone(), shutdown.clone()).await?,
     };
     let listener = TcpListener::bind(settings.listen).await?;
-    http::run(listener, Arc::new(services), shutdown, SHUTDOWN_GRACE).await?;
+    http::run(
+        listener,
+        Arc::new(services),
+        shutdown,
+        SHUTDOWN_GRACE,
+        settings.http,
+    )
+    .await?;
     Ok(())
 }
 

@@ -78,6 +78,7 @@ pub async fn spawn_app_behind(public_url: Option<&str>) -> TestApp {
         router,
         shutdown.clone(),
         Duration::from_secs(1),
+        settings.http,
     ));
     TestApp {
         address,

@@ -6,6 +6,7 @@ mod access;
 mod bodies;
 mod bus;
 mod catalog;
+mod connections;
 mod idempotency;
 mod modes;
 mod outage;
