@@ -53,7 +53,8 @@ struct Allowance {
 }
 
 /// The answer to a failure from an address that has failed too often.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many failed authentication attempts; retry in {retry_after_secs} s")]
 pub struct TooManyFailedAttempts {
     pub retry_after_secs: u64,
 }
