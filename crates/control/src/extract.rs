@@ -34,17 +34,19 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = BearerToken::from_request_parts(parts, state).await;
         let detail = match &token {
-            Ok(BearerToken(token)) => match state.catalog.token_owner(token, Some(&state.admin_token)) {
-                TokenOwner::Operator => return Ok(Operator),
-                // A connector's own token is real but grants nothing here.
-                TokenOwner::Connector(..) => {
-                    let mut problem = Problem::forbidden();
-                    problem.detail =
-                        "connector tokens do not grant access to the control plane".into();
-                    return Err(problem.into_response());
+            Ok(BearerToken(token)) => {
+                match state.catalog.token_owner(token, Some(&state.admin_token)) {
+                    TokenOwner::Operator => return Ok(Operator),
+                    // A connector's own token is real but grants nothing here.
+                    TokenOwner::Connector(..) => {
+                        let mut problem = Problem::forbidden();
+                        problem.detail =
+                            "connector tokens do not grant access to the control plane".into();
+                        return Err(problem.into_response());
+                    }
+                    TokenOwner::Unknown => "unknown token".to_owned(),
                 }
-                TokenOwner::Unknown => "unknown token".to_owned(),
-            },
+            }
             Err(problem) => problem.detail.clone(),
         };
         let attempt = AuthAttempt::from_request_parts(parts, state)

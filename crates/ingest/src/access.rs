@@ -62,12 +62,11 @@ impl Definitions {
         }
         // The operator was recognised in memory; what the bucket may still
         // know is a connector (or its tokens) the watch has not brought yet.
-        let worth_reading =
-            !connector.is_nil() && !(unknown && TokenKind::of_secret(token).is_none());
-        let fresh = if worth_reading {
-            self.read_from_bucket(connector).await
-        } else {
+        let not_a_connector_token = unknown && TokenKind::of_secret(token).is_none();
+        let fresh = if connector.is_nil() || not_a_connector_token {
             None
+        } else {
+            self.read_from_bucket(connector).await
         };
         if let Some(doc) = fresh {
             let operator = admin.is_some_and(|admin| admin.matches(token));

@@ -244,9 +244,10 @@ mod tests {
             ("SLUICE_AUTH_THROTTLE_ADDRESSES", "lots"),
             ("SLUICE_TRUSTED_PROXIES", "proxy"),
         ] {
-            let err =
-                Settings::from_lookup("0.0.0.0:8081", |n| (n == variable).then(|| value.to_owned()))
-                    .unwrap_err();
+            let err = Settings::from_lookup("0.0.0.0:8081", |n| {
+                (n == variable).then(|| value.to_owned())
+            })
+            .unwrap_err();
             assert_eq!(err.variable, variable, "{value}");
         }
     }

@@ -126,7 +126,9 @@ impl AuthThrottle {
 
     fn is_trusted(&self, address: IpAddr) -> bool {
         let address = address.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&address))
+        self.trusted_proxies
+            .iter()
+            .any(|net| net.contains(&address))
     }
 
     /// `Err` while `address` has no failure left to spend.
@@ -255,9 +257,12 @@ impl AuthAttempt {
     /// costlier is done to find out.
     pub fn check(&self) -> Result<(), TooManyFailedAttempts> {
         match self.address {
-            Some(address) => self.throttle.check(address, Instant::now()).inspect_err(|_| {
-                metrics::counter!("sluice_auth_throttled_total").increment(1);
-            }),
+            Some(address) => self
+                .throttle
+                .check(address, Instant::now())
+                .inspect_err(|_| {
+                    metrics::counter!("sluice_auth_throttled_total").increment(1);
+                }),
             None => Ok(()),
         }
     }

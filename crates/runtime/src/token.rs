@@ -35,12 +35,16 @@ impl TokenKind {
     /// Anything else cannot be a connector's token, so it is refused before
     /// it is hashed or looked up anywhere.
     pub fn of_secret(token: &str) -> Option<TokenKind> {
-        [TokenKind::Write, TokenKind::Read].into_iter().find(|kind| {
-            token.strip_prefix(kind.prefix()).is_some_and(|random| {
-                random.len() == SECRET_HEX_DIGITS
-                    && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        [TokenKind::Write, TokenKind::Read]
+            .into_iter()
+            .find(|kind| {
+                token.strip_prefix(kind.prefix()).is_some_and(|random| {
+                    random.len() == SECRET_HEX_DIGITS
+                        && random
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
             })
-        })
     }
 
     pub fn parse(s: &str) -> Option<TokenKind> {

@@ -96,12 +96,7 @@ async fn a_burst_of_wrong_tokens_ends_in_429_while_valid_tokens_still_read() {
 
     let url = format!("/v1/connectors/{}/records", connector.id);
     let unknown = |n: u32| format!("sluice_r_{n:064x}");
-    let missing = app
-        .client
-        .get(format!("{base}{url}"))
-        .send()
-        .await
-        .unwrap();
+    let missing = app.client.get(format!("{base}{url}")).send().await.unwrap();
     assert_eq!(missing.status(), 401);
     for token in ["nope".to_owned(), unknown(1)] {
         assert_eq!(app.get_from(&base, &url, &token).await.status(), 401);
