@@ -221,20 +221,6 @@ pub(crate) async fn delete_connector(conn: &mut PgConnection, id: Uuid) -> sqlx:
     Ok(deleted.rows_affected() > 0)
 }
 
-/// Whether a connector has this token, of either kind.
-#[tracing::instrument(skip_all)]
-pub(crate) async fn token_is_known(
-    executor: impl PgExecutor<'_>,
-    hash: &TokenHash,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM connectors WHERE write_token_hash = $1 OR read_token_hash = $1)",
-    )
-    .bind(hash.as_str())
-    .fetch_one(executor)
-    .await
-}
-
 /// Serialises publications of one connector's definition across replicas:
 /// whoever holds it reads the latest committed row and writes that, so the
 /// bucket never ends up with an older definition than the database.

@@ -13,38 +13,47 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use sluice_runtime::catalog::TokenOwner;
 use sluice_runtime::http::{BearerToken, Problem};
-use sluice_runtime::token::TokenHash;
+use sluice_runtime::throttle::AuthAttempt;
 use uuid::Uuid;
 
-use crate::{AppState, db};
+use crate::AppState;
 
 /// The operator, proven by `Authorization: Bearer $SLUICE_ADMIN_TOKEN`.
 /// Every control-plane route takes one, so none can forget to check.
+///
+/// Everything is decided in memory: the operator's token by constant-time
+/// comparison, a connector's in the catalog. An address that sent too many
+/// missing or unknown tokens gets 429 for the next ones (`throttle`).
 pub(crate) struct Operator;
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let BearerToken(token) = BearerToken::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        if state.admin_token.matches(&token) {
-            return Ok(Operator);
-        }
-        // A connector's own token is real but grants nothing here (403);
-        // anything else is no credential at all (401). Tokens are looked up
-        // by their SHA-256, which tells nothing about unknown tokens.
-        match db::token_is_known(&state.pool, &TokenHash::of(&token)).await {
-            Ok(true) => {
-                let mut problem = Problem::forbidden();
-                problem.detail = "connector tokens do not grant access to the control plane".into();
-                Err(problem.into_response())
+        let token = BearerToken::from_request_parts(parts, state).await;
+        let detail = match &token {
+            Ok(BearerToken(token)) => {
+                match state.catalog.token_owner(token, Some(&state.admin_token)) {
+                    TokenOwner::Operator => return Ok(Operator),
+                    // A connector's own token is real but grants nothing here.
+                    TokenOwner::Connector(..) => {
+                        let mut problem = Problem::forbidden();
+                        problem.detail =
+                            "connector tokens do not grant access to the control plane".into();
+                        return Err(problem.into_response());
+                    }
+                    TokenOwner::Unknown => "unknown token".to_owned(),
+                }
             }
-            Ok(false) => Err(Problem::unauthorized("unknown token").into_response()),
-            Err(error) => Err(Problem::internal(&error).into_response()),
-        }
+            Err(problem) => problem.detail.clone(),
+        };
+        let attempt = AuthAttempt::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
+        attempt.fail().map_err(IntoResponse::into_response)?;
+        Err(Problem::unauthorized(detail).into_response())
     }
 }
 

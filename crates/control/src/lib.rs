@@ -25,8 +25,11 @@ use anyhow::Context;
 use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::FromRef;
 use secrecy::ExposeSecret;
+use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::BearerAuth;
+use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
 use sluice_runtime::{Settings, bus, http, store};
 use sqlx::PgPool;
@@ -45,8 +48,18 @@ pub(crate) struct AppState {
     bucket: kv::Store,
     settings: Arc<Settings>,
     admin_token: Arc<TokenHash>,
+    /// The bucket's connectors in memory, to tell a connector's token (403)
+    /// from an unknown one (401) without a query.
+    catalog: Catalog,
+    throttle: Arc<AuthThrottle>,
     /// Set when a publication failed; the reconciler then retries.
     needs_reconcile: Arc<AtomicBool>,
+}
+
+impl FromRef<AppState> for Arc<AuthThrottle> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.throttle)
+    }
 }
 
 /// The control plane with its dependencies connected.
@@ -77,12 +90,17 @@ impl Service {
         let bucket = bus::connectors_bucket(&js, &settings.namespace)
             .await
             .context("opening the connectors bucket")?;
+        let catalog = Catalog::start(bucket.clone(), shutdown.clone())
+            .await
+            .context("loading the connectors bucket")?;
         let state = AppState {
             pool,
             nats,
             bucket,
+            throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
             settings: Arc::new(settings),
             admin_token,
+            catalog,
             needs_reconcile: Arc::new(AtomicBool::new(false)),
         };
         publish::reconcile(&state)

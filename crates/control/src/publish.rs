@@ -8,6 +8,7 @@
 //! heals by itself.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,8 +33,14 @@ pub(crate) async fn publish_connector(state: &AppState, id: Uuid) -> anyhow::Res
     db::lock_for_publishing(&mut tx, id).await?;
     match db::fetch_connector(&mut *tx, id).await? {
         Some(row) => {
-            let doc = serde_json::to_vec(&row.doc())?;
-            state.bucket.put(id.to_string(), doc.into()).await?;
+            let doc = row.doc();
+            let revision = state
+                .bucket
+                .put(id.to_string(), serde_json::to_vec(&doc)?.into())
+                .await?;
+            // A token just made or rotated is known to the auth check at
+            // once, not only when the watch brings it back.
+            state.catalog.remember(id, revision, Arc::new(doc));
         }
         None => state.bucket.delete(id.to_string()).await?,
     }

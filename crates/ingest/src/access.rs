@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::catalog::{AccessDenied, Catalog};
-use sluice_runtime::token::TokenHash;
+use sluice_runtime::throttle::AuthAttempt;
+use sluice_runtime::token::{TokenHash, TokenKind};
 use uuid::Uuid;
 
 use crate::error::IngestError;
@@ -32,39 +33,54 @@ pub(crate) struct Definitions {
 
 impl Definitions {
     /// The definition of `connector` if `token` may write to it.
+    ///
+    /// A missing or unknown token is a failed attempt of the client's
+    /// (`attempt`): a client that failed too often is answered 429 before
+    /// the bucket is read, and a token that cannot be a connector's is never
+    /// looked for there.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn authorize_writer(
         &self,
         token: &str,
         admin: Option<&TokenHash>,
         connector: Uuid,
+        attempt: &AuthAttempt,
     ) -> Result<Arc<ConnectorDoc>, IngestError> {
-        let denied = match self.catalog.authorize(
-            token,
-            admin,
-            connector,
-            sluice_runtime::token::TokenKind::Write,
-        ) {
+        let denied = match self
+            .catalog
+            .authorize(token, admin, connector, TokenKind::Write)
+        {
             Ok(doc) => return Ok(doc),
             Err(AccessDenied::Forbidden) => {
                 return Err(IngestError::Denied(AccessDenied::Forbidden));
             }
             Err(denied) => denied,
         };
-        if connector.is_nil() {
-            return Err(IngestError::Denied(denied));
+        let unknown = denied == AccessDenied::Unauthorized;
+        if unknown {
+            attempt.check()?;
         }
-        let Some(doc) = self.read_from_bucket(connector).await else {
-            return Err(IngestError::Denied(denied));
-        };
-        let operator = admin.is_some_and(|admin| admin.matches(token));
-        if operator || doc.write_token_hash.matches(token) {
-            Ok(Arc::new(doc))
-        } else if doc.read_token_hash.matches(token) {
-            Err(IngestError::Denied(AccessDenied::Forbidden))
+        // The operator was recognised in memory; what the bucket may still
+        // know is a connector (or its tokens) the watch has not brought yet.
+        let not_a_connector_token = unknown && TokenKind::of_secret(token).is_none();
+        let fresh = if connector.is_nil() || not_a_connector_token {
+            None
         } else {
-            Err(IngestError::Denied(denied))
+            self.read_from_bucket(connector).await
+        };
+        if let Some(doc) = fresh {
+            let operator = admin.is_some_and(|admin| admin.matches(token));
+            if operator || doc.write_token_hash.matches(token) {
+                return Ok(Arc::new(doc));
+            }
+            if doc.read_token_hash.matches(token) {
+                return Err(IngestError::Denied(AccessDenied::Forbidden));
+            }
         }
+        if unknown {
+            attempt.record_failure();
+        }
+        Err(IngestError::Denied(denied))
     }
 
     async fn read_from_bucket(&self, connector: Uuid) -> Option<ConnectorDoc> {

@@ -5,6 +5,7 @@ use axum::http::header::{self, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use sluice_runtime::catalog::AccessDenied;
 use sluice_runtime::http::Problem;
+use sluice_runtime::throttle::TooManyFailedAttempts;
 use sluice_schema::{RecordError, SyntaxError};
 
 /// Seconds a client is asked to wait before retrying after a 503.
@@ -18,6 +19,10 @@ pub(crate) enum IngestError {
 
     #[error("access denied: {0:?}")]
     Denied(AccessDenied),
+
+    /// Too many missing or unknown tokens from this client address.
+    #[error(transparent)]
+    Throttled(#[from] TooManyFailedAttempts),
 
     #[error("invalid query parameter {name}: {detail}")]
     InvalidParameter { name: &'static str, detail: String },
@@ -70,6 +75,7 @@ impl IngestError {
             }
             IngestError::Denied(AccessDenied::Forbidden) => StatusCode::FORBIDDEN,
             IngestError::Denied(AccessDenied::NotFound) => StatusCode::NOT_FOUND,
+            IngestError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             IngestError::InvalidParameter { .. }
             | IngestError::InvalidIdempotencyKey
             | IngestError::Syntax(_)
@@ -101,6 +107,7 @@ impl IntoResponse for IngestError {
             IngestError::Denied(AccessDenied::NotFound) => {
                 Problem::not_found("no connector has this id")
             }
+            IngestError::Throttled(throttled) => throttled.into(),
             IngestError::InvalidParameter { name, detail } => {
                 Problem::new(status, "invalid_parameter", detail).with("parameter", name)
             }

@@ -31,12 +31,14 @@ use anyhow::Context as _;
 use async_nats::connection::State;
 use async_nats::jetstream;
 use axum::Router;
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::{self, BearerAuth};
+use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +84,14 @@ pub(crate) struct AppState {
     /// queue for the CPU, each holding its body's records and messages, a
     /// few times the body's size; waiting here a body holds only itself.
     validations: Arc<Semaphore>,
+    throttle: Arc<AuthThrottle>,
     shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Arc<AuthThrottle> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.throttle)
+    }
 }
 
 impl AppState {
@@ -168,6 +177,7 @@ impl Service {
                 validations: Arc::new(Semaphore::new(
                     std::thread::available_parallelism().map_or(1, usize::from),
                 )),
+                throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
                 shutdown,
             },
         })

@@ -19,6 +19,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
+use sluice_runtime::throttle::AuthAttempt;
 use sluice_schema::{Format, RecordError, validate};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -151,6 +152,7 @@ impl Params {
         (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed", content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
         (status = 422, description = "Records failed validation (all_or_nothing): `errors` and `error_count`", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
         (status = 503, description = "The bus cannot take records now; retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -160,6 +162,7 @@ pub(crate) async fn post_records(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     token: Result<BearerToken, Problem>,
+    attempt: AuthAttempt,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -173,9 +176,12 @@ pub(crate) async fn post_records(
                 .and_then(|Path(id)| id.parse::<Uuid>().ok())
                 .unwrap_or(Uuid::nil());
             tracing::Span::current().record("connector", tracing::field::display(connector));
-            ingest(&state, connector, &token, &uri, &headers, body).await
+            ingest(&state, connector, &token, &attempt, &uri, &headers, body).await
         }
-        Err(problem) => Err(IngestError::NoToken(problem.detail)),
+        Err(problem) => match attempt.fail() {
+            Ok(()) => Err(IngestError::NoToken(problem.detail)),
+            Err(throttled) => Err(throttled.into()),
+        },
     };
     let status = match &outcome {
         Ok((status, _)) => *status,
@@ -193,13 +199,14 @@ async fn ingest(
     state: &AppState,
     connector: Uuid,
     token: &str,
+    attempt: &AuthAttempt,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, IngestAnswer), IngestError> {
     let doc = state
         .definitions()?
-        .authorize_writer(token, state.admin.as_ref(), connector)
+        .authorize_writer(token, state.admin.as_ref(), connector, attempt)
         .await?;
     let params = Params::from_uri(uri)?;
     let key = IdempotencyKey::from_headers(headers)?;

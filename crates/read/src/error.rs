@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sluice_runtime::catalog::AccessDenied;
 use sluice_runtime::http::Problem;
+use sluice_runtime::throttle::TooManyFailedAttempts;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadError {
@@ -13,6 +14,9 @@ pub(crate) enum ReadError {
     Forbidden,
     #[error("no connector with this id")]
     NotFound,
+    /// Too many missing or unknown tokens from this client address.
+    #[error(transparent)]
+    Throttled(#[from] TooManyFailedAttempts),
     /// A query parameter that cannot be used: its `code` is stable, and
     /// `parameter` names the offending parameter (or field) for the client.
     #[error("{detail}")]
@@ -75,6 +79,7 @@ impl IntoResponse for ReadError {
             }
             ReadError::Forbidden => Problem::forbidden(),
             ReadError::NotFound => Problem::not_found("no connector with this id"),
+            ReadError::Throttled(throttled) => throttled.into(),
             ReadError::BadParameter {
                 code,
                 parameter,

@@ -30,10 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::FromRef;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::catalog::Catalog;
+use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +57,15 @@ pub(crate) struct AppState {
     pub namespace: Namespace,
     pub catalog: Catalog,
     pub admin_hash: Option<Arc<TokenHash>>,
+    pub throttle: Arc<AuthThrottle>,
     /// Ends long-polls early when the process shuts down.
     pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Arc<AuthThrottle> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.throttle)
+    }
 }
 
 /// The read API with its dependencies connected and its store loop running.
@@ -101,6 +110,7 @@ impl Service {
             namespace: settings.namespace.clone(),
             catalog,
             admin_hash: admin_hash(&settings).map(Arc::new),
+            throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
             shutdown: shutdown.clone(),
         };
         let tasks = TaskTracker::new();

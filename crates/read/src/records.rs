@@ -29,10 +29,10 @@
 //! whole page in memory. A slow client holds one pooled connection while
 //! its page streams.
 
-use axum::Router;
-use axum::body::{Body, Bytes};
 use std::convert::Infallible;
 
+use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -40,8 +40,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sluice_runtime::http::{BearerAuth, BearerToken};
+use sluice_runtime::catalog::AccessDenied;
+use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
 use sluice_runtime::store::records_table;
+use sluice_runtime::throttle::AuthAttempt;
 use sluice_runtime::token::TokenKind;
 use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
@@ -143,18 +145,20 @@ struct RejectedPage {
         (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(connector = ?id))]
 async fn get_records(
     State(state): State<AppState>,
-    token: BearerToken,
+    token: Result<BearerToken, Problem>,
+    attempt: AuthAttempt,
     ConnectorPath(id): ConnectorPath,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, &token, id)?;
+    let connector = authorize(&state, token, &attempt, id)?;
     let params = page_params(CursorKind::Records, query, &headers)?;
     serve_page(state, connector, params, Source::Records).await
 }
@@ -171,18 +175,20 @@ async fn get_records(
         (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(connector = ?id))]
 async fn get_rejected(
     State(state): State<AppState>,
-    token: BearerToken,
+    token: Result<BearerToken, Problem>,
+    attempt: AuthAttempt,
     ConnectorPath(id): ConnectorPath,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, &token, id)?;
+    let connector = authorize(&state, token, &attempt, id)?;
     let params = page_params(CursorKind::Rejected, query, &headers)?;
     serve_page(state, connector, params, Source::Rejected).await
 }
@@ -207,18 +213,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
 
 /// SPEC 3: the operator or this connector's read token. An id that is not
 /// a UUID names no connector: the operator gets 404, a connector's token
-/// 403 (it is not this connector's), an unknown token 401.
+/// 403 (it is not this connector's), an unknown token 401, or 429 once its
+/// client has failed too often (`throttle`).
 fn authorize(
     state: &AppState,
-    token: &BearerToken,
+    token: Result<BearerToken, Problem>,
+    attempt: &AuthAttempt,
     connector: Option<Uuid>,
 ) -> Result<Uuid, ReadError> {
-    state.catalog.authorize(
-        &token.0,
-        state.admin_hash.as_deref(),
-        connector.unwrap_or(Uuid::nil()),
-        TokenKind::Read,
-    )?;
+    let checked = match token {
+        Ok(BearerToken(token)) => state.catalog.authorize(
+            &token,
+            state.admin_hash.as_deref(),
+            connector.unwrap_or(Uuid::nil()),
+            TokenKind::Read,
+        ),
+        Err(_) => Err(AccessDenied::Unauthorized),
+    };
+    if let Err(AccessDenied::Unauthorized) = checked {
+        attempt.fail()?;
+    }
+    checked?;
     connector.ok_or(ReadError::NotFound)
 }
 

@@ -92,10 +92,14 @@ impl Catalog {
 
     /// Whose token this is. The operator's is compared in constant time;
     /// connector tokens are found by their SHA-256, which reveals nothing
-    /// usable about a token that is not already known.
+    /// usable about a token that is not already known. A token not of a
+    /// connector token's form is not even hashed.
     pub fn token_owner(&self, token: &str, admin: Option<&TokenHash>) -> TokenOwner {
         if admin.is_some_and(|admin| admin.matches(token)) {
             return TokenOwner::Operator;
+        }
+        if TokenKind::of_secret(token).is_none() {
+            return TokenOwner::Unknown;
         }
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         match inner.tokens.get(&TokenHash::of(token)) {
@@ -185,6 +189,13 @@ impl Catalog {
         }
     }
 
+    /// Takes in a definition its caller has just written to the bucket at
+    /// `revision`, so that the writer's own copy does not trail its write.
+    /// The watch brings the same entry later, and revisions keep the newer.
+    pub fn remember(&self, id: Uuid, revision: u64, doc: Arc<ConnectorDoc>) {
+        self.keep_if_newer(id, revision, Some(doc));
+    }
+
     fn apply(&self, entry: &kv::Entry) {
         let Ok(id) = entry.key.parse::<Uuid>() else {
             tracing::warn!(key = %entry.key, "ignoring a bucket key that is not a connector id");
@@ -200,16 +211,14 @@ impl Catalog {
             },
             kv::Operation::Delete | kv::Operation::Purge => None,
         };
+        self.keep_if_newer(id, entry.revision, doc);
+    }
+
+    fn keep_if_newer(&self, id: Uuid, revision: u64, doc: Option<Arc<ConnectorDoc>>) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let current = inner.entries.get(&id).map_or(0, |e| e.revision);
-        if entry.revision >= current {
-            inner.set(
-                id,
-                Entry {
-                    revision: entry.revision,
-                    doc,
-                },
-            );
+        if revision >= current {
+            inner.set(id, Entry { revision, doc });
         }
     }
 }

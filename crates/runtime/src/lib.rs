@@ -10,6 +10,7 @@
 //! - [`token`]: connector tokens, their hashes, and constant-time checks.
 //! - [`http`]: problem+json errors, bearer tokens, health and metrics routes,
 //!   request ids, and serving with graceful shutdown.
+//! - [`throttle`]: failed authentication throttled per client address.
 //! - [`settings`] and [`telemetry`]: configuration and logging.
 //!
 //! It knows nothing of any one service's routes; services decide what to
@@ -21,6 +22,7 @@ pub mod http;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod token;
 
 pub use settings::Settings;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use secrecy::SecretString;
 
 use crate::bus::Namespace;
@@ -30,6 +31,8 @@ pub struct Settings {
     /// is full, ingest answers 503. `None`: limited only by the server.
     pub stream_max_bytes: Option<i64>,
     pub http: HttpLimits,
+    /// How failed authentication is throttled per client address.
+    pub auth_throttle: AuthThrottleSettings,
 }
 
 /// What one client may hold of a listener, and for how long. Every listener
@@ -163,8 +166,91 @@ impl Settings {
             max_body_bytes,
             stream_max_bytes,
             http,
+            auth_throttle: AuthThrottleSettings::from_lookup(&lookup)?,
         })
     }
+}
+
+/// Throttling of failed authentication (`crate::throttle`): each client
+/// address may fail `failures` times in a burst, and earns one more attempt
+/// every `window / failures`.
+#[derive(Debug, Clone)]
+pub struct AuthThrottleSettings {
+    /// `SLUICE_AUTH_FAILURE_LIMIT`.
+    pub failures: u32,
+    /// `SLUICE_AUTH_FAILURE_WINDOW_SECS`.
+    pub window: Duration,
+    /// `SLUICE_AUTH_THROTTLE_ADDRESSES`: the most addresses remembered.
+    pub max_addresses: usize,
+    /// `SLUICE_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the
+    /// client. Empty: the peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl AuthThrottleSettings {
+    pub const DEFAULT_FAILURES: u32 = 20;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_ADDRESSES: usize = 65_536;
+
+    fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let window_secs: u64 = positive(
+            lookup,
+            "SLUICE_AUTH_FAILURE_WINDOW_SECS",
+            Self::DEFAULT_WINDOW.as_secs(),
+        )?;
+        let trusted_proxies = match lookup("SLUICE_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(parse_network)
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(AuthThrottleSettings {
+            failures: positive(lookup, "SLUICE_AUTH_FAILURE_LIMIT", Self::DEFAULT_FAILURES)?,
+            window: Duration::from_secs(window_secs),
+            max_addresses: positive(
+                lookup,
+                "SLUICE_AUTH_THROTTLE_ADDRESSES",
+                Self::DEFAULT_MAX_ADDRESSES,
+            )?,
+            trusted_proxies,
+        })
+    }
+}
+
+/// A positive whole number from `variable`, or `default` when it is unset.
+fn positive<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: T,
+) -> Result<T, SettingsError>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    let Some(value) = lookup(variable).filter(|v| !v.is_empty()) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(SettingsError {
+            variable,
+            reason: format!("{value:?} is not a positive whole number"),
+        }),
+    }
+}
+
+/// `10.0.0.0/8`, or a single address (`192.0.2.7`, `::1`).
+fn parse_network(item: &str) -> Result<IpNet, SettingsError> {
+    item.parse::<IpNet>()
+        .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| SettingsError {
+            variable: "SLUICE_TRUSTED_PROXIES",
+            reason: format!(
+                "{item:?} is not an address or a network like 10.0.0.0/8 (separate several with commas)"
+            ),
+        })
 }
 
 #[cfg(test)]
@@ -207,5 +293,39 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_auth_throttle_has_careful_defaults_and_names_bad_values() {
+        let s = Settings::from_lookup("0.0.0.0:8081", |_| None).unwrap();
+        assert_eq!(s.auth_throttle.failures, 20);
+        assert_eq!(s.auth_throttle.window, Duration::from_secs(60));
+        assert!(s.auth_throttle.trusted_proxies.is_empty());
+
+        let s = Settings::from_lookup("0.0.0.0:8081", |n| {
+            (n == "SLUICE_TRUSTED_PROXIES").then(|| "10.0.0.0/8, 192.0.2.7,::1".to_owned())
+        })
+        .unwrap();
+        let trusted: Vec<String> = s
+            .auth_throttle
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+
+        for (variable, value) in [
+            ("SLUICE_AUTH_FAILURE_LIMIT", "0"),
+            ("SLUICE_AUTH_FAILURE_LIMIT", "-3"),
+            ("SLUICE_AUTH_FAILURE_WINDOW_SECS", "1m"),
+            ("SLUICE_AUTH_THROTTLE_ADDRESSES", "lots"),
+            ("SLUICE_TRUSTED_PROXIES", "proxy"),
+        ] {
+            let err = Settings::from_lookup("0.0.0.0:8081", |n| {
+                (n == variable).then(|| value.to_owned())
+            })
+            .unwrap_err();
+            assert_eq!(err.variable, variable, "{value}");
+        }
     }
 }

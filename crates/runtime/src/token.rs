@@ -30,6 +30,23 @@ impl TokenKind {
         }
     }
 
+    /// The kind of a connector token, read from its form alone: the prefix
+    /// and 64 lowercase hex digits, as [`NewToken::generate`] makes them.
+    /// Anything else cannot be a connector's token, so it is refused before
+    /// it is hashed or looked up anywhere.
+    pub fn of_secret(token: &str) -> Option<TokenKind> {
+        [TokenKind::Write, TokenKind::Read]
+            .into_iter()
+            .find(|kind| {
+                token.strip_prefix(kind.prefix()).is_some_and(|random| {
+                    random.len() == SECRET_HEX_DIGITS
+                        && random
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
+            })
+    }
+
     pub fn parse(s: &str) -> Option<TokenKind> {
         match s {
             "write" => Some(TokenKind::Write),
@@ -61,9 +78,12 @@ impl NewToken {
     }
 }
 
+/// Hex digits after a token's prefix: 256 random bits.
+const SECRET_HEX_DIGITS: usize = 64;
+
 /// `prefix` followed by 256 random bits in hex.
 pub fn random_secret(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; SECRET_HEX_DIGITS / 2];
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}{}", hex::encode(bytes))
 }
@@ -117,5 +137,26 @@ mod tests {
                 .secret
                 .starts_with("sluice_r_")
         );
+    }
+
+    #[test]
+    fn only_the_generated_form_is_a_connector_token() {
+        let write = NewToken::generate(TokenKind::Write).secret;
+        let read = NewToken::generate(TokenKind::Read).secret;
+        assert_eq!(TokenKind::of_secret(&write), Some(TokenKind::Write));
+        assert_eq!(TokenKind::of_secret(&read), Some(TokenKind::Read));
+        let random = &write["sluice_w_".len()..];
+        for malformed in [
+            "sluice_w_nope".to_owned(),
+            "sluice_x_".to_owned() + random,
+            "sluice_w_".to_owned() + &random[1..],
+            "sluice_w_".to_owned() + random + "0",
+            "sluice_w_".to_owned() + &random.to_uppercase(),
+            "sluice_w_".to_owned() + &random[1..] + "g",
+            random.to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(TokenKind::of_secret(&malformed), None, "{malformed}");
+        }
     }
 }

@@ -60,6 +60,9 @@ impl TestEnv {
             ("SLUICE_NAMESPACE", self.namespace.as_str().to_owned()),
             ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("SLUICE_PUBLIC_URL", "http://sluice.test".to_owned()),
+            // Tests send wrong tokens on purpose, all from 127.0.0.1; those
+            // of the throttle itself set a small limit of their own.
+            ("SLUICE_AUTH_FAILURE_LIMIT", "1000000".to_owned()),
         ];
         Settings::from_lookup("127.0.0.1:0", |name| {
             vars.iter()

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{id_of, spawn_app};
+use crate::{id_of, spawn_app, spawn_app_with};
 
 fn routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
     let fields = json!([{"name": "a", "type": "string"}]);
@@ -120,4 +120,118 @@ async fn authentication_comes_before_reading_the_body() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Tokens of a connector token's form that no connector has.
+fn unknown_tokens() -> impl Iterator<Item = String> {
+    (0..).map(|n: u32| format!("sluice_w_{n:064x}"))
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_tokens_from_one_address_ends_in_429_but_valid_tokens_still_work() {
+    let app = spawn_app_with(|settings| settings.auth_throttle.failures = 5).await;
+    let connector = app
+        .create("orders", json!([{"name": "a", "type": "string"}]))
+        .await;
+    let write = connector["write_token"].as_str().unwrap();
+
+    // Missing, malformed and unknown tokens all count as failures.
+    let mut unknown = unknown_tokens();
+    let guesses = [
+        None,
+        Some("admin".to_owned()),
+        unknown.next(),
+        unknown.next(),
+        unknown.next(),
+    ];
+    for token in &guesses {
+        let answer = app
+            .call(Method::GET, "/v1/connectors", token.as_deref(), None)
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    for token in [None, unknown.next()] {
+        let answer = app
+            .call(Method::GET, "/v1/connectors", token.as_deref(), None)
+            .await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{token:?}");
+        assert_eq!(answer.headers["content-type"], "application/problem+json");
+        assert_eq!(answer.code(), "too_many_failed_attempts");
+        assert_eq!(answer.body["status"], 429);
+        assert_eq!(
+            answer.body["type"],
+            "urn:sluice:problem:too_many_failed_attempts"
+        );
+        // Five failures a minute: one is forgiven every 12 s.
+        let retry_after: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=12).contains(&retry_after), "{retry_after}");
+    }
+
+    // The operator behind the same address is not locked out, and a
+    // connector's token is still told apart from a guess.
+    let list = app.admin(Method::GET, "/v1/connectors", None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["connectors"].as_array().unwrap().len(), 1);
+    let forbidden = app
+        .call(Method::GET, "/v1/connectors", Some(write), None)
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    // And guessing is still refused.
+    let answer = app
+        .call(Method::GET, "/v1/connectors", Some("admin"), None)
+        .await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn tokens_are_told_apart_without_the_database() {
+    let app = spawn_app().await;
+    let connector = app
+        .create("orders", json!([{"name": "a", "type": "string"}]))
+        .await;
+    let write = connector["write_token"].as_str().unwrap().to_owned();
+    let database = app.env.database_url.rsplit('/').next().unwrap().to_owned();
+
+    // Cut the control plane off from its database: no new connection, and
+    // the ones its pool holds are closed.
+    let admin = sqlx::PgPool::connect(&app.env.database_url.replace(&database, "postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert!(sqlx::PgPool::connect(&app.env.database_url).await.is_err());
+
+    for token in unknown_tokens().take(20) {
+        let answer = app
+            .call(Method::GET, "/v1/connectors", Some(&token), None)
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.code(), "unauthorized");
+    }
+    let answer = app
+        .call(Method::GET, "/v1/connectors", Some(&write), None)
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS true"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let list = app.admin(Method::GET, "/v1/connectors", None).await;
+    assert_eq!(list.status, StatusCode::OK);
 }

@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use sluice_testkit::ADMIN_TOKEN;
 use uuid::Uuid;
 
-use crate::{TestApp, spawn_app};
+use crate::{Answer, TestApp, spawn_app, spawn_app_with};
 
 const BODY: &str = r#"{"n": 1}"#;
 
@@ -140,4 +140,101 @@ async fn a_deleted_connector_is_404_and_its_token_401() {
     assert!(gone, "the deletion reached the gateway within a second");
     let answer = TestApp::send(app.post(&connector, "application/json", BODY)).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A token of a write token's form that no connector has.
+fn unknown_token(n: u32) -> String {
+    format!("sluice_w_{n:064x}")
+}
+
+fn assert_throttled(answer: &Answer) {
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+    assert_eq!(answer.headers["content-type"], "application/problem+json");
+    assert_eq!(answer.code(), "too_many_failed_attempts");
+    assert_eq!(answer.body["status"], 429);
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Four failures a minute: one is forgiven every 15 s.
+    assert!((1..=15).contains(&retry_after), "{retry_after}");
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_tokens_ends_in_429_while_valid_tokens_still_post() {
+    let app = spawn_app_with(|settings| settings.auth_throttle.failures = 4).await;
+    let connector = app.simple_connector().await;
+    let post = |token: Option<&str>| {
+        app.post_to(
+            &app.ingest,
+            connector.id,
+            token,
+            Some("application/json"),
+            BODY,
+        )
+    };
+    // Missing, malformed and unknown tokens all count.
+    let guesses = [None, Some("nope".to_owned()), Some(unknown_token(1))];
+    for token in &guesses {
+        let answer = TestApp::send(post(token.as_deref())).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    let elsewhere = TestApp::send(app.post_to(
+        &app.ingest,
+        Uuid::now_v7(),
+        Some(&unknown_token(2)),
+        Some("application/json"),
+        BODY,
+    ))
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::UNAUTHORIZED);
+
+    assert_throttled(&TestApp::send(post(Some(&unknown_token(3)))).await);
+    assert_throttled(&TestApp::send(post(None)).await);
+    // The client's own X-Forwarded-For changes nothing: no proxy is trusted.
+    let spoofed = post(Some(&unknown_token(4))).header("x-forwarded-for", "198.51.100.1");
+    assert_throttled(&TestApp::send(spoofed).await);
+
+    // Valid tokens from the same address are not locked out, and a read
+    // token is still told it writes nothing.
+    for token in [connector.write_token.as_str(), ADMIN_TOKEN] {
+        let answer = TestApp::send(post(Some(token))).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+    }
+    let answer = TestApp::send(post(Some(&connector.read_token))).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.published().await.len(), 2);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_alone() {
+    let app = spawn_app_with(|settings| {
+        settings.auth_throttle.failures = 2;
+        settings.auth_throttle.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let connector = app.simple_connector().await;
+    let post = |client: &str, token: &str| {
+        app.post_to(
+            &app.ingest,
+            connector.id,
+            Some(token),
+            Some("application/json"),
+            BODY,
+        )
+        .header("x-forwarded-for", client)
+    };
+    let guesser = "203.0.113.1";
+    for n in 0..2 {
+        let answer = TestApp::send(post(guesser, &unknown_token(n))).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    }
+    let answer = TestApp::send(post(guesser, &unknown_token(2))).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy is not concerned.
+    let answer = TestApp::send(post("203.0.113.2", &unknown_token(3))).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    let answer = TestApp::send(post("203.0.113.2", &connector.write_token)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
 }

@@ -2,9 +2,10 @@
 
 use serde_json::{Value, json};
 use sluice_testkit::ADMIN_TOKEN;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_control_only};
 
 #[tokio::test]
 async fn tokens_grant_exactly_what_spec_3_says() {
@@ -73,4 +74,70 @@ async fn tokens_grant_exactly_what_spec_3_says() {
     }
     assert_eq!(status, 404);
     assert_eq!(app.get(&url, &mine.read_token).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_tokens_ends_in_429_while_valid_tokens_still_read() {
+    let app = spawn_control_only().await;
+    let connector = app
+        .create_connector("mine", json!([{"name": "x", "type": "string"}]))
+        .await;
+    // A reader allowing three failures a minute; it loads the connector
+    // from the bucket as it starts.
+    let mut settings = app.env.settings();
+    settings.auth_throttle.failures = 3;
+    let shutdown = CancellationToken::new();
+    let reader = sluice_read::Application::build(settings, shutdown.clone())
+        .await
+        .expect("the read API starts");
+    let base = format!("http://{}", reader.local_addr());
+    tokio::spawn(reader.run());
+    let _stop = shutdown.drop_guard();
+
+    let url = format!("/v1/connectors/{}/records", connector.id);
+    let unknown = |n: u32| format!("sluice_r_{n:064x}");
+    let missing = app.client.get(format!("{base}{url}")).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    for token in ["nope".to_owned(), unknown(1)] {
+        assert_eq!(app.get_from(&base, &url, &token).await.status(), 401);
+    }
+
+    for token in [unknown(2), unknown(3)] {
+        let response = app.get_from(&base, &url, &token).await;
+        assert_eq!(response.status(), 429);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Three failures a minute: one is forgiven every 20 s.
+        assert!((1..=20).contains(&retry_after), "{retry_after}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "too_many_failed_attempts");
+        assert_eq!(problem["status"], 429);
+        assert!(!problem.to_string().contains(&token));
+    }
+
+    // Valid tokens from the same address are not locked out; a write token
+    // is still told it reads nothing.
+    for token in [connector.read_token.as_str(), ADMIN_TOKEN] {
+        assert_eq!(app.get_from(&base, &url, token).await.status(), 200);
+    }
+    let rejected = format!("/v1/connectors/{}/rejected", connector.id);
+    assert_eq!(
+        app.get_from(&base, &rejected, &connector.read_token)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.get_from(&base, &url, &connector.write_token)
+            .await
+            .status(),
+        403
+    );
 }
