@@ -28,10 +28,14 @@ pub struct Settings {
     /// Size limit of the records stream (`SLUICE_STREAM_MAX_BYTES`); when it
     /// is full, ingest answers 503. `None`: limited only by the server.
     pub stream_max_bytes: Option<i64>,
+    /// Memory the ingest gateway lets requests hold in all
+    /// (`SLUICE_INGEST_MEMORY_BYTES`): bodies, validation, messages.
+    pub ingest_memory_bytes: usize,
 }
 
 impl Settings {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_INGEST_MEMORY_BYTES: usize = 128 * 1024 * 1024;
 
     /// Reads the process environment; `default_listen` is the service's own.
     pub fn from_env(default_listen: &str) -> Result<Settings, SettingsError> {
@@ -84,6 +88,25 @@ impl Settings {
                 }
             },
         };
+        let memory = get(
+            "SLUICE_INGEST_MEMORY_BYTES",
+            &Self::DEFAULT_INGEST_MEMORY_BYTES.to_string(),
+        );
+        // One connector may hold half of it, and a gzip body takes its
+        // compressed and inflated forms at once: a body of the largest size
+        // must fit in a connector's half twice over.
+        let ingest_memory_bytes = match memory.parse::<usize>() {
+            Ok(n) if n / 4 >= max_body_bytes => n,
+            _ => {
+                return Err(SettingsError {
+                    variable: "SLUICE_INGEST_MEMORY_BYTES",
+                    reason: format!(
+                        "{memory:?} is not a number of bytes of at least 4 times \
+                         SLUICE_MAX_BODY_BYTES ({max_body_bytes})"
+                    ),
+                });
+            }
+        };
         let public_url = get("SLUICE_PUBLIC_URL", "http://localhost:8080");
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(SettingsError {
@@ -102,6 +125,7 @@ impl Settings {
             public_url: public_url.trim_end_matches('/').to_owned(),
             max_body_bytes,
             stream_max_bytes,
+            ingest_memory_bytes,
         })
     }
 }
@@ -123,6 +147,13 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.variable, "SLUICE_MAX_BODY_BYTES");
+
+        assert_eq!(s.ingest_memory_bytes, 128 * 1024 * 1024);
+        let err = Settings::from_lookup("0.0.0.0:8081", |n| {
+            (n == "SLUICE_INGEST_MEMORY_BYTES").then(|| "33554431".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.variable, "SLUICE_INGEST_MEMORY_BYTES");
 
         let s = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_ADMIN_TOKEN").then(|| "hunter2".to_owned())

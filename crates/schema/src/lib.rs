@@ -23,6 +23,6 @@ pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
     Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError, Validation,
-    Value, validate,
+    Value, validate, validate_with,
 };
 pub use schema::{FieldSpec, Schema};
