@@ -221,7 +221,14 @@ impl RequestMemory {
 
     /// [`RequestMemory::hold`] from a blocking thread (validation).
     pub(crate) fn hold_blocking(&mut self, bytes: usize) -> Result<(), Refusal> {
-        tokio::runtime::Handle::current().block_on(self.hold(bytes))
+        // Called for every record: within the reservation, no waiting.
+        match self.used.checked_add(bytes) {
+            Some(used) if used <= self.held.units() => {
+                self.used = used;
+                Ok(())
+            }
+            _ => tokio::runtime::Handle::current().block_on(self.hold(bytes)),
+        }
     }
 
     /// Makes sure `total` bytes (at most the share) are reserved, so that
