@@ -3,8 +3,9 @@
 //! validate bodies (one per core).
 //!
 //! A request reserves before it holds: its body as it arrives (all of it at
-//! once when `Content-Length` announces it), then what validation and the
-//! encoded messages take as they grow. One connector may hold at most half
+//! once when `Content-Length` announces it), then, before it takes a
+//! validation slot, what validation and the encoded messages usually hold;
+//! they take more only if it is free at once, never waiting with a slot. One connector may hold at most half
 //! of the memory, so a connector under load always leaves room for the
 //! others; and whoever waits is served in order of how little their
 //! connector holds, then of arrival, so a request to a quiet connector goes
@@ -30,9 +31,10 @@ pub(crate) enum Refusal {
     /// Others hold it, and did not let go within [`PATIENCE`].
     #[error("the gateway is busy")]
     Busy,
-    /// More than one connector may ever hold, whatever the load.
-    #[error("one request may hold at most {share} units")]
-    BeyondShare { share: usize },
+    /// More than the request may ever hold, whatever the load: its
+    /// connector's share, or what was reserved for its validation.
+    #[error("the request may hold at most {limit} units")]
+    TooLarge { limit: usize },
 }
 
 /// A quantity (bytes, slots) shared between connectors; see the module
@@ -116,8 +118,8 @@ impl Held {
             return Ok(());
         }
         if self.units.saturating_add(more) > self.pool.share {
-            return Err(Refusal::BeyondShare {
-                share: self.pool.share,
+            return Err(Refusal::TooLarge {
+                limit: self.pool.share,
             });
         }
         let (granted, wait) = oneshot::channel();
@@ -162,6 +164,23 @@ impl Held {
                 }
             }
         }
+    }
+
+    /// Takes `more` units at once if they are free, never waiting.
+    pub(crate) fn try_grow(&mut self, more: usize) -> Result<(), Refusal> {
+        if self.units.saturating_add(more) > self.pool.share {
+            return Err(Refusal::TooLarge {
+                limit: self.pool.share,
+            });
+        }
+        let mut state = self.pool.lock();
+        if more > state.free || state.held_by(&self.connector) + more > self.pool.share {
+            return Err(Refusal::Busy);
+        }
+        state.free -= more;
+        *state.held.entry(self.connector).or_insert(0) += more;
+        self.units += more;
+        Ok(())
     }
 
     /// Gives back what is held beyond `units`.
@@ -219,16 +238,23 @@ impl RequestMemory {
         Ok(())
     }
 
-    /// [`RequestMemory::hold`] from a blocking thread (validation).
-    pub(crate) fn hold_blocking(&mut self, bytes: usize) -> Result<(), Refusal> {
-        // Called for every record: within the reservation, no waiting.
-        match self.used.checked_add(bytes) {
-            Some(used) if used <= self.held.units() => {
-                self.used = used;
-                Ok(())
-            }
-            _ => tokio::runtime::Handle::current().block_on(self.hold(bytes)),
+    /// Accounts `bytes` more in use, never waiting: beyond the reservation,
+    /// only if the memory is free at once. Validation holds a validation
+    /// slot, and waiting with it would keep that slot from others, or wait
+    /// on requests that themselves wait for the slot.
+    pub(crate) fn hold_now(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let used = self.used.saturating_add(bytes);
+        if used > self.held.units() {
+            let share = self.held.pool.share;
+            let missing = used - self.held.units();
+            let step = (self.held.units() / 4)
+                .max(Self::STEP)
+                .min(share.saturating_sub(self.held.units()))
+                .max(missing);
+            self.held.try_grow(step)?;
         }
+        self.used = used;
+        Ok(())
     }
 
     /// Makes sure `total` bytes (at most the share) are reserved, so that
@@ -364,7 +390,7 @@ mod tests {
     async fn one_connector_holds_at_most_its_share() {
         let pool = FairShare::new(10, 5);
         let mut a = pool.acquire(connector(1), 5).await.unwrap();
-        assert_eq!(a.grow(1).await, Err(Refusal::BeyondShare { share: 5 }));
+        assert_eq!(a.grow(1).await, Err(Refusal::TooLarge { limit: 5 }));
         // The other half is the others' whatever the first one does.
         let b = pool.acquire(connector(2), 5).await.unwrap();
         assert_eq!(b.units(), 5);

@@ -115,7 +115,7 @@ impl From<Refusal> for IngestError {
     fn from(refusal: Refusal) -> IngestError {
         match refusal {
             Refusal::Busy => IngestError::GatewayBusy,
-            Refusal::BeyondShare { share } => IngestError::ExpandsTooMuch { limit: share },
+            Refusal::TooLarge { limit } => IngestError::ExpandsTooMuch { limit },
         }
     }
 }

@@ -8,6 +8,9 @@
 //! with `sluice_schema`, and publishing the accepted ones (and in partial mode
 //! the rejected ones) as `RecordBatch` messages on the records stream. It
 //! answers 202 only once JetStream acknowledged every message of the request.
+//! Whatever a request holds in memory is reserved first from a budget shared
+//! fairly between connectors (`budget`), so no body, however hostile, grows
+//! the process past `SLUICE_INGEST_MEMORY_BYTES`.
 //!
 //! It must never touch PostgreSQL, nor keep state that another replica would
 //! need: any number of gateways can serve the same connectors at once, and

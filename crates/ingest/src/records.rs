@@ -149,10 +149,10 @@ impl Params {
         (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a read token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed", content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed, or whose records take more memory once read than one connector may hold", content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
-        (status = 422, description = "Records failed validation (all_or_nothing): `errors` and `error_count`", content_type = "application/problem+json"),
-        (status = 503, description = "The bus cannot take records now; retry after Retry-After", content_type = "application/problem+json"),
+        (status = 422, description = "Records failed validation (all_or_nothing), or too many to keep (partial, `too_many_rejected`): `errors` and `error_count`", content_type = "application/problem+json"),
+        (status = 503, description = "The bus cannot take records now, or the gateway's memory is taken (`gateway_busy`); retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -245,11 +245,13 @@ async fn ingest(
     let limit = state.chunk_limit();
     let prepare_doc = Arc::clone(&doc);
     let mode = params.mode;
-    // Validation usually holds a few times the body: reserved now, while
-    // no validation slot is taken, so that it seldom waits part way.
-    memory
-        .reserve_ahead(bytes.len().saturating_mul(RESERVED_PER_BODY_BYTE))
-        .await?;
+    // What validation usually holds, reserved while no validation slot is
+    // taken: validating never waits for memory.
+    let allowance = bytes
+        .len()
+        .saturating_mul(ALLOWANCE_PER_BODY_BYTE)
+        .max(MIN_ALLOWANCE);
+    memory.reserve_ahead(allowance).await?;
     let slot = state.validations.acquire(connector, 1).await?;
     let (prepared, mut memory) = tokio::task::spawn_blocking(move || {
         let _slot = slot;
@@ -355,7 +357,7 @@ struct Holding<'m> {
 
 impl Holding<'_> {
     fn hold(&mut self, bytes: usize) -> bool {
-        match self.memory.hold_blocking(bytes) {
+        match self.memory.hold_now(bytes) {
             Ok(()) => true,
             Err(why) => {
                 self.refused.get_or_insert(why);
@@ -365,10 +367,16 @@ impl Holding<'_> {
     }
 }
 
-/// A body's bytes reserved per byte before validation: the body itself, its
-/// records (about as large again for JSON, up to a few times for CSV of
-/// short cells) and its messages (smaller than the body).
-const RESERVED_PER_BODY_BYTE: usize = 3;
+/// What validating and encoding a body usually holds, the body included,
+/// per byte of it: records take about twice their JSON text, messages less
+/// than the body. More (CSV of short cells: ten times or more) is taken if
+/// free, up to a connector's share; a body that needs more than the share
+/// is refused, 413 (or 422 when refused records take the room).
+const ALLOWANCE_PER_BODY_BYTE: usize = 4;
+
+/// The least a body may hold, so that a small body may keep a thousand or
+/// so refused records (some 1 KiB each).
+const MIN_ALLOWANCE: usize = 1024 * 1024;
 
 /// Reserves the request's memory before its body is read: all of it when
 /// the body's size is announced, else as it arrives.
@@ -379,9 +387,7 @@ async fn reserve_memory(
     encoding: Encoding,
 ) -> Result<RequestMemory, IngestError> {
     let ahead = match (encoding, body::declared_length(headers)) {
-        (Encoding::Identity, Some(length)) if length <= state.max_body_bytes => {
-            length.saturating_mul(RESERVED_PER_BODY_BYTE)
-        }
+        (Encoding::Identity, Some(length)) if length <= state.max_body_bytes => length,
         // Too large (refused unread), gzip (of unknown size once inflated)
         // or of unknown length: reserved as it grows.
         _ => 0,
@@ -430,11 +436,11 @@ fn prepare(
     }
     if validation.overflowed_at.is_some() {
         return Err(match holding.refused {
-            Some(Refusal::BeyondShare { share }) if validation.error_count > 0 => {
+            Some(Refusal::TooLarge { limit }) if validation.error_count > 0 => {
                 IngestError::TooManyRejected {
                     errors: validation.errors,
                     error_count: validation.error_count,
-                    limit: share,
+                    limit,
                 }
             }
             Some(refusal) => refusal.into(),

@@ -38,14 +38,18 @@ fn json_body(bytes: usize) -> String {
     format!("[{}]", vec![record; count].join(","))
 }
 
+/// The 2 MB CSV that, each row kept as a refused record with its errors,
+/// would take gigabytes: header `zz` (not a field), then a million rows.
+fn refused_rows() -> String {
+    format!("zz\n{}", "1\n".repeat(1_000_000))
+}
+
 #[tokio::test]
 async fn a_csv_of_a_million_refused_rows_in_partial_mode_is_refused_whole() {
     let app = spawn_app().await;
     let connector = app.simple_connector().await;
-    // 2 MB that, each row kept as a refused record with its errors, would
-    // take gigabytes.
-    let body = format!("zz\n{}", "1\n".repeat(1_000_000));
-    let answer = TestApp::send(
+    let quiet = quiet_connector(&app).await;
+    let partial = || {
         app.client
             .post(format!(
                 "{}/v1/connectors/{}/records?mode=partial",
@@ -53,9 +57,10 @@ async fn a_csv_of_a_million_refused_rows_in_partial_mode_is_refused_whole() {
             ))
             .bearer_auth(&connector.write_token)
             .header("content-type", "text/csv")
-            .body(body),
-    )
-    .await;
+            .body(refused_rows())
+    };
+    // Alone: refused whole, with what a user needs to see why.
+    let answer = TestApp::send(partial()).await;
     assert_eq!(
         answer.status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -71,11 +76,26 @@ async fn a_csv_of_a_million_refused_rows_in_partial_mode_is_refused_whole() {
     assert_eq!(errors[0]["line"], 2);
     assert!(answer.body["limit"].as_u64().unwrap() > 0);
     assert!(answer.body["detail"].as_str().unwrap().contains("fewer"));
-    assert!(app.published().await.is_empty(), "nothing published");
+
+    // Two at once (one may find the share taken by the other), and another
+    // connector served meanwhile.
+    let (first, second, ()) = tokio::join!(
+        TestApp::send(partial()),
+        TestApp::send(partial()),
+        one_record_is_accepted(&app, &quiet)
+    );
+    for answer in [first, second] {
+        match answer.status {
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(answer.code(), "too_many_rejected"),
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(answer.code(), "gateway_busy"),
+            other => panic!("{other}: {answer:?}"),
+        }
+    }
+    // Only the quiet connector's record.
+    assert_eq!(app.published().await.len(), 1);
 
     // The same rows in all_or_nothing mode are the usual 422.
-    let body = format!("zz\n{}", "1\n".repeat(1_000_000));
-    let answer = TestApp::send(app.post(&connector, "text/csv", body)).await;
+    let answer = TestApp::send(app.post(&connector, "text/csv", refused_rows())).await;
     assert_eq!(
         answer.status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -111,10 +131,11 @@ async fn a_body_whose_records_expand_beyond_a_connectors_share_is_413() {
 
 #[tokio::test]
 async fn a_quiet_connector_is_served_while_another_is_hammered() {
-    // 32 MiB in all; bodies of 4 MiB reserve some 12 MiB each.
+    // 64 MiB in all; a body of 4 MiB reserves the 32 MiB of its
+    // connector's share to be validated, so they go one at a time.
     let app = spawn_app_with(|s| {
         s.max_body_bytes = 8 * 1024 * 1024;
-        s.ingest_memory_bytes = 32 * 1024 * 1024;
+        s.ingest_memory_bytes = 64 * 1024 * 1024;
     })
     .await;
     let busy = app.simple_connector().await;
@@ -151,10 +172,9 @@ async fn a_connector_past_its_share_is_503_with_retry_after_and_others_are_serve
     .await;
     let busy = app.simple_connector().await;
     let quiet = quiet_connector(&app).await;
-    // A client announces 1 MiB (3 MiB reserved, capped to the 2 MiB share)
-    // and sends only its start: the share is held while it is read.
+    // Two clients announce 1 MiB each and send only its start: the bodies
+    // are reserved whole while they are read, which is the share.
     let address = app.ingest.trim_start_matches("http://");
-    let mut slow = TcpStream::connect(address).await.unwrap();
     let head = format!(
         "POST /v1/connectors/{}/records HTTP/1.1\r\nhost: {address}\r\n\
          authorization: Bearer {}\r\ncontent-type: application/json\r\n\
@@ -163,9 +183,14 @@ async fn a_connector_past_its_share_is_503_with_retry_after_and_others_are_serve
         busy.write_token,
         1024 * 1024
     );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client.write_all(head.as_bytes()).await.unwrap();
+        slow.push(client);
+    }
 
-    // Once the slow request holds the share (at once, in practice), the
+    // Once the slow requests hold the share (at once, in practice), the
     // next one waits for memory, then is told to come back later.
     let mut refused = None;
     for _ in 0..10 {
@@ -186,7 +211,7 @@ async fn a_connector_past_its_share_is_503_with_retry_after_and_others_are_serve
     // Another connector is served meanwhile.
     one_record_is_accepted(&app, &quiet).await;
 
-    // Once the slow client goes, its connector is served again.
+    // Once the slow clients go, their connector is served again.
     drop(slow);
     let mut served = false;
     for _ in 0..50 {
