@@ -387,7 +387,12 @@ async fn reserve_memory(
     encoding: Encoding,
 ) -> Result<RequestMemory, IngestError> {
     let ahead = match (encoding, body::declared_length(headers)) {
-        (Encoding::Identity, Some(length)) if length <= state.max_body_bytes => length,
+        // What its validation will need too: requests beyond what the
+        // connector's share holds then queue whole, rather than each
+        // holding a body while waiting for the rest.
+        (Encoding::Identity, Some(length)) if length <= state.max_body_bytes => length
+            .saturating_mul(ALLOWANCE_PER_BODY_BYTE)
+            .max(MIN_ALLOWANCE),
         // Too large (refused unread), gzip (of unknown size once inflated)
         // or of unknown length: reserved as it grows.
         _ => 0,

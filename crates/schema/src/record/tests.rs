@@ -1169,7 +1169,7 @@ fn a_body_cannot_expand_beyond_what_the_caller_allows() {
     assert_eq!((v.errors.len(), v.error_count), (20, 20));
 
     // A JSON array's refused records count their text once recovered.
-    let body = format!("[{}]", vec![r#"{"name": "x", "age": "y"}"#; 10].join(","));
+    let body = format!("[{}]", [r#"{"name": "x", "age": "y"}"#; 10].join(","));
     let (v, needed) = run_within(&strict, Format::Json, &body, usize::MAX);
     assert_eq!(v.rejected.len(), 10);
     assert_eq!(v.rejected[9].raw, json!({"name": "x", "age": "y"}));
