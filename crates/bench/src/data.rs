@@ -95,7 +95,7 @@ pub(crate) fn record_batch_message(doc: &ConnectorDoc, body: &[u8]) -> anyhow::R
         received_at: Utc::now(),
         rows: validation.records.len(),
         columns: ColumnsOf::new(&doc.schema, &validation.records),
-        rejected: Vec::new(),
+        rejected: Vec::<sluice_runtime::bus::RejectedRecord>::new(),
     };
     Ok(serde_json::to_vec(&batch)?)
 }

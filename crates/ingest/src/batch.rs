@@ -13,7 +13,7 @@
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
-use sluice_runtime::bus::{ColumnsOf, RecordBatch, RejectedRecord};
+use sluice_runtime::bus::{ColumnsOf, RecordBatch, RejectedRecordOf};
 use sluice_schema::{Record, Rejected, Schema};
 use uuid::Uuid;
 
@@ -36,18 +36,23 @@ pub(crate) enum ChunkError {
     RecordTooLarge(usize),
     #[error(transparent)]
     Encode(#[from] serde_json::Error),
+    /// The memory for the messages was not granted.
+    #[error("no memory for the messages")]
+    NotHeld,
 }
 
 /// Encodes `records` and `rejected` as JSON `RecordBatch` messages of at
 /// most `limit` bytes each. `size_hint` (the body's size) gives the first
 /// guess of how many chunks are needed, so a large body is not encoded whole
-/// only to learn that it must be split.
+/// only to learn that it must be split. `hold` is asked for each message's
+/// bytes before it is kept.
 pub(crate) fn encode_chunks(
     header: &BatchHeader<'_>,
     records: &[Record],
     rejected: &[Rejected],
     size_hint: usize,
     limit: usize,
+    hold: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<Vec<u8>>, ChunkError> {
     let items = Items { records, rejected };
     let total = items.len();
@@ -57,21 +62,21 @@ pub(crate) fn encode_chunks(
     let guess = (size_hint / limit.max(1) + 1).clamp(1, total);
     let mut parts = Vec::new();
     for range in even_ranges(total, guess) {
-        fit(header, &items, range, limit, &mut parts)?;
+        fit(header, &items, range, limit, &mut parts, hold)?;
     }
     if parts.len() == 1 {
         // Measured as chunk 0 of 1, which it is.
         return Ok(parts.into_iter().map(|(_, bytes)| bytes).collect());
     }
+    // Encoded again with their final numbers, each in place of its measure
+    // (and a few bytes longer at most), so what was held for them holds.
     let chunks = u32::try_from(parts.len()).unwrap_or(u32::MAX);
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, (range, _))| {
-            let chunk = u32::try_from(i).unwrap_or(u32::MAX);
-            encode(header, &items, range, chunk, chunks).map_err(ChunkError::from)
-        })
-        .collect()
+    for (i, (range, bytes)) in parts.iter_mut().enumerate() {
+        let chunk = u32::try_from(i).unwrap_or(u32::MAX);
+        *bytes = Vec::new();
+        *bytes = encode(header, &items, range.clone(), chunk, chunks)?;
+    }
+    Ok(parts.into_iter().map(|(_, bytes)| bytes).collect())
 }
 
 /// Accepted records, then rejected ones, as one sequence of items.
@@ -120,18 +125,23 @@ fn fit(
     range: Range<usize>,
     limit: usize,
     parts: &mut Vec<(Range<usize>, Vec<u8>)>,
+    hold: &mut dyn FnMut(usize) -> bool,
 ) -> Result<(), ChunkError> {
     let bytes = encode(header, items, range.clone(), 0, 1)?;
     if bytes.len() + received_at_slack(header)? <= limit {
+        if !hold(bytes.capacity()) {
+            return Err(ChunkError::NotHeld);
+        }
         parts.push((range, bytes));
         return Ok(());
     }
     if range.len() <= 1 {
         return Err(ChunkError::RecordTooLarge(items.body_index(range.start)));
     }
+    drop(bytes);
     let middle = range.start + range.len() / 2;
-    fit(header, items, range.start..middle, limit, parts)?;
-    fit(header, items, middle..range.end, limit, parts)
+    fit(header, items, range.start..middle, limit, parts, hold)?;
+    fit(header, items, middle..range.end, limit, parts, hold)
 }
 
 /// How much longer `received_at` could be written than it is (its fraction
@@ -161,10 +171,13 @@ fn encode(
         columns: ColumnsOf::new(header.schema, records),
         rejected: rejected
             .iter()
-            .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
+            .map(|r| RejectedRecordOf::new(&r.raw, &r.errors))
             .collect(),
     };
-    serde_json::to_vec(&batch)
+    let mut bytes = serde_json::to_vec(&batch)?;
+    // Doubling leaves up to half of it unused, for as long as it is queued.
+    bytes.shrink_to_fit();
+    Ok(bytes)
 }
 
 /// `total` items cut into `parts` consecutive ranges of near-equal length.
@@ -207,7 +220,15 @@ mod tests {
         let schema = schema();
         let body = br#"[{"n": 1, "s": "a"}, {"n": 2}]"#;
         let v = validate(&schema, ExtraFields::Reject, Format::Json, body).unwrap();
-        let chunks = encode_chunks(&header(&schema), &v.records, &v.rejected, 30, 1 << 20).unwrap();
+        let chunks = encode_chunks(
+            &header(&schema),
+            &v.records,
+            &v.rejected,
+            30,
+            1 << 20,
+            &mut |_| true,
+        )
+        .unwrap();
         let batches = decode(&chunks);
         assert_eq!(batches.len(), 1);
         assert_eq!((batches[0].chunk, batches[0].chunks), (0, 1));
@@ -237,8 +258,15 @@ mod tests {
         let limit = 16 * 1024;
         // A hint far too small forces the halving path as well.
         for hint in [0, body.len()] {
-            let chunks =
-                encode_chunks(&header(&schema), &v.records, &v.rejected, hint, limit).unwrap();
+            let chunks = encode_chunks(
+                &header(&schema),
+                &v.records,
+                &v.rejected,
+                hint,
+                limit,
+                &mut |_| true,
+            )
+            .unwrap();
             assert!(chunks.len() > 5);
             assert!(chunks.iter().all(|c| c.len() <= limit));
             let batches = decode(&chunks);
@@ -284,7 +312,8 @@ mod tests {
                 received_at,
                 ..header(&schema)
             };
-            let chunks = encode_chunks(&header, &v.records, &v.rejected, 0, limit).unwrap();
+            let chunks =
+                encode_chunks(&header, &v.records, &v.rejected, 0, limit, &mut |_| true).unwrap();
             decode(&chunks).iter().map(|b| b.rows).collect()
         };
         for limit in 600..1_400 {
@@ -308,14 +337,21 @@ mod tests {
             body.as_bytes(),
         )
         .unwrap();
-        let outcome = encode_chunks(&header(&schema), &v.records, &v.rejected, 0, 4096);
+        let outcome = encode_chunks(
+            &header(&schema),
+            &v.records,
+            &v.rejected,
+            0,
+            4096,
+            &mut |_| true,
+        );
         assert!(matches!(outcome, Err(ChunkError::RecordTooLarge(2))));
     }
 
     #[test]
     fn nothing_to_send_is_no_chunk() {
         let schema = schema();
-        let chunks = encode_chunks(&header(&schema), &[], &[], 0, 4096).unwrap();
+        let chunks = encode_chunks(&header(&schema), &[], &[], 0, 4096, &mut |_| true).unwrap();
         assert!(chunks.is_empty());
     }
 }

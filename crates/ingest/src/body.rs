@@ -2,18 +2,20 @@
 //! `Content-Encoding`, and its bytes under `SLUICE_MAX_BODY_BYTES`.
 //!
 //! The limit applies to the decompressed size and is enforced while the body
-//! streams in: a gzip body is inflated chunk by chunk into a buffer that
-//! refuses to grow past the limit, so a small "gzip bomb" costs at most the
-//! limit in memory and is refused as soon as it crosses it.
+//! streams in, and then while a gzip body is inflated step by step, so a
+//! small "gzip bomb" costs at most the limit in memory and is refused as
+//! soon as it crosses it. Every buffer is held in the request's share of
+//! the gateway's memory before it is allocated.
 
-use std::io::Write;
+use std::io::Read;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use flate2::write::MultiGzDecoder;
+use flate2::read::MultiGzDecoder;
 use futures::StreamExt;
 use sluice_schema::Format;
 
+use crate::budget::RequestMemory;
 use crate::error::IngestError;
 
 /// The body format named by `Content-Type`; parameters such as `charset` are
@@ -63,58 +65,58 @@ pub(crate) fn encoding_of(headers: &HeaderMap) -> Result<Encoding, IngestError> 
     Ok(encoding)
 }
 
+/// The body's size as the client announced it, if it did.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Reads the whole body, decompressed, refusing it with 413 as soon as it
-/// passes `limit` bytes.
+/// passes `limit` bytes. Every byte it keeps is held in `memory` first.
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
     limit: usize,
+    memory: &mut RequestMemory,
 ) -> Result<Vec<u8>, IngestError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let compressed_limit = compressed_limit(limit);
+    let declared = declared_length(headers);
     let too_large = IngestError::PayloadTooLarge { limit };
-    // Refuse before reading a byte when the client announced too much.
-    let announced_limit = match encoding {
+    // A gzip body is read whole before it is inflated: it is at most
+    // about as large as the limit, and inflating from memory lets each
+    // step of the output be reserved before it is written.
+    let received_limit = match encoding {
         Encoding::Identity => limit,
-        Encoding::Gzip => compressed_limit,
+        Encoding::Gzip => compressed_limit(limit),
     };
-    if declared.is_some_and(|n| n > announced_limit as u64) {
+    // Refuse before reading a byte when the client announced too much.
+    if declared.is_some_and(|n| n > received_limit) {
         return Err(too_large);
     }
 
+    let mut received = Vec::new();
+    if let Some(n) = declared {
+        make_room(&mut received, n, received_limit, memory).await?;
+    }
     let mut stream = body.into_data_stream();
-    match encoding {
-        Encoding::Identity => {
-            let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(body_read_failed)?;
-                if out.len() + chunk.len() > limit {
-                    return Err(too_large);
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(out)
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(body_read_failed)?;
+        if received.len() + chunk.len() > received_limit {
+            return Err(too_large);
         }
+        make_room(&mut received, chunk.len(), received_limit, memory).await?;
+        received.extend_from_slice(&chunk);
+    }
+    match encoding {
+        Encoding::Identity => Ok(received),
+        // An empty body is empty whatever its announced encoding.
+        Encoding::Gzip if received.is_empty() => Ok(received),
         Encoding::Gzip => {
-            let mut inflater = Inflater::new(limit);
-            let mut received = 0usize;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(body_read_failed)?;
-                received += chunk.len();
-                if received > compressed_limit {
-                    return Err(too_large);
-                }
-                inflater.write(&chunk)?;
-            }
-            // An empty body is empty whatever its announced encoding.
-            if received == 0 {
-                return Ok(Vec::new());
-            }
-            inflater.finish()
+            let inflated = inflate(&received, limit, memory).await;
+            memory.let_go(received.capacity());
+            inflated
         }
     }
 }
@@ -130,46 +132,49 @@ fn body_read_failed(error: axum::Error) -> IngestError {
     IngestError::MalformedBody(format!("the body could not be read: {error}"))
 }
 
-/// Incremental gzip decompression into a buffer with a hard size limit.
-pub(crate) struct Inflater {
-    decoder: MultiGzDecoder<LimitedBuffer>,
-    limit: usize,
+/// Makes room for `more` bytes in `buffer`, holding the memory before it is
+/// allocated: doubling as a `Vec` would, but never past `cap`.
+async fn make_room(
+    buffer: &mut Vec<u8>,
+    more: usize,
+    cap: usize,
+    memory: &mut RequestMemory,
+) -> Result<(), IngestError> {
+    const FIRST: usize = 64 * 1024;
+    let needed = buffer.len() + more;
+    if needed <= buffer.capacity() {
+        return Ok(());
+    }
+    let capacity = (buffer.capacity() * 2).max(FIRST).min(cap).max(needed);
+    memory.hold(capacity - buffer.capacity()).await?;
+    buffer.reserve_exact(capacity - buffer.len());
+    Ok(())
 }
 
-impl Inflater {
-    pub(crate) fn new(limit: usize) -> Inflater {
-        Inflater {
-            decoder: MultiGzDecoder::new(LimitedBuffer {
-                bytes: Vec::new(),
-                limit,
-                overflowed: false,
-            }),
-            limit,
+/// Inflates a whole gzip body (one or more members) step by step, holding
+/// each step's output before it is kept, and refusing it with 413 as soon
+/// as it passes `limit`: a small "gzip bomb" costs at most the limit.
+async fn inflate(
+    compressed: &[u8],
+    limit: usize,
+    memory: &mut RequestMemory,
+) -> Result<Vec<u8>, IngestError> {
+    const STEP: usize = 64 * 1024;
+    let mut decoder = MultiGzDecoder::new(compressed);
+    let mut step = vec![0u8; STEP];
+    let mut out = Vec::new();
+    loop {
+        let n = decoder.read(&mut step).map_err(not_gzip)?;
+        if n == 0 {
+            return Ok(out);
         }
-    }
-
-    /// Feeds compressed bytes; the output grows by at most the decoder's
-    /// internal buffer beyond what the limit allows before this fails.
-    pub(crate) fn write(&mut self, compressed: &[u8]) -> Result<(), IngestError> {
-        self.decoder
-            .write_all(compressed)
-            .map_err(|e| self.failure(e))
-    }
-
-    pub(crate) fn finish(mut self) -> Result<Vec<u8>, IngestError> {
-        if let Err(error) = self.decoder.try_finish() {
-            return Err(self.failure(error));
+        if out.len() + n > limit {
+            return Err(IngestError::PayloadTooLarge { limit });
         }
-        let buffer = self.decoder.finish().map_err(not_gzip)?;
-        Ok(buffer.bytes)
-    }
-
-    fn failure(&self, error: std::io::Error) -> IngestError {
-        if self.decoder.get_ref().overflowed {
-            IngestError::PayloadTooLarge { limit: self.limit }
-        } else {
-            not_gzip(error)
-        }
+        make_room(&mut out, n, limit, memory).await?;
+        out.extend_from_slice(&step[..n]);
+        // Inflating is CPU work on the reactor: let other tasks in.
+        tokio::task::consume_budget().await;
     }
 }
 
@@ -177,31 +182,12 @@ fn not_gzip(error: std::io::Error) -> IngestError {
     IngestError::MalformedBody(format!("the body is not valid gzip: {error}"))
 }
 
-/// A `Vec` that refuses writes past `limit` and remembers that it did.
-struct LimitedBuffer {
-    bytes: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl Write for LimitedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::other("decompressed body too large"));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
+    use crate::budget::FairShare;
     use axum::http::HeaderValue;
     use flate2::Compression;
     use flate2::write::GzEncoder;
@@ -250,47 +236,62 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn inflater_stops_at_the_limit_without_inflating_the_rest() {
+    async fn read(body: Vec<u8>, encoding: Encoding, limit: usize) -> Result<Vec<u8>, IngestError> {
+        let budget = FairShare::new(1 << 30, 1 << 30);
+        let mut memory = RequestMemory::reserve(&budget, uuid::Uuid::nil(), 0)
+            .await
+            .unwrap();
+        let outcome = read_limited(
+            &HeaderMap::new(),
+            Body::from(body),
+            encoding,
+            limit,
+            &mut memory,
+        )
+        .await;
+        // Whatever was kept was held first.
+        if let Ok(kept) = &outcome {
+            assert!(memory.in_use() >= kept.capacity());
+        }
+        outcome
+    }
+
+    #[tokio::test]
+    async fn inflating_stops_at_the_limit_without_inflating_the_rest() {
         let bomb = gzip(&vec![0u8; 8 * 1024 * 1024]);
-        let mut inflater = Inflater::new(64 * 1024);
-        let outcome = bomb
-            .chunks(1024)
-            .try_for_each(|chunk| inflater.write(chunk));
+        let budget = FairShare::new(1 << 30, 1 << 30);
+        let mut memory = RequestMemory::reserve(&budget, uuid::Uuid::nil(), 0)
+            .await
+            .unwrap();
+        let outcome = inflate(&bomb, 64 * 1024, &mut memory).await;
         assert!(matches!(
             outcome,
             Err(IngestError::PayloadTooLarge { limit: 65536 })
         ));
         // Never held much more than the limit.
-        assert!(inflater.decoder.get_ref().bytes.len() <= 64 * 1024);
+        assert!(memory.in_use() <= 64 * 1024);
     }
 
-    #[test]
-    fn inflater_reads_multi_member_streams_and_refuses_garbage() {
+    #[tokio::test]
+    async fn gzip_bodies_may_have_many_members_and_must_be_gzip() {
         let mut data = gzip(b"[{\"a\":1}");
         data.extend(gzip(b",{\"a\":2}]"));
-        let mut inflater = Inflater::new(1024);
-        inflater.write(&data).unwrap();
-        assert_eq!(inflater.finish().unwrap(), b"[{\"a\":1},{\"a\":2}]");
+        let inflated = read(data, Encoding::Gzip, 1024).await.unwrap();
+        assert_eq!(inflated, b"[{\"a\":1},{\"a\":2}]");
 
-        let mut inflater = Inflater::new(1024);
-        let outcome = inflater.write(b"this is not gzip at all");
-        let outcome = outcome.and_then(|()| inflater.finish().map(drop));
-        assert!(matches!(outcome, Err(IngestError::MalformedBody(_))));
+        let garbage = read(b"this is not gzip at all".to_vec(), Encoding::Gzip, 1024).await;
+        assert!(matches!(garbage, Err(IngestError::MalformedBody(_))));
 
-        let truncated = &gzip(b"[{\"a\":1}]")[..10];
-        let mut inflater = Inflater::new(1024);
-        let outcome = inflater.write(truncated);
-        let outcome = outcome.and_then(|()| inflater.finish().map(drop));
-        assert!(matches!(outcome, Err(IngestError::MalformedBody(_))));
+        let truncated = gzip(b"[{\"a\":1}]")[..10].to_vec();
+        let truncated = read(truncated, Encoding::Gzip, 1024).await;
+        assert!(matches!(truncated, Err(IngestError::MalformedBody(_))));
     }
 
     #[tokio::test]
     async fn plain_bodies_are_refused_past_the_limit() {
-        let h = HeaderMap::new();
-        let ok = read_limited(&h, Body::from(vec![b'x'; 10]), Encoding::Identity, 10).await;
+        let ok = read(vec![b'x'; 10], Encoding::Identity, 10).await;
         assert_eq!(ok.unwrap().len(), 10);
-        let too_big = read_limited(&h, Body::from(vec![b'x'; 11]), Encoding::Identity, 10).await;
+        let too_big = read(vec![b'x'; 11], Encoding::Identity, 10).await;
         assert!(matches!(
             too_big,
             Err(IngestError::PayloadTooLarge { limit: 10 })

@@ -8,6 +8,8 @@ use sluice_runtime::http::Problem;
 use sluice_runtime::throttle::TooManyFailedAttempts;
 use sluice_schema::{RecordError, SyntaxError};
 
+use crate::budget::Refusal;
+
 /// Seconds a client is asked to wait before retrying after a 503.
 const RETRY_AFTER_SECS: u32 = 2;
 
@@ -58,6 +60,24 @@ pub(crate) enum IngestError {
         error_count: usize,
     },
 
+    /// Validating the body would hold more memory than one connector may.
+    #[error("the body expands beyond {limit} bytes in memory")]
+    ExpandsTooMuch { limit: usize },
+
+    /// Partial mode: the refused records would hold more memory than one
+    /// connector may, so none of the body is kept.
+    #[error("{error_count} validation errors, too many to keep")]
+    TooManyRejected {
+        errors: Vec<RecordError>,
+        error_count: usize,
+        limit: usize,
+    },
+
+    /// The gateway's memory or validation slots stayed taken by other
+    /// requests for longer than a request waits.
+    #[error("the gateway is busy")]
+    GatewayBusy,
+
     /// NATS is down, slow, or refused the messages (a full stream included).
     #[error("bus unavailable: {0}")]
     BusUnavailable(String),
@@ -80,17 +100,28 @@ impl IngestError {
             | IngestError::InvalidIdempotencyKey
             | IngestError::Syntax(_)
             | IngestError::MalformedBody(_) => StatusCode::BAD_REQUEST,
-            IngestError::IdempotencyKeyReused | IngestError::ValidationFailed { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            IngestError::IdempotencyKeyReused
+            | IngestError::ValidationFailed { .. }
+            | IngestError::TooManyRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            IngestError::PayloadTooLarge { .. } | IngestError::RecordTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
+            IngestError::PayloadTooLarge { .. }
+            | IngestError::RecordTooLarge { .. }
+            | IngestError::ExpandsTooMuch { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BusUnavailable(_) | IngestError::GatewayBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            IngestError::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<Refusal> for IngestError {
+    fn from(refusal: Refusal) -> IngestError {
+        match refusal {
+            Refusal::Busy => IngestError::GatewayBusy,
+            Refusal::TooLarge { limit } => IngestError::ExpandsTooMuch { limit },
         }
     }
 }
@@ -172,6 +203,38 @@ impl IntoResponse for IngestError {
             )
             .with("errors", serde_json::to_value(&errors).unwrap_or_default())
             .with("error_count", error_count),
+            IngestError::ExpandsTooMuch { limit } => Problem::new(
+                status,
+                "payload_too_large",
+                format!(
+                    "the records of this body take more than {limit} bytes of memory once \
+                     read (many sparse or small records); send fewer records per request"
+                ),
+            )
+            .with("limit", limit),
+            IngestError::TooManyRejected {
+                errors,
+                error_count,
+                limit,
+            } => Problem::new(
+                status,
+                "too_many_rejected",
+                format!(
+                    "{error_count} error(s) in the records: more refused records than partial \
+                     mode keeps from one request (each is kept with its errors, and they would \
+                     take more than {limit} bytes); nothing was accepted. Fix the records, or \
+                     send fewer per request"
+                ),
+            )
+            .with("errors", serde_json::to_value(&errors).unwrap_or_default())
+            .with("error_count", error_count)
+            .with("limit", limit),
+            IngestError::GatewayBusy => Problem::unavailable(
+                "gateway_busy",
+                "the gateway is handling as much as its memory allows; retry later, with the \
+                 same Idempotency-Key so that nothing is stored twice",
+                RETRY_AFTER_SECS,
+            ),
             IngestError::BusUnavailable(detail) => {
                 tracing::warn!(%detail, "answering 503");
                 Problem::unavailable(

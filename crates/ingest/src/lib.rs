@@ -8,6 +8,9 @@
 //! with `sluice_schema`, and publishing the accepted ones (and in partial mode
 //! the rejected ones) as `RecordBatch` messages on the records stream. It
 //! answers 202 only once JetStream acknowledged every message of the request.
+//! Whatever a request holds in memory is reserved first from a budget shared
+//! fairly between connectors (`budget`), so no body, however hostile, grows
+//! the process past `SLUICE_INGEST_MEMORY_BYTES`.
 //!
 //! It must never touch PostgreSQL, nor keep state that another replica would
 //! need: any number of gateways can serve the same connectors at once, and
@@ -18,6 +21,7 @@
 mod access;
 mod batch;
 mod body;
+mod budget;
 mod error;
 mod idempotency;
 mod publish;
@@ -40,11 +44,11 @@ use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::{self, BearerAuth};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::access::Definitions;
+use crate::budget::FairShare;
 use crate::error::IngestError;
 use crate::idempotency::RecentAnswers;
 use crate::records::IngestAnswer;
@@ -83,7 +87,10 @@ pub(crate) struct AppState {
     /// Bodies validated and encoded at once: one per core. More would only
     /// queue for the CPU, each holding its body's records and messages, a
     /// few times the body's size; waiting here a body holds only itself.
-    validations: Arc<Semaphore>,
+    /// Shared fairly, so a busy connector's queue never delays another's.
+    validations: FairShare,
+    /// `SLUICE_INGEST_MEMORY_BYTES`, at most half of it for one connector.
+    memory: FairShare,
     throttle: Arc<AuthThrottle>,
     shutdown: CancellationToken,
 }
@@ -174,9 +181,14 @@ impl Service {
                 admin,
                 max_body_bytes: settings.max_body_bytes,
                 recent: Arc::new(RecentAnswers::new(RECENT_ANSWERS)),
-                validations: Arc::new(Semaphore::new(
-                    std::thread::available_parallelism().map_or(1, usize::from),
-                )),
+                validations: {
+                    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                    FairShare::new(cores, cores)
+                },
+                memory: FairShare::new(
+                    settings.ingest_memory_bytes,
+                    settings.ingest_memory_bytes / 2,
+                ),
                 throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
                 shutdown,
             },

@@ -20,13 +20,14 @@ use serde::{Deserialize, Serialize};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
 use sluice_runtime::throttle::AuthAttempt;
-use sluice_schema::{Format, RecordError, validate};
+use sluice_schema::{Format, RecordError, validate_with};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::batch::{BatchHeader, ChunkError, encode_chunks};
 use crate::body::{self, Encoding};
+use crate::budget::{Refusal, RequestMemory};
 use crate::error::IngestError;
 use crate::idempotency::{IdempotencyKey, Seen, request_digest};
 use crate::publish::{Envelope, Published, publish_chunks, wait_until_stored};
@@ -149,11 +150,11 @@ impl Params {
         (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a read token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed", content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed, or whose records take more memory once read than one connector may hold", content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
-        (status = 422, description = "Records failed validation (all_or_nothing): `errors` and `error_count`", content_type = "application/problem+json"),
+        (status = 422, description = "Records failed validation (all_or_nothing), or too many to keep (partial, `too_many_rejected`): `errors` and `error_count`", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
-        (status = 503, description = "The bus cannot take records now; retry after Retry-After", content_type = "application/problem+json"),
+        (status = 503, description = "The bus cannot take records now, or the gateway's memory is taken (`gateway_busy`); retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -212,7 +213,9 @@ async fn ingest(
     let key = IdempotencyKey::from_headers(headers)?;
     let format = body::format_of(headers)?;
     let encoding = body::encoding_of(headers)?;
-    let bytes = body::read_limited(headers, body, encoding, state.max_body_bytes).await?;
+    let mut memory = reserve_memory(state, connector, headers, encoding).await?;
+    let bytes =
+        body::read_limited(headers, body, encoding, state.max_body_bytes, &mut memory).await?;
     metrics::counter!("sluice_ingest_bytes_received_total").increment(bytes.len() as u64);
     if encoding == Encoding::Gzip {
         tracing::debug!(decompressed = bytes.len(), "gzip body inflated");
@@ -249,16 +252,34 @@ async fn ingest(
     let limit = state.chunk_limit();
     let prepare_doc = Arc::clone(&doc);
     let mode = params.mode;
-    let permit = Arc::clone(&state.validations)
-        .acquire_owned()
-        .await
-        .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation permits")))?;
-    let prepared = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        prepare(&prepare_doc, format, mode, &bytes, batch_id, limit)
+    // What validation usually holds, reserved while no validation slot is
+    // taken: validating never waits for memory.
+    let allowance = bytes
+        .len()
+        .saturating_mul(ALLOWANCE_PER_BODY_BYTE)
+        .max(MIN_ALLOWANCE);
+    memory.reserve_ahead(allowance).await?;
+    let slot = state.validations.acquire(connector, 1).await?;
+    let (prepared, mut memory) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let prepared = prepare(
+            &prepare_doc,
+            format,
+            mode,
+            &bytes,
+            batch_id,
+            limit,
+            &mut memory,
+        );
+        // The body and the validation are gone by now; the messages stay.
+        let messages = prepared.as_ref().map_or(0, Prepared::message_bytes);
+        drop(bytes);
+        memory.settle(messages);
+        (prepared, memory)
     })
     .await
-    .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation task")))??;
+    .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation task")))?;
+    let prepared = prepared?;
 
     let answer = IngestAnswer {
         accepted: prepared.accepted,
@@ -304,6 +325,7 @@ async fn ingest(
             prepared.chunks,
         )
         .await?;
+        memory.settle(0);
         metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
         metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
         match notices {
@@ -340,6 +362,58 @@ fn format_name(format: Format) -> &'static str {
     }
 }
 
+/// A request's memory as validation and encoding ask for it, from their
+/// blocking thread; the first refusal says why they stopped.
+struct Holding<'m> {
+    memory: &'m mut RequestMemory,
+    refused: Option<Refusal>,
+}
+
+impl Holding<'_> {
+    fn hold(&mut self, bytes: usize) -> bool {
+        match self.memory.hold_now(bytes) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refused.get_or_insert(why);
+                false
+            }
+        }
+    }
+}
+
+/// What validating and encoding a body usually holds, the body included,
+/// per byte of it: records take about twice their JSON text, messages less
+/// than the body. More (CSV of short cells: ten times or more) is taken if
+/// free, up to a connector's share; a body that needs more than the share
+/// is refused, 413 (or 422 when refused records take the room).
+const ALLOWANCE_PER_BODY_BYTE: usize = 4;
+
+/// The least a body may hold, so that a small body may keep a thousand or
+/// so refused records (some 1 KiB each).
+const MIN_ALLOWANCE: usize = 1024 * 1024;
+
+/// Reserves the request's memory before its body is read: all of it when
+/// the body's size is announced, else as it arrives.
+async fn reserve_memory(
+    state: &AppState,
+    connector: Uuid,
+    headers: &HeaderMap,
+    encoding: Encoding,
+) -> Result<RequestMemory, IngestError> {
+    let ahead = match (encoding, body::declared_length(headers)) {
+        // What its validation will need too: requests beyond what the
+        // connector's share holds then queue whole, rather than each
+        // holding a body while waiting for the rest.
+        (Encoding::Identity, Some(length)) if length <= state.max_body_bytes => length
+            .saturating_mul(ALLOWANCE_PER_BODY_BYTE)
+            .max(MIN_ALLOWANCE),
+        // Too large (refused unread), gzip (of unknown size once inflated)
+        // or of unknown length: reserved as it grows.
+        _ => 0,
+    };
+    Ok(RequestMemory::reserve(&state.memory, connector, ahead).await?)
+}
+
 /// A validated body, laid out as messages.
 struct Prepared {
     accepted: usize,
@@ -349,7 +423,14 @@ struct Prepared {
     chunks: Vec<Vec<u8>>,
 }
 
-/// Validation and encoding: CPU-bound work for a blocking thread.
+impl Prepared {
+    fn message_bytes(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
+}
+
+/// Validation and encoding: CPU-bound work for a blocking thread. Whatever
+/// they keep is held in `memory` first.
 fn prepare(
     doc: &ConnectorDoc,
     format: Format,
@@ -357,12 +438,32 @@ fn prepare(
     body: &[u8],
     batch_id: Uuid,
     limit: usize,
+    memory: &mut RequestMemory,
 ) -> Result<Prepared, IngestError> {
-    let validation = validate(&doc.schema, doc.extra_fields, format, body)?;
+    let mut holding = Holding {
+        memory,
+        refused: None,
+    };
+    let validation = validate_with(&doc.schema, doc.extra_fields, format, body, &mut |bytes| {
+        holding.hold(bytes)
+    })?;
     if mode == Mode::AllOrNothing && validation.error_count > 0 {
         return Err(IngestError::ValidationFailed {
             errors: validation.errors,
             error_count: validation.error_count,
+        });
+    }
+    if validation.overflowed_at.is_some() {
+        return Err(match holding.refused {
+            Some(Refusal::TooLarge { limit }) if validation.error_count > 0 => {
+                IngestError::TooManyRejected {
+                    errors: validation.errors,
+                    error_count: validation.error_count,
+                    limit,
+                }
+            }
+            Some(refusal) => refusal.into(),
+            None => IngestError::Internal(anyhow::anyhow!("validation overflowed unasked")),
         });
     }
     let header = BatchHeader {
@@ -377,9 +478,14 @@ fn prepare(
         &validation.rejected,
         body.len(),
         limit,
+        &mut |bytes| holding.hold(bytes),
     )
     .map_err(|error| match error {
         ChunkError::RecordTooLarge(record) => IngestError::RecordTooLarge { record, limit },
+        ChunkError::NotHeld => holding.refused.map_or_else(
+            || IngestError::Internal(anyhow::anyhow!("message memory refused unasked")),
+            IngestError::from,
+        ),
         ChunkError::Encode(error) => {
             IngestError::Internal(anyhow::Error::new(error).context("encoding a record batch"))
         }

@@ -109,11 +109,12 @@ pub struct ConnectorDoc {
 /// reader can store them under a newer schema (renamed, widened or removed
 /// fields) and bind each column as one typed array.
 ///
-/// The reader decodes `Vec<Column>`; the gateway encodes [`ColumnsOf`] its
-/// validated records, which serialises the same columns without copying
-/// them.
+/// The reader decodes `Vec<Column>` and `RejectedRecord`s; the gateway
+/// encodes [`ColumnsOf`] its validated records and [`RejectedRecordOf`] its
+/// refused ones, which serialise the same without copying them.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RecordBatch<C = Vec<Column>> {
+#[serde(bound(deserialize = "C: Deserialize<'de>, R: Deserialize<'de>"))]
+pub struct RecordBatch<C = Vec<Column>, R = RejectedRecord> {
     pub batch_id: Uuid,
     /// Index of this chunk within its request, from 0.
     pub chunk: u32,
@@ -123,7 +124,7 @@ pub struct RecordBatch<C = Vec<Column>> {
     pub rows: usize,
     pub columns: C,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rejected: Vec<RejectedRecord>,
+    pub rejected: Vec<R>,
 }
 
 /// On the wire: `{"field": 3, "type": "integer", "values": [...]}`.
@@ -236,24 +237,63 @@ impl RejectedRecord {
     }
 }
 
+/// A refused record as its [`RejectedRecord`] serialises, written straight
+/// from what validation kept: building the JSON trees of `RejectedRecord`
+/// costs several times the record, for every record of a body.
+#[derive(Clone, Copy)]
+pub struct RejectedRecordOf<'a> {
+    record: &'a serde_json::Value,
+    errors: &'a [RecordError],
+}
+
+impl<'a> RejectedRecordOf<'a> {
+    pub fn new(record: &'a serde_json::Value, errors: &'a [RecordError]) -> RejectedRecordOf<'a> {
+        RejectedRecordOf { record, errors }
+    }
+}
+
+impl Serialize for RejectedRecordOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeStruct as _};
+        let mut rejected = serializer.serialize_struct("RejectedRecord", 2)?;
+        if holds_nul(self.record) {
+            rejected.serialize_field("record", &self.record.to_string())?;
+        } else {
+            rejected.serialize_field("record", self.record)?;
+        }
+        let nul_in_errors = self.errors.iter().any(|e| {
+            e.message.contains('\0') || e.field.as_deref().is_some_and(|f| f.contains('\0'))
+        });
+        if nul_in_errors {
+            // Rare: the slow path, so as to write exactly what `storable` does.
+            let errors = serde_json::to_value(self.errors).map_err(S::Error::custom)?;
+            rejected.serialize_field("errors", &errors.to_string())?;
+        } else {
+            rejected.serialize_field("errors", self.errors)?;
+        }
+        rejected.end()
+    }
+}
+
 /// PostgreSQL's `jsonb` refuses the NUL character, which a refused record
 /// may well hold; such a value is kept as its JSON text instead, so that it
 /// cannot stop the accepted records that travel with it from being stored.
 fn storable(value: serde_json::Value) -> serde_json::Value {
-    fn holds_nul(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(holds_nul),
-            serde_json::Value::Object(map) => map
-                .iter()
-                .any(|(key, value)| key.contains('\0') || holds_nul(value)),
-            _ => false,
-        }
-    }
     if holds_nul(&value) {
         serde_json::Value::String(value.to_string())
     } else {
         value
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
     }
 }
 
@@ -455,6 +495,32 @@ mod tests {
         assert_eq!(super::RejectedRecord::new(plain.clone(), &[]).record, plain);
     }
 
+    #[test]
+    fn refused_records_are_written_alike_without_a_copy() {
+        let error = |field: &str| sluice_schema::RecordError {
+            record: 0,
+            line: Some(2),
+            field: Some(field.to_owned()),
+            code: sluice_schema::RecordErrorCode::UnknownField,
+            message: format!("field \"{field}\" is not in the schema"),
+        };
+        for (record, errors) in [
+            (
+                serde_json::json!({"zz": "1", "n": [1, {"a": null}]}),
+                vec![error("zz")],
+            ),
+            (
+                serde_json::json!({"a\u{0}": "b"}),
+                vec![error("a\u{0}"), error("c")],
+            ),
+            (serde_json::json!("not an object"), vec![]),
+        ] {
+            let copied = serde_json::to_value(super::RejectedRecord::new(record.clone(), &errors));
+            let borrowed = serde_json::to_value(super::RejectedRecordOf::new(&record, &errors));
+            assert_eq!(copied.unwrap(), borrowed.unwrap());
+        }
+    }
+
     use super::*;
 
     /// Every type: what the gateway writes from records, the reader reads
@@ -494,7 +560,7 @@ mod tests {
             received_at: Utc::now(),
             rows: 2,
             columns: ColumnsOf::new(&schema, &validation.records),
-            rejected: Vec::new(),
+            rejected: Vec::<RejectedRecordOf<'_>>::new(),
         };
         let text = serde_json::to_string(&batch).unwrap();
         let back: RecordBatch = serde_json::from_str(&text).unwrap();

@@ -33,6 +33,9 @@ pub struct Settings {
     pub http: HttpLimits,
     /// How failed authentication is throttled per client address.
     pub auth_throttle: AuthThrottleSettings,
+    /// Memory the ingest gateway lets requests hold in all
+    /// (`SLUICE_INGEST_MEMORY_BYTES`): bodies, validation, messages.
+    pub ingest_memory_bytes: usize,
 }
 
 /// What one client may hold of a listener, and for how long. Every listener
@@ -67,6 +70,7 @@ impl Default for HttpLimits {
 
 impl Settings {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_INGEST_MEMORY_BYTES: usize = 128 * 1024 * 1024;
 
     /// Reads the process environment; `default_listen` is the service's own.
     pub fn from_env(default_listen: &str) -> Result<Settings, SettingsError> {
@@ -147,6 +151,25 @@ impl Settings {
                 "connections",
             )? as usize,
         };
+        let memory = get(
+            "SLUICE_INGEST_MEMORY_BYTES",
+            &Self::DEFAULT_INGEST_MEMORY_BYTES.to_string(),
+        );
+        // One connector may hold half of it, and a gzip body takes its
+        // compressed and inflated forms at once: a body of the largest size
+        // must fit in a connector's half twice over.
+        let ingest_memory_bytes = match memory.parse::<usize>() {
+            Ok(n) if n / 4 >= max_body_bytes => n,
+            _ => {
+                return Err(SettingsError {
+                    variable: "SLUICE_INGEST_MEMORY_BYTES",
+                    reason: format!(
+                        "{memory:?} is not a number of bytes of at least 4 times \
+                         SLUICE_MAX_BODY_BYTES ({max_body_bytes})"
+                    ),
+                });
+            }
+        };
         let public_url = get("SLUICE_PUBLIC_URL", "http://localhost:8080");
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(SettingsError {
@@ -167,6 +190,7 @@ impl Settings {
             stream_max_bytes,
             http,
             auth_throttle: AuthThrottleSettings::from_lookup(&lookup)?,
+            ingest_memory_bytes,
         })
     }
 }
@@ -287,6 +311,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.http.body_timeout, Duration::from_secs(5));
+        assert_eq!(s.ingest_memory_bytes, 128 * 1024 * 1024);
+        let err = Settings::from_lookup("0.0.0.0:8081", |n| {
+            (n == "SLUICE_INGEST_MEMORY_BYTES").then(|| "33554431".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.variable, "SLUICE_INGEST_MEMORY_BYTES");
 
         let s = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_ADMIN_TOKEN").then(|| "hunter2".to_owned())

@@ -4,6 +4,7 @@
 
 mod access;
 mod bodies;
+mod budget;
 mod bus;
 mod catalog;
 mod connections;

@@ -6,7 +6,7 @@
 use csv::{ReaderBuilder, StringRecord};
 
 use super::values::{self, snippet};
-use super::{OverBudget, RecordErrorCode, RecordReader, SyntaxError, Validation, Value};
+use super::{RecordErrorCode, RecordReader, SyntaxError, Validation, Value};
 use crate::connector::ExtraFields;
 
 /// What a header cell names.
@@ -19,14 +19,6 @@ enum Column {
     Unknown,
     /// Not in the schema, and extra fields are ignored.
     Skipped,
-}
-
-fn over_budget(line: Option<usize>, e: OverBudget) -> SyntaxError {
-    SyntaxError {
-        line: line.unwrap_or(1),
-        column: 1,
-        message: e.to_string(),
-    }
 }
 
 pub(super) fn validate_csv(
@@ -100,9 +92,7 @@ pub(super) fn validate_csv(
                     header.len()
                 ),
             );
-            reader
-                .finish(Vec::new(), raw)
-                .map_err(|e| over_budget(line, e))?;
+            reader.finish(Vec::new(), raw);
             continue;
         }
 
@@ -128,9 +118,7 @@ pub(super) fn validate_csv(
             }
         }
         reader.missing_fields(|i| provided[i]);
-        reader
-            .finish(values, raw)
-            .map_err(|e| over_budget(line, e))?;
+        reader.finish(values, raw);
     }
     Ok(reader.out)
 }

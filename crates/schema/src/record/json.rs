@@ -14,7 +14,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, Seq
 use serde_json::value::RawValue;
 
 use super::values::{self, snippet};
-use super::{RecordErrorCode, RecordReader, Rejected, SyntaxError, Validation, Value};
+use super::{RecordErrorCode, RecordReader, SyntaxError, Validation, Value, held_by_json};
 use crate::connector::ExtraFields;
 
 /// One JSON object, or an array of them.
@@ -33,7 +33,7 @@ pub(super) fn validate_json(
     .and_then(|()| de.end())
     .map_err(|e| SyntaxError::from_json(&e, 0))?;
     if !reader.out.rejected.is_empty() {
-        recover_raw(&mut reader.out.rejected, text);
+        recover_raw(&mut reader, text);
     }
     Ok(reader.out)
 }
@@ -78,7 +78,7 @@ pub(super) fn raw_value(text: &str) -> serde_json::Value {
 
 /// Fills in `raw` of refused records by reading the body again, which only
 /// happens when some record failed: the fast path never keeps record text.
-fn recover_raw(rejected: &mut [Rejected], text: &str) {
+fn recover_raw(reader: &mut RecordReader<'_>, text: &str) {
     let top: Option<&RawValue> = serde_json::from_str(text).ok();
     let elements: Vec<&RawValue> = match top {
         Some(top) if top.get().starts_with('[') => {
@@ -87,9 +87,16 @@ fn recover_raw(rejected: &mut [Rejected], text: &str) {
         Some(top) => vec![top],
         None => Vec::new(),
     };
-    for refused in rejected {
+    for i in 0..reader.out.rejected.len() {
+        let Some(refused) = reader.out.rejected.get_mut(i) else {
+            // The outcome overflowed: nothing more to recover.
+            return;
+        };
         if let Some(element) = elements.get(refused.record) {
             refused.raw = raw_value(element.get());
+            let (index, bytes) = (refused.record, held_by_json(&refused.raw));
+            reader.index = index;
+            reader.hold(bytes);
         }
     }
 }
@@ -191,11 +198,10 @@ impl OneRecord<'_, '_, '_> {
             format!("expected a JSON object, got {got}"),
         );
         let text = self.text;
-        self.reader
-            .finish(Vec::new(), || {
-                text.map_or(serde_json::Value::Null, raw_value)
-            })
-            .map_err(E::custom)
+        self.reader.finish(Vec::new(), || {
+            text.map_or(serde_json::Value::Null, raw_value)
+        });
+        Ok(())
     }
 }
 
@@ -267,9 +273,8 @@ impl<'de> Visitor<'de> for OneRecord<'_, '_, '_> {
         reader.missing_fields(|i| provided[i]);
         reader.provided = provided;
         let text = self.text;
-        reader
-            .finish(values, || text.map_or(serde_json::Value::Null, raw_value))
-            .map_err(A::Error::custom)
+        reader.finish(values, || text.map_or(serde_json::Value::Null, raw_value));
+        Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {

@@ -72,15 +72,11 @@ pub const MAX_DECIMAL_CHARS: usize = 1000;
 /// Largest exponent magnitude of a `decimal` literal; PostgreSQL's `numeric`
 /// input refuses larger ones.
 pub const MAX_DECIMAL_EXPONENT: u32 = 1000;
-/// Most values that validating one body may hold: each accepted record
-/// counts one per schema field (absent ones too), each refused record four
-/// plus four per error it keeps (a [`Value`] is 32 bytes; an error or a raw
-/// record is a few times that). Sparse records of a wide schema, or errors
-/// of many empty objects, would otherwise expand a 16 MiB body a
-/// thousandfold; past this budget the body is refused whole with a
-/// [`SyntaxError`] at the record that crossed it, so one body never holds
-/// much more than 512 MiB.
-pub const MAX_HELD_VALUES: usize = 1 << 24;
+/// Most bytes that [`validate`] lets the outcome of one body hold. Sparse
+/// records of a wide schema, or refused records each kept with its errors,
+/// would otherwise expand a 16 MiB body a thousandfold. Callers that share
+/// memory between requests bound it themselves with [`validate_with`].
+pub const MAX_HELD_BYTES: usize = 512 * 1024 * 1024;
 
 /// Deepest nesting of arrays and objects in a `json` value.
 pub const MAX_JSON_DEPTH: usize = 100;
@@ -360,6 +356,57 @@ pub struct Rejected {
 
 impl Rejected {
     pub const MAX_ERRORS: usize = 100;
+
+    /// An estimate of what this refused record holds on the heap, itself
+    /// excluded. Its `raw` object dominates: a small map of serde_json is a
+    /// B-tree node of room for 11 entries, some 600 bytes for a one-cell CSV
+    /// row; each error adds its own size and message.
+    pub fn held_bytes(&self) -> usize {
+        let errors: usize = self
+            .errors
+            .iter()
+            .map(|e| e.message.capacity() + e.field.as_ref().map_or(0, String::capacity))
+            .sum();
+        held_by_json(&self.raw)
+            + self.errors.capacity() * std::mem::size_of::<RecordError>()
+            + errors
+    }
+}
+
+/// An estimate of the heap that a valid record's values take.
+fn held_by_values(values: &[Value]) -> usize {
+    let heap: usize = values
+        .iter()
+        .map(|value| match value {
+            Value::String(s) | Value::Decimal(s) => s.capacity(),
+            Value::Json(raw) => raw.get().len(),
+            _ => 0,
+        })
+        .sum();
+    values.len().max(1) * std::mem::size_of::<Value>() + heap
+}
+
+/// An estimate of the heap that a JSON tree takes, the root excluded.
+fn held_by_json(value: &serde_json::Value) -> usize {
+    use serde_json::Value as Json;
+    /// A B-tree node of `BTreeMap<String, Json>`, with room for 11 entries.
+    const MAP_NODE: usize = 11 * (24 + std::mem::size_of::<Json>()) + 16;
+    match value {
+        Json::String(s) => s.capacity(),
+        Json::Array(items) => {
+            items.capacity() * std::mem::size_of::<Json>()
+                + items.iter().map(held_by_json).sum::<usize>()
+        }
+        // Nodes are at least half full, except a lone root.
+        Json::Object(map) => {
+            (map.len() / 5 + 1) * MAP_NODE
+                + map
+                    .iter()
+                    .map(|(key, value)| key.capacity() + held_by_json(value))
+                    .sum::<usize>()
+        }
+        Json::Null | Json::Bool(_) | Json::Number(_) => 0,
+    }
 }
 
 /// The outcome of one pass over a body; both ingest modes read it.
@@ -373,13 +420,19 @@ pub struct Validation {
     pub errors: Vec<RecordError>,
     /// Every error counted, listed or not.
     pub error_count: usize,
+    /// The index of the record at which the outcome would have held more
+    /// memory than the caller allowed. From there on nothing was kept:
+    /// `records` and `rejected` are empty, while `errors` and `error_count`
+    /// still cover the whole body.
+    pub overflowed_at: Option<usize>,
 }
 
 impl Validation {
     pub const MAX_LISTED_ERRORS: usize = 100;
 }
 
-/// Validates every record of `body` against `schema` in one pass.
+/// Validates every record of `body` against `schema` in one pass, holding
+/// at most [`MAX_HELD_BYTES`] (see [`Validation::overflowed_at`]).
 ///
 /// A body that is not well-formed is a [`SyntaxError`]; everything else,
 /// records that are not objects included, lands in the [`Validation`]. An
@@ -390,16 +443,24 @@ pub fn validate(
     format: Format,
     body: &[u8],
 ) -> Result<Validation, SyntaxError> {
-    validate_within(schema, extra, format, body, MAX_HELD_VALUES)
+    let mut held = 0usize;
+    validate_with(schema, extra, format, body, &mut |more| {
+        held += more;
+        held <= MAX_HELD_BYTES
+    })
 }
 
-/// [`validate`] with another budget than [`MAX_HELD_VALUES`], for tests.
-fn validate_within(
+/// [`validate`], asking `hold` before the outcome grows by that many bytes
+/// (an estimate of what the records, refused ones and their errors take on
+/// the heap). When `hold` answers `false`, validation stops keeping records
+/// but reads the body to its end to count its errors; see
+/// [`Validation::overflowed_at`].
+pub fn validate_with(
     schema: &Schema,
     extra: ExtraFields,
     format: Format,
     body: &[u8],
-    budget: usize,
+    hold: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Validation, SyntaxError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| SyntaxError::at_offset(body, e.valid_up_to(), "invalid UTF-8"))?;
@@ -408,7 +469,7 @@ fn validate_within(
         Some(rest) => (rest, true),
         None => (text, false),
     };
-    let reader = RecordReader::new(schema, extra, budget);
+    let reader = RecordReader::new(schema, extra, hold);
     match format {
         Format::Json => json::validate_json(reader, text),
         Format::Ndjson => json::validate_ndjson(reader, text),
@@ -436,27 +497,12 @@ struct RecordReader<'s> {
     current: Vec<RecordError>,
     index: usize,
     line: Option<usize>,
-    /// What the outcome holds so far, in values (see [`MAX_HELD_VALUES`]).
-    held: usize,
-    budget: usize,
-}
-
-/// A body expanded beyond [`MAX_HELD_VALUES`].
-#[derive(Debug)]
-struct OverBudget(usize);
-
-impl std::fmt::Display for OverBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the body expands to more than {} field values; send its records in smaller requests",
-            self.0
-        )
-    }
+    /// Asked before the outcome grows (see [`validate_with`]).
+    hold: &'s mut dyn FnMut(usize) -> bool,
 }
 
 impl<'s> RecordReader<'s> {
-    fn new(schema: &'s Schema, extra: ExtraFields, budget: usize) -> Self {
+    fn new(schema: &'s Schema, extra: ExtraFields, hold: &'s mut dyn FnMut(usize) -> bool) -> Self {
         RecordReader {
             schema,
             extra,
@@ -466,8 +512,7 @@ impl<'s> RecordReader<'s> {
             current: Vec::new(),
             index: 0,
             line: None,
-            held: 0,
-            budget,
+            hold,
         }
     }
 
@@ -500,28 +545,40 @@ impl<'s> RecordReader<'s> {
     }
 
     /// Ends the record: accepted if it had no error, else refused with `raw`,
-    /// which is only built then.
-    fn finish(
-        &mut self,
-        values: Vec<Value>,
-        raw: impl FnOnce() -> serde_json::Value,
-    ) -> Result<(), OverBudget> {
-        if self.current.is_empty() {
-            self.held += values.len().max(1);
+    /// which is only built then, and never once the outcome overflowed.
+    fn finish(&mut self, values: Vec<Value>, raw: impl FnOnce() -> serde_json::Value) {
+        if self.out.overflowed_at.is_some() {
+            self.current.clear();
+            return;
+        }
+        let (records, rejected) = (self.out.records.capacity(), self.out.rejected.capacity());
+        let mut bytes = if self.current.is_empty() {
+            let bytes = held_by_values(&values);
             self.out.records.push(Record(values));
+            bytes
         } else {
-            self.held += 4 * (1 + self.current.len());
-            self.out.rejected.push(Rejected {
+            let refused = Rejected {
                 record: self.index,
                 line: self.line,
                 raw: raw(),
                 errors: std::mem::take(&mut self.current),
-            });
-        }
-        if self.held > self.budget {
-            Err(OverBudget(self.budget))
-        } else {
-            Ok(())
+            };
+            let bytes = refused.held_bytes();
+            self.out.rejected.push(refused);
+            bytes
+        };
+        // What the lists themselves grew by.
+        bytes += (self.out.records.capacity() - records) * std::mem::size_of::<Record>();
+        bytes += (self.out.rejected.capacity() - rejected) * std::mem::size_of::<Rejected>();
+        self.hold(bytes);
+    }
+
+    /// Asks for `bytes` more; if refused, lets go of every record kept.
+    fn hold(&mut self, bytes: usize) {
+        if self.out.overflowed_at.is_none() && !(self.hold)(bytes) {
+            self.out.overflowed_at = Some(self.index);
+            self.out.records = Vec::new();
+            self.out.rejected = Vec::new();
         }
     }
 

@@ -1128,62 +1128,63 @@ fn error_codes_serialise_in_snake_case() {
     );
 }
 
+/// Validates with the outcome allowed `limit` bytes; also returns what it
+/// asked for in all.
+fn run_within(schema: &Schema, format: Format, body: &str, limit: usize) -> (Validation, usize) {
+    let mut held = 0usize;
+    let v = validate_with(
+        schema,
+        ExtraFields::Reject,
+        format,
+        body.as_bytes(),
+        &mut |more| {
+            held += more;
+            held <= limit
+        },
+    )
+    .unwrap();
+    (v, held)
+}
+
 #[test]
-fn a_body_cannot_expand_beyond_its_budget() {
+fn a_body_cannot_expand_beyond_what_the_caller_allows() {
     // Sparse records count every field of the schema.
     let schema = schema(&[("a", "string", true), ("b", "integer", true)]);
     let body = format!("[{}]", vec!["{}"; 50].join(","));
-    let v = validate_within(
-        &schema,
-        ExtraFields::Reject,
-        Format::Json,
-        body.as_bytes(),
-        100,
-    )
-    .unwrap();
-    assert_eq!(v.records.len(), 50);
-    let err = validate_within(
-        &schema,
-        ExtraFields::Reject,
-        Format::Json,
-        body.as_bytes(),
-        99,
-    )
-    .unwrap_err();
-    assert!(err.message.contains("smaller requests"), "{}", err.message);
-    assert_eq!((err.line, err.column), (1, 150));
+    let (v, needed) = run_within(&schema, Format::Json, &body, usize::MAX);
+    assert_eq!((v.records.len(), v.overflowed_at), (50, None));
+    assert!(needed >= 50 * 2 * std::mem::size_of::<Value>(), "{needed}");
+    let (v, _) = run_within(&schema, Format::Json, &body, needed - 1);
+    assert!(v.records.is_empty());
+    assert_eq!(v.overflowed_at, Some(49));
 
-    // Refused records count their errors.
+    // Past the limit nothing is kept, but every error is still counted.
     let strict = people();
     let body = ["{}"; 10].join("\n");
-    let v = validate_within(
-        &strict,
-        ExtraFields::Reject,
-        Format::Ndjson,
-        body.as_bytes(),
-        120,
-    )
-    .unwrap();
+    let (v, needed) = run_within(&strict, Format::Ndjson, &body, usize::MAX);
+    assert_eq!((v.rejected.len(), v.error_count), (10, 20));
+    let (v, _) = run_within(&strict, Format::Ndjson, &body, needed / 2);
+    assert!(v.rejected.is_empty() && v.records.is_empty());
+    assert!(v.overflowed_at.is_some_and(|i| i < 10));
+    assert_eq!((v.errors.len(), v.error_count), (20, 20));
+
+    // A JSON array's refused records count their text once recovered.
+    let body = format!("[{}]", [r#"{"name": "x", "age": "y"}"#; 10].join(","));
+    let (v, needed) = run_within(&strict, Format::Json, &body, usize::MAX);
     assert_eq!(v.rejected.len(), 10);
-    let err = validate_within(
-        &strict,
-        ExtraFields::Reject,
-        Format::Ndjson,
-        body.as_bytes(),
-        119,
-    )
-    .unwrap_err();
-    assert_eq!(err.line, 10);
-    let rows = format!("name,age\n{}", [",\n"; 10].concat());
-    let err = validate_within(
-        &strict,
-        ExtraFields::Reject,
-        Format::Csv,
-        rows.as_bytes(),
-        119,
-    )
-    .unwrap_err();
-    assert_eq!((err.line, err.column), (11, 1));
+    assert_eq!(v.rejected[9].raw, json!({"name": "x", "age": "y"}));
+    let (v, _) = run_within(&strict, Format::Json, &body, needed - 1);
+    assert!(v.rejected.is_empty());
+    assert_eq!((v.overflowed_at, v.error_count), (Some(9), 10));
+}
+
+#[test]
+fn a_refused_csv_row_counts_its_raw_object_and_errors() {
+    // A one-cell row of an unknown column: tiny in the body, a map node and
+    // three errors once kept.
+    let (v, needed) = run_within(&people(), Format::Csv, "zz\n1\n", usize::MAX);
+    assert_eq!((v.rejected.len(), v.error_count), (1, 3));
+    assert!(needed > 600, "{needed}");
 }
 
 #[test]
