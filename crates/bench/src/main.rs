@@ -5,6 +5,8 @@
 //! twice: through Sluice, and as the same work done raw against the same
 //! NATS and PostgreSQL (publishing straight to JetStream, `COPY` in and
 //! out). The ratio of the two says how much of the machine Sluice uses.
+//! A last, hostile stage runs the attacks of issue 12 against services of
+//! its own and reports each one's memory next to its limit.
 //!
 //! The services run as child processes (this same executable, started with
 //! the hidden `--serve` flag, running each service library's
@@ -28,6 +30,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::services::ServiceKind;
+use crate::stages::HostileSizes;
 
 /// Benchmarks each stage of Sluice next to the same work done raw.
 #[derive(Debug, Parser)]
@@ -37,6 +40,17 @@ pub(crate) struct Cli {
     /// numbers mean nothing.
     #[arg(long)]
     smoke: bool,
+    /// Which parts to run, comma-separated: `validation` (stage 6),
+    /// `pipeline` (stages 1–5, which share their services and records),
+    /// `hostile` (stage 7).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = StageGroup::ALL)]
+    stages: Vec<StageGroup>,
+    /// Starts the hostile stage's services with 2 s header and 5 s body
+    /// timeouts instead of their defaults (10 s, 60 s), so that its
+    /// slow-client attack takes seconds rather than a minute. Always on
+    /// with --smoke.
+    #[arg(long)]
+    hostile_short_timeouts: bool,
     /// Concurrent HTTP clients posting 1 000-record batches in the ingest
     /// stage.
     #[arg(long, default_value_t = 8)]
@@ -97,10 +111,28 @@ pub(crate) struct Cli {
     serve: Option<ServiceKind>,
 }
 
+/// The parts of a run that `--stages` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StageGroup {
+    Validation,
+    Pipeline,
+    Hostile,
+}
+
+impl StageGroup {
+    const ALL: [StageGroup; 3] = [
+        StageGroup::Validation,
+        StageGroup::Pipeline,
+        StageGroup::Hostile,
+    ];
+}
+
 /// Sizes of one run, from the flags and the mode.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Sizes {
     pub smoke: bool,
+    pub stages: Vec<StageGroup>,
     pub clients: usize,
     pub ingest_warmup: Duration,
     pub ingest_duration: Duration,
@@ -114,6 +146,13 @@ pub(crate) struct Sizes {
     pub large_clients: usize,
     pub large_duration: Duration,
     pub validation_duration: Duration,
+    pub hostile: HostileSizes,
+}
+
+impl Sizes {
+    pub fn runs(&self, group: StageGroup) -> bool {
+        self.stages.contains(&group)
+    }
 }
 
 impl Cli {
@@ -123,6 +162,7 @@ impl Cli {
         };
         Sizes {
             smoke: self.smoke,
+            stages: self.stages.clone(),
             clients: self.clients.max(1),
             ingest_warmup: if self.smoke {
                 Duration::ZERO
@@ -146,6 +186,11 @@ impl Cli {
             large_clients: self.large_clients.max(1),
             large_duration: pick(self.large_seconds, 5.0, 0.0),
             validation_duration: pick(self.validation_seconds, 3.0, 0.2),
+            hostile: if self.smoke {
+                HostileSizes::smoke()
+            } else {
+                HostileSizes::full(self.hostile_short_timeouts)
+            },
         }
     }
 }

@@ -104,6 +104,17 @@ impl ServiceProcess {
         env: &BenchEnv,
         log_dir: &Path,
     ) -> anyhow::Result<ServiceProcess> {
+        ServiceProcess::spawn_with(kind, env, log_dir, &[]).await
+    }
+
+    /// [`Self::spawn`], with `extra_vars` set on top of the run's (and of
+    /// those the benchmark itself was given, which every child inherits).
+    pub async fn spawn_with(
+        kind: ServiceKind,
+        env: &BenchEnv,
+        log_dir: &Path,
+        extra_vars: &[(&str, String)],
+    ) -> anyhow::Result<ServiceProcess> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
         let log_path = log_dir.join(format!("{}.log", kind.name()));
@@ -113,6 +124,11 @@ impl ServiceProcess {
         command
             .args(["--serve", kind.name()])
             .envs(env.service_vars())
+            .envs(
+                extra_vars
+                    .iter()
+                    .map(|(name, value)| (*name, value.as_str())),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -158,6 +174,11 @@ impl ServiceProcess {
     /// Peak resident memory since start or since [`Self::reset_peak`].
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         crate::measure::status_kib(self.pid, "VmHWM:").map(|kib| kib * 1024)
+    }
+
+    /// Resident memory now.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        crate::measure::status_kib(self.pid, "VmRSS:").map(|kib| kib * 1024)
     }
 
     /// Starts a new peak at the current resident size (Linux

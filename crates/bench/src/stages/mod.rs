@@ -1,14 +1,18 @@
 //! The stages of a run, in the order that lets each one start from a known
 //! state: validation alone; ingest (Sluice, then raw publishing); the stream
 //! is then emptied and pre-filled, and the read API started to store it;
-//! reading; freshness with everything running; and last, with the read API
-//! stopped, the gateway under large bodies.
+//! reading; freshness with everything running; with the read API stopped,
+//! the gateway under large bodies; and last, against services started
+//! afresh for it, the hostile stage.
 
 mod freshness;
+mod hostile;
 mod ingest;
 mod read;
 mod store;
 mod validation;
+
+pub(crate) use hostile::HostileSizes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,12 +26,12 @@ use serde_json::json;
 use sluice_runtime::bus::ConnectorDoc;
 use uuid::Uuid;
 
-use crate::Sizes;
 use crate::data;
 use crate::env::{ADMIN_TOKEN, BenchEnv};
 use crate::measure::{CpuSampler, Machine};
 use crate::report::{Report, Row, count, mib, ratio};
 use crate::services::{ServiceKind, ServiceProcess};
+use crate::{Sizes, StageGroup};
 
 /// A connector made for the run, with its tokens and its definition as the
 /// gateway sees it.
@@ -92,26 +96,67 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let ns = &env.namespace;
-
-    eprintln!("sluice-bench: validation");
-    let validation = {
-        let (duration, records) = (sizes.validation_duration, sizes.batch_records);
-        tokio::task::spawn_blocking(move || validation::run(duration, records)).await??
-    };
-
-    eprintln!("sluice-bench: starting the control plane and the gateway");
-    let control = ServiceProcess::spawn(ServiceKind::Control, env, log_dir).await?;
-    let gateway = ServiceProcess::spawn(ServiceKind::Ingest, env, log_dir).await?;
     let mut db = env.connect_db().await?;
     let postgres_version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&mut db)
         .await?;
     let machine = Machine::describe(postgres_version, nats.server_info().version.clone());
-    let main = create_connector(&http, &control, &js, env, "bench").await?;
-    let fresh = create_connector(&http, &control, &js, env, "bench-freshness").await?;
+    let mut rows = Vec::new();
+    let mut details = serde_json::Map::new();
+
+    let validation = if sizes.runs(StageGroup::Validation) {
+        eprintln!("sluice-bench: validation");
+        let (duration, records) = (sizes.validation_duration, sizes.batch_records);
+        let result =
+            tokio::task::spawn_blocking(move || validation::run(duration, records)).await??;
+        details.insert("validation".to_owned(), json!(result));
+        Some(result)
+    } else {
+        None
+    };
+    if sizes.runs(StageGroup::Pipeline) {
+        let (pipeline_rows, pipeline_details) =
+            pipeline(env, sizes, log_dir, &http, &js, &mut db).await?;
+        rows.extend(pipeline_rows);
+        details.extend(pipeline_details);
+    }
+    // Stage 6 ran first (it needs nothing running) but is numbered after
+    // the pipeline it measures a part of.
+    rows.extend(validation.as_ref().map(validation_row));
+    if sizes.runs(StageGroup::Hostile) {
+        let hostile = hostile::run(env, &sizes.hostile, log_dir, &js).await?;
+        rows.extend(hostile.rows());
+        details.insert("hostile".to_owned(), json!(hostile));
+    }
+    Ok(Report {
+        mode: if sizes.smoke { "smoke" } else { "full" },
+        started_at,
+        machine,
+        sizes: sizes.clone(),
+        rows,
+        details: serde_json::Value::Object(details),
+    })
+}
+
+/// Stages 1 to 5: one control plane and gateway throughout, the read API
+/// from the store stage on, over the same connectors and records.
+async fn pipeline(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    log_dir: &Path,
+    http: &reqwest::Client,
+    js: &jetstream::Context,
+    db: &mut sqlx::PgConnection,
+) -> anyhow::Result<(Vec<Row>, serde_json::Map<String, serde_json::Value>)> {
+    let ns = &env.namespace;
+    eprintln!("sluice-bench: starting the control plane and the gateway");
+    let control = ServiceProcess::spawn(ServiceKind::Control, env, log_dir).await?;
+    let gateway = ServiceProcess::spawn(ServiceKind::Ingest, env, log_dir).await?;
+    let main = create_connector(http, &control, js, env, "bench", data::fields()).await?;
+    let fresh =
+        create_connector(http, &control, js, env, "bench-freshness", data::fields()).await?;
     for connector in [&main, &fresh] {
-        wait_until_gateway_knows(&http, &gateway, connector).await?;
+        wait_until_gateway_knows(http, &gateway, connector).await?;
     }
     let records_url = |service: &ServiceProcess, c: &Connector| {
         service.url(&format!("/v1/connectors/{}/records", c.id))
@@ -133,7 +178,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
         })
         .collect();
     let target = ingest::Target {
-        http: &http,
+        http,
         url: records_url(&gateway, &main),
         token: &main.write_token,
         bodies: &bodies,
@@ -170,7 +215,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     let count = (ingest_http.requests as usize).max(sizes.publish_window * 4);
     let sampler = CpuSampler::start(&[]);
     let mut raw_publish = ingest::publish_raw(
-        &js,
+        js,
         &ns.records_subject(main.id),
         main.id,
         main.doc.schema_version,
@@ -192,7 +237,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
         .await
         .context("emptying the records stream")?;
     let fill = store::fill(
-        &js,
+        js,
         &ns.records_subject(main.id),
         &main.doc,
         sizes.store_records,
@@ -201,12 +246,12 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     )
     .await?;
     eprintln!("sluice-bench: store, starting the read API");
-    settle(&mut db).await;
+    settle(db).await;
     memory.begin(&[&control, &gateway]);
     let (reader, store_sluice) = store::store_with_sluice(
         env,
         log_dir,
-        &mut db,
+        db,
         &[("control", control.pid), ("ingest", gateway.pid)],
         main.id,
         fill.records,
@@ -214,8 +259,8 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     .await?;
     memory.end("store", &[&control, &gateway, &reader]);
     eprintln!("sluice-bench: raw binary COPY");
-    settle(&mut db).await;
-    let raw_copy_in = store::copy_in(&mut db, main.id).await?;
+    settle(db).await;
+    let raw_copy_in = store::copy_in(db, main.id).await?;
 
     // Stage 3.
     eprintln!("sluice-bench: read, JSON and CSV pages");
@@ -227,7 +272,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     ];
     memory.begin(&services);
     let read_json = read::follow_cursor(
-        &http,
+        http,
         &records_url(&reader, &main),
         &main.read_token,
         read::PageFormat::Json,
@@ -237,7 +282,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     )
     .await?;
     let read_csv = read::follow_cursor(
-        &http,
+        http,
         &records_url(&reader, &main),
         &main.read_token,
         read::PageFormat::Csv,
@@ -248,10 +293,10 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     .await?;
     memory.end("read", &services);
     eprintln!("sluice-bench: raw COPY TO");
-    let raw_copy_out = read::copy_out(&mut db, main.id, fill.records).await?;
+    let raw_copy_out = read::copy_out(db, main.id, fill.records).await?;
 
     // Stage 4.
-    settle(&mut db).await;
+    settle(db).await;
     eprintln!(
         "sluice-bench: freshness at {} records/s for {:?}",
         sizes.freshness_rate, sizes.freshness_duration
@@ -259,7 +304,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     memory.begin(&services);
     let freshness = freshness::run(
         &freshness::FreshnessTarget {
-            http: &http,
+            http,
             post_url: records_url(&gateway, &fresh),
             get_url: records_url(&reader, &fresh),
             write_token: &fresh.write_token,
@@ -284,7 +329,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     let (large_body, large_records) = data::json_body_of_size(0, 1 << 20);
     let large_bodies = vec![(Bytes::from(large_body), large_records)];
     let large_target = ingest::Target {
-        http: &http,
+        http,
         url: records_url(&gateway, &main),
         token: &main.write_token,
         bodies: &large_bodies,
@@ -308,7 +353,6 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
 
     let results = Results {
         sizes,
-        validation: &validation,
         ingest_http: &ingest_http,
         large: &large,
         raw_publish: &raw_publish,
@@ -322,7 +366,6 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     };
     let rows = results.rows();
     let details = json!({
-        "validation": validation,
         "ingest": ingest_http,
         "gateway_1mib": large,
         "raw_publish": raw_publish,
@@ -335,14 +378,10 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
         "freshness": freshness,
         "memory": memory,
     });
-    Ok(Report {
-        mode: if sizes.smoke { "smoke" } else { "full" },
-        started_at,
-        machine,
-        sizes: sizes.clone(),
-        rows,
-        details,
-    })
+    let serde_json::Value::Object(details) = details else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok((rows, details))
 }
 
 async fn create_connector(
@@ -351,11 +390,12 @@ async fn create_connector(
     js: &jetstream::Context,
     env: &BenchEnv,
     name: &str,
+    fields: serde_json::Value,
 ) -> anyhow::Result<Connector> {
     let response = http
         .post(control.url("/v1/connectors"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": name, "fields": data::fields()}))
+        .json(&json!({"name": name, "fields": fields}))
         .send()
         .await?;
     let status = response.status();
@@ -413,7 +453,6 @@ async fn wait_until_gateway_knows(
 /// Everything measured, for the table.
 struct Results<'a> {
     sizes: &'a Sizes,
-    validation: &'a validation::ValidationResult,
     ingest_http: &'a ingest::HttpLoad,
     large: &'a ingest::HttpLoad,
     raw_publish: &'a ingest::RawPublish,
@@ -476,7 +515,6 @@ impl Results<'_> {
                 Some(format!("{svc} {}", mib(peak)))
             })
             .collect();
-        let v = self.validation;
         vec![
             Row {
                 stage: format!(
@@ -567,24 +605,27 @@ impl Results<'_> {
                 target: "–".to_owned(),
                 met: None,
             },
-            Row {
-                stage: format!(
-                    "6. validation: {}-record JSON body, one thread",
-                    count(v.records_per_body as f64)
-                ),
-                sluice: format!(
-                    "sluice_schema::validate: {:.0} MB/s ({} rec/s)",
-                    v.sluice_mb_per_s,
-                    count(v.sluice_records_per_s)
-                ),
-                raw_limit: format!(
-                    "serde_json::from_slice::<Vec<Value>>: {:.0} MB/s",
-                    v.serde_mb_per_s
-                ),
-                ratio: ratio(v.sluice_mb_per_s, v.serde_mb_per_s),
-                target: "–".to_owned(),
-                met: None,
-            },
         ]
+    }
+}
+
+fn validation_row(v: &validation::ValidationResult) -> Row {
+    Row {
+        stage: format!(
+            "6. validation: {}-record JSON body, one thread",
+            count(v.records_per_body as f64)
+        ),
+        sluice: format!(
+            "sluice_schema::validate: {:.0} MB/s ({} rec/s)",
+            v.sluice_mb_per_s,
+            count(v.sluice_records_per_s)
+        ),
+        raw_limit: format!(
+            "serde_json::from_slice::<Vec<Value>>: {:.0} MB/s",
+            v.serde_mb_per_s
+        ),
+        ratio: ratio(v.sluice_mb_per_s, v.serde_mb_per_s),
+        target: "–".to_owned(),
+        met: None,
     }
 }
