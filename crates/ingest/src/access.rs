@@ -35,9 +35,10 @@ impl Definitions {
     /// The definition of `connector` if `token` may write to it.
     ///
     /// A missing or unknown token is a failed attempt of the client's
-    /// (`attempt`): a client that failed too often is answered 429 before
-    /// the bucket is read, and a token that cannot be a connector's is never
-    /// looked for there.
+    /// (`attempt`), counted before the bucket is read (and given back if
+    /// the bucket knows the token), so that a client that failed too often
+    /// is answered 429 without a read, however many requests it sends at
+    /// once. A token that cannot be a connector's is never looked for there.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn authorize_writer(
         &self,
@@ -58,7 +59,7 @@ impl Definitions {
         };
         let unknown = denied == AccessDenied::Unauthorized;
         if unknown {
-            attempt.check()?;
+            attempt.fail()?;
         }
         // The operator was recognised in memory; what the bucket may still
         // know is a connector (or its tokens) the watch has not brought yet.
@@ -70,15 +71,17 @@ impl Definitions {
         };
         if let Some(doc) = fresh {
             let operator = admin.is_some_and(|admin| admin.matches(token));
-            if operator || doc.write_token_hash.matches(token) {
+            let writer = operator || doc.write_token_hash.matches(token);
+            let reader = doc.read_token_hash.matches(token);
+            if unknown && (writer || reader) {
+                attempt.forgive();
+            }
+            if writer {
                 return Ok(Arc::new(doc));
             }
-            if doc.read_token_hash.matches(token) {
+            if reader {
                 return Err(IngestError::Denied(AccessDenied::Forbidden));
             }
-        }
-        if unknown {
-            attempt.record_failure();
         }
         Err(IngestError::Denied(denied))
     }

@@ -132,12 +132,47 @@ impl AuthThrottle {
     }
 
     /// `Err` while `address` has no failure left to spend.
-    pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), TooManyFailedAttempts> {
+    #[cfg(test)]
+    fn check(&self, address: IpAddr, now: Instant) -> Result<(), TooManyFailedAttempts> {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(allowance) = table.get(&bucket_key(address)) else {
-            return Ok(());
-        };
-        let left = self.refilled(*allowance, now);
+        match table.get(&bucket_key(address)) {
+            Some(allowance) => self.spendable(self.refilled(*allowance, now)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one failure of `address`.
+    #[cfg(test)]
+    fn record_failure(&self, address: IpAddr, now: Instant) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        self.spend(&mut table, address, now);
+    }
+
+    /// A failure of `address`: `Err` if it has none left to spend, else it
+    /// is counted. One step under the lock, so that requests failing at
+    /// the same time cannot all pass a check made before any is counted.
+    pub fn fail(&self, address: IpAddr, now: Instant) -> Result<(), TooManyFailedAttempts> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowance) = table.get(&bucket_key(address)) {
+            self.spendable(self.refilled(*allowance, now))?;
+        }
+        self.spend(&mut table, address, now);
+        Ok(())
+    }
+
+    /// Gives back a failure counted by [`AuthThrottle::fail`] that proved
+    /// not to be one.
+    pub fn forgive(&self, address: IpAddr, now: Instant) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowance) = table.get_mut(&bucket_key(address)) {
+            *allowance = Allowance {
+                left: (self.refilled(*allowance, now) + 1.0).min(self.burst),
+                at: now,
+            };
+        }
+    }
+
+    fn spendable(&self, left: f64) -> Result<(), TooManyFailedAttempts> {
         if left >= 1.0 {
             return Ok(());
         }
@@ -148,12 +183,10 @@ impl AuthThrottle {
         })
     }
 
-    /// Counts one failure of `address`.
-    pub fn record_failure(&self, address: IpAddr, now: Instant) {
+    fn spend(&self, table: &mut HashMap<IpAddr, Allowance>, address: IpAddr, now: Instant) {
         let key = bucket_key(address);
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if !table.contains_key(&key) && table.len() >= self.max_addresses {
-            self.make_room(&mut table, now);
+            self.make_room(table, now);
         }
         let allowance = table.entry(key).or_insert(Allowance {
             left: self.burst,
@@ -252,14 +285,14 @@ where
 }
 
 impl AuthAttempt {
-    /// `Err` (answer 429) if this client may not fail again yet. Call it
-    /// once the token is known not to be valid in memory, before anything
-    /// costlier is done to find out.
-    pub fn check(&self) -> Result<(), TooManyFailedAttempts> {
+    /// The request failed authentication in memory: `Err` (429) if this
+    /// client is throttled, else the failure is counted and the caller
+    /// answers 401 (or, first, looks further: see [`AuthAttempt::forgive`]).
+    pub fn fail(&self) -> Result<(), TooManyFailedAttempts> {
         match self.address {
             Some(address) => self
                 .throttle
-                .check(address, Instant::now())
+                .fail(address, Instant::now())
                 .inspect_err(|_| {
                     metrics::counter!("sluice_auth_throttled_total").increment(1);
                 }),
@@ -267,19 +300,12 @@ impl AuthAttempt {
         }
     }
 
-    /// Counts a failure (the request is answered 401).
-    pub fn record_failure(&self) {
+    /// A failure counted by [`AuthAttempt::fail`] proved valid after all
+    /// (found by a costlier lookup than memory): it is given back.
+    pub fn forgive(&self) {
         if let Some(address) = self.address {
-            self.throttle.record_failure(address, Instant::now());
+            self.throttle.forgive(address, Instant::now());
         }
-    }
-
-    /// The request failed authentication: `Err` (429) if this client is
-    /// throttled, else the failure is counted and the caller answers 401.
-    pub fn fail(&self) -> Result<(), TooManyFailedAttempts> {
-        self.check()?;
-        self.record_failure();
-        Ok(())
     }
 }
 
@@ -330,6 +356,31 @@ mod tests {
         );
         // Another address is not concerned.
         assert_eq!(throttle.check(ip("192.0.2.2"), now), Ok(()));
+    }
+
+    /// The gateway fails a request before it reads the bucket: requests
+    /// sent at once must not all pass a check made before any is counted.
+    #[test]
+    fn failures_at_the_same_time_spend_the_burst_once() {
+        let throttle = Arc::new(throttle(20, 60, 100));
+        let now = Instant::now();
+        let passed: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let throttle = &throttle;
+                    scope.spawn(move || {
+                        (0..10)
+                            .filter(|_| throttle.fail(ip("192.0.2.1"), now).is_ok())
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(passed, 20);
+        throttle.forgive(ip("192.0.2.1"), now);
+        assert_eq!(throttle.fail(ip("192.0.2.1"), now), Ok(()));
+        assert!(throttle.fail(ip("192.0.2.1"), now).is_err());
     }
 
     #[test]
