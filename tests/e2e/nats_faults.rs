@@ -125,35 +125,12 @@ async fn post_until_served(
     panic!("the gateway did not recover within 30 s");
 }
 
-/// Every record of the connector, following the cursor to the end.
+/// Every record of the connector (its `seq` alone), from the start.
 async fn read_all(client: &Client, connector: &Connector) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page: Value = client
-            .request(
-                Method::GET,
-                &format!("/v1/connectors/{}/records", connector.id),
-                &connector.read,
-            )
-            .query(&[
-                ("limit", "10000"),
-                ("fields", "seq"),
-                ("cursor", cursor.as_str()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let batch = page["records"].as_array().unwrap();
-        if batch.is_empty() {
-            return records;
-        }
-        records.extend(batch.iter().cloned());
-        cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    }
+    let query = [("limit", "10000"), ("fields", "seq")];
+    client
+        .read_pages(&connector.id, &connector.read, &query)
+        .await
 }
 
 /// Each of `0..count` stored exactly once, with `_id`s strictly rising.

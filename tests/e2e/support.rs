@@ -199,16 +199,22 @@ impl Client {
         (status, response.json().await.expect("ingest answer"))
     }
 
-    /// Follows `next_cursor` from the start until a page comes back empty.
+    /// Follows `next_cursor` from the start until a page comes back empty,
+    /// three records a page.
     pub async fn read_all(&self, id: &str, token: &str) -> Vec<Value> {
+        self.read_pages(id, token, &[("limit", "3")]).await
+    }
+
+    /// [`Client::read_all`] with `query` (limit, fields, filters) on every
+    /// page.
+    pub async fn read_pages(&self, id: &str, token: &str, query: &[(&str, &str)]) -> Vec<Value> {
         let mut records = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut query = vec![("limit", "3".to_owned())];
-            query.extend(cursor.clone().map(|c| ("cursor", c)));
             let page: Value = self
                 .request(Method::GET, &format!("/v1/connectors/{id}/records"), token)
-                .query(&query)
+                .query(query)
+                .query(&[("cursor", cursor.as_deref().unwrap_or_default())])
                 .send()
                 .await
                 .expect("get records")

@@ -208,6 +208,10 @@ mod tests {
         }
     }
 
+    fn ndjson(schema: &Schema, body: &str) -> sluice_schema::Validation {
+        validate(schema, ExtraFields::Reject, Format::Ndjson, body.as_bytes()).unwrap()
+    }
+
     fn decode(chunks: &[Vec<u8>]) -> Vec<RecordBatch> {
         chunks
             .iter()
@@ -247,13 +251,7 @@ mod tests {
             ));
         }
         body.push_str("{\"n\": \"bad\"}\n{\"n\": 1, \"zz\": 2}\n");
-        let v = validate(
-            &schema,
-            ExtraFields::Reject,
-            Format::Ndjson,
-            body.as_bytes(),
-        )
-        .unwrap();
+        let v = ndjson(&schema, &body);
         assert_eq!(v.rejected.len(), 2);
         let limit = 16 * 1024;
         // A hint far too small forces the halving path as well.
@@ -298,13 +296,7 @@ mod tests {
         let body: String = (0..40)
             .map(|i| format!("{{\"n\": {i}, \"s\": \"{}\"}}\n", "x".repeat(i)))
             .collect();
-        let v = validate(
-            &schema,
-            ExtraFields::Reject,
-            Format::Ndjson,
-            body.as_bytes(),
-        )
-        .unwrap();
+        let v = ndjson(&schema, &body);
         let whole_second: DateTime<Utc> = "2026-11-29T13:00:00Z".parse().unwrap();
         let with_nanos: DateTime<Utc> = "2026-11-29T13:00:00.123456789Z".parse().unwrap();
         let rows = |received_at, limit| -> Vec<usize> {
@@ -330,13 +322,7 @@ mod tests {
         let schema = schema();
         let big = "y".repeat(10_000);
         let body = format!("{{\"n\": \"x\"}}\n{{\"n\": 1}}\n{{\"n\": 2, \"s\": \"{big}\"}}\n");
-        let v = validate(
-            &schema,
-            ExtraFields::Reject,
-            Format::Ndjson,
-            body.as_bytes(),
-        )
-        .unwrap();
+        let v = ndjson(&schema, &body);
         let outcome = encode_chunks(
             &header(&schema),
             &v.records,

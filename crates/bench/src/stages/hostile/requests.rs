@@ -73,23 +73,12 @@ pub(crate) async fn methods(
     let metrics_url = service.url("/metrics");
     let metrics_bytes_before = metrics_bytes(http, &metrics_url).await?;
     let healthz = service.url("/healthz");
-    let started = Instant::now();
-    let outcomes: Vec<Option<u16>> = futures::stream::iter(0..requests as u64)
-        .map(|i| {
-            let request = reqwest::Method::from_bytes(method_name(i).as_bytes())
-                .map(|method| http.request(method, &healthz));
-            async move {
-                let response = request.ok()?.send().await.ok()?;
-                let status = response.status().as_u16();
-                response.bytes().await.ok()?;
-                Some(status)
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let seconds = started.elapsed().as_secs_f64();
-    let (statuses, failed) = tally(outcomes);
+    let (statuses, failed, seconds) = send_all((0..requests as u64).map(|i| {
+        reqwest::Method::from_bytes(method_name(i).as_bytes())
+            .ok()
+            .map(|method| http.request(method, &healthz))
+    }))
+    .await;
     Ok(MethodFlood {
         service: service.kind.name(),
         requests,
@@ -99,6 +88,27 @@ pub(crate) async fn methods(
         metrics_bytes_after: metrics_bytes(http, &metrics_url).await?,
         seconds,
     })
+}
+
+/// Sends `requests`, `CONCURRENCY` at a time, reading each answer whole:
+/// how many got each status, how many failed (could not be built or sent),
+/// and the seconds it all took.
+async fn send_all(
+    requests: impl Iterator<Item = Option<reqwest::RequestBuilder>>,
+) -> (BTreeMap<u16, u64>, u64, f64) {
+    let started = Instant::now();
+    let outcomes: Vec<Option<u16>> = futures::stream::iter(requests)
+        .map(|request| async move {
+            let response = request?.send().await.ok()?;
+            let status = response.status().as_u16();
+            response.bytes().await.ok()?;
+            Some(status)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let (statuses, failed) = tally(outcomes);
+    (statuses, failed, started.elapsed().as_secs_f64())
 }
 
 fn tally(outcomes: impl IntoIterator<Item = Option<u16>>) -> (BTreeMap<u16, u64>, u64) {
@@ -307,30 +317,20 @@ pub(crate) async fn wrong_tokens(
             "sluice_r_",
         ),
     };
-    let started = Instant::now();
-    let outcomes: Vec<Option<u16>> = futures::stream::iter(0..requests as u64)
-        .map(|i| {
-            // Of a connector token's form, so the gateway and the read API
-            // get as far as looking it up.
-            let token = format!("{prefix}{:064x}", i + 1);
-            let mut request = http.request(method.clone(), &url).bearer_auth(token);
-            if method == reqwest::Method::POST {
-                request = request
-                    .header("content-type", "application/json")
-                    .body("[]");
-            }
-            async move {
-                let response = request.send().await.ok()?;
-                let status = response.status().as_u16();
-                response.bytes().await.ok()?;
-                Some(status)
-            }
+    let (mut statuses, failed, seconds) = send_all((0..requests as u64).map(|i| {
+        // Of a connector token's form, so the gateway and the read API get
+        // as far as looking it up.
+        let token = format!("{prefix}{:064x}", i + 1);
+        let request = http.request(method.clone(), &url).bearer_auth(token);
+        Some(if method == reqwest::Method::POST {
+            request
+                .header("content-type", "application/json")
+                .body("[]")
+        } else {
+            request
         })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let seconds = started.elapsed().as_secs_f64();
-    let (mut statuses, failed) = tally(outcomes);
+    }))
+    .await;
     let unauthorized = statuses.remove(&401).unwrap_or(0);
     let throttled = statuses.remove(&429).unwrap_or(0);
     if failed > 0 {
