@@ -133,10 +133,10 @@ pub fn nats_url() -> &'static str {
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or(14222);
         if answers(port) {
-            if let Ok(version) = nats_server::announced_version(([127, 0, 0, 1], port).into()) {
-                if let Err(error) = bus::require_current_nats(&url, &version) {
-                    panic!("the tests cannot use the NATS that answers: {error}");
-                }
+            if let Ok(version) = nats_server::announced_version(([127, 0, 0, 1], port).into())
+                && let Err(error) = bus::require_current_nats(&url, &version)
+            {
+                panic!("the tests cannot use the NATS that answers: {error}");
             }
         } else {
             start_nats_server(port);
