@@ -80,9 +80,7 @@ impl Service {
         let pool = store::connect_and_migrate(&settings.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
-        let nats = bus::connect(&settings.nats_url, "sluice-control")
-            .await
-            .context("connecting to NATS (NATS_URL)")?;
+        let nats = bus::connect(&settings.nats_url, "sluice-control").await?; // BusError names the URL and, for an old server, the fix
         let js = bus::jetstream(nats.clone(), BUS_TIMEOUT);
         bus::ensure_streams(&js, &settings.namespace, settings.stream_max_bytes)
             .await

@@ -135,9 +135,7 @@ impl Service {
     /// starts watching the bucket. If NATS does not answer, the service
     /// still starts (not ready, answering 503) and keeps trying.
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
-        let client = bus::connect(&settings.nats_url, "sluice-ingest")
-            .await
-            .context("connecting to NATS")?;
+        let client = bus::connect(&settings.nats_url, "sluice-ingest").await?; // BusError names the URL and, for an old server, the fix
         let js = bus::jetstream(client.clone(), BUS_TIMEOUT);
         let definitions = Arc::new(OnceLock::new());
         let setup = Setup {

@@ -91,9 +91,7 @@ impl Service {
         let pool = sluice_runtime::store::connect_and_migrate(&settings.database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        let nats = bus::connect(&settings.nats_url, "sluice-read")
-            .await
-            .context("connecting to NATS")?;
+        let nats = bus::connect(&settings.nats_url, "sluice-read").await?; // BusError names the URL and, for an old server, the fix
         let js = bus::jetstream(nats.clone(), Duration::from_secs(5));
         bus::ensure_streams(&js, &settings.namespace, settings.stream_max_bytes)
             .await

