@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, Subcommand};
+use embedded_bus::BusChoice;
 use secrecy::SecretString;
 use sluice_runtime::bus::BusError;
 use sluice_runtime::http::{self, Served};
@@ -51,8 +52,12 @@ async fn main() -> anyhow::Result<()> {
     };
     // Started before the services, stopped after they have committed and
     // acked what they hold (and before any exit, which would skip its drop).
-    let embedded_bus = match embedded_bus::start_if_needed(&settings.nats_url) {
-        Ok(bus) => bus,
+    let embedded_bus = match embedded_bus::start_if_needed(&settings.nats_url, &BusChoice::from_env()) {
+        Ok(Some(bus)) => {
+            settings.nats_url = bus.url;
+            bus.embedded
+        }
+        Ok(None) => None,
         Err(error) => fail(&error),
     };
     // Printed once the services are up (see `first_steps`).

