@@ -65,7 +65,139 @@ pub struct BusChoice {
     /// `SLUICE_NATS_SERVER`: the binary to start, instead of the first
     /// current one of pip's and the PATH's.
     pub binary: Option<PathBuf>,
-    impl Drop for EmbeddedBus {
+    /// `SLUICE_NATS_STORE_DIR`, else `$XDG_DATA_HOME/sluice/nats`, else
+    /// `~/.local/share/sluice/nats`: kept across runs, so records not yet
+    /// stored survive a restart.
+    pub store: PathBuf,
+}
+
+impl BusChoice {
+    pub fn from_env() -> BusChoice {
+        let set = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+        let store = set("SLUICE_NATS_STORE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                set("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| set("HOME").map(|home| Path::new(&home).join(".local/share")))
+                    .unwrap_or_else(|| PathBuf::from("."))
+                    .join("sluice")
+                    .join("nats")
+            });
+        BusChoice {
+            user_set_url: set("NATS_URL").is_some(),
+            binary: set("SLUICE_NATS_SERVER").map(PathBuf::from),
+            store,
+        }
+    }
+}
+
+/// When the user chose no bus: the NATS that answers at `default_url` if it
+/// is current, else one started there, or beside (on the next port) an older
+/// one that holds it. `None` when the bus is the user's or `default_url` is
+/// no plain address.
+pub fn start_if_needed(
+    default_url: &str,
+    choice: &BusChoice,
+) -> Result<Option<DefaultBus>, StartError> {
+    let Some(mut address) = default_url
+        .strip_prefix("nats://")
+        .and_then(|address| address.parse::<SocketAddr>().ok())
+    else {
+        return Ok(None);
+    };
+    if choice.user_set_url {
+        return Ok(None);
+    }
+    let mut held_by_old = None;
+    if nats_server::answers(address) {
+        match nats_server::announced_version(address) {
+            Ok(version) if bus::require_current_nats(default_url, &version).is_err() => {
+                held_by_old = Some(format!("{default_url} (v{version})"));
+                address.set_port(address.port() + 1);
+            }
+            // Current, or no NATS we can read: the services' own connection
+            // says what is wrong with it.
+            _ => return Ok(None),
+        }
+        if nats_server::answers(address) {
+            return Ok(Some(DefaultBus {
+                url: format!("nats://{address}"),
+                embedded: None,
+            }));
+        }
+    }
+    let url = format!("nats://{address}");
+    let binary = nats_server::find_current(choice.binary.as_deref()).map_err(|source| {
+        StartError::NoBinary {
+            reason: match &held_by_old {
+                Some(old) => format!("the NATS at {old} is older than Sluice needs"),
+                None => format!("nothing answers at {default_url}"),
+            },
+            url: url.clone(),
+            source,
+        }
+    })?;
+    let embedded = start(&binary, address, &choice.store)?;
+    let why = match &held_by_old {
+        Some(old) => format!("The NATS at {old} is too old for Sluice"),
+        None => format!("No NATS answered at {default_url}"),
+    };
+    println!(
+        "{why}, so this run started one at {url}: {} (v{}), with its data in {} \
+         (SLUICE_NATS_STORE_DIR); it stops with Sluice.",
+        binary.path.display(),
+        binary.version,
+        choice.store.display()
+    );
+    Ok(Some(DefaultBus {
+        url,
+        embedded: Some(embedded),
+    }))
+}
+
+/// Starts `binary` with JetStream at `address` and waits until it answers.
+fn start(binary: &Binary, address: SocketAddr, store: &Path) -> Result<EmbeddedBus, StartError> {
+    std::fs::create_dir_all(store).map_err(|source| StartError::StoreDir {
+        dir: store.display().to_string(),
+        source,
+    })?;
+    let log = store.join("nats-server.log");
+    let path = binary.path.display().to_string();
+    let child = Command::new(&binary.path)
+        .args(["--jetstream", "--addr"])
+        .arg(address.ip().to_string())
+        .arg("--port")
+        .arg(address.port().to_string())
+        .arg("--store_dir")
+        .arg(store)
+        .arg("--log")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| StartError::Spawn {
+            path: path.clone(),
+            source,
+        })?;
+    let bus = EmbeddedBus { child };
+    let deadline = Instant::now() + START_WAIT;
+    while !nats_server::answers(address) {
+        if Instant::now() > deadline {
+            return Err(StartError::NoAnswer {
+                path,
+                address,
+                log: log.display().to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(bus)
+}
+
+impl Drop for EmbeddedBus {
     /// SIGTERM lets JetStream close its files; SIGKILL only if it hangs.
     /// (`kill(1)`, as this workspace forbids the `unsafe` of calling
     /// `kill(2)` directly.)
@@ -157,7 +289,11 @@ mod tests {
     #[test]
     fn a_current_bus_at_the_default_or_one_the_user_chose_is_left_alone() {
         let current = sluice_testkit::fake_nats("2.15.1");
-        assert!(start_if_needed(&current, &choice("current")).unwrap().is_none());
+        assert!(
+            start_if_needed(&current, &choice("current"))
+                .unwrap()
+                .is_none()
+        );
         let old = sluice_testkit::fake_nats("2.9.10");
         let users = BusChoice {
             user_set_url: true,

@@ -52,14 +52,15 @@ async fn main() -> anyhow::Result<()> {
     };
     // Started before the services, stopped after they have committed and
     // acked what they hold (and before any exit, which would skip its drop).
-    let embedded_bus = match embedded_bus::start_if_needed(&settings.nats_url, &BusChoice::from_env()) {
-        Ok(Some(bus)) => {
-            settings.nats_url = bus.url;
-            bus.embedded
-        }
-        Ok(None) => None,
-        Err(error) => fail(&error),
-    };
+    let embedded_bus =
+        match embedded_bus::start_if_needed(&settings.nats_url, &BusChoice::from_env()) {
+            Ok(Some(bus)) => {
+                settings.nats_url = bus.url;
+                bus.embedded
+            }
+            Ok(None) => None,
+            Err(error) => fail(&error),
+        };
     // Printed once the services are up (see `first_steps`).
     let generated_token = settings.admin_token.is_none().then(|| {
         let generated = token::random_secret("sluice_admin_");
