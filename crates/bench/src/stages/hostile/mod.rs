@@ -35,10 +35,6 @@ use crate::stages::ingest;
 /// (issue 12).
 const RSS_LIMIT_BYTES: u64 = 300 * 1024 * 1024;
 
-/// The gateway's memory budget setting (the setting may not exist in the
-/// services under test; the stage only reads it to print it).
-const INGEST_BUDGET_VAR: &str = "SLUICE_INGEST_MEMORY_BYTES";
-
 const MIB: usize = 1024 * 1024;
 
 /// Client addresses of the attacks that must not share a throttle.
@@ -143,8 +139,9 @@ impl Services<'_> {
 #[derive(Debug, Serialize)]
 pub(crate) struct Hostile {
     pub rss_limit_bytes: u64,
-    /// The gateway's memory budget, if the environment sets one.
-    pub ingest_budget_bytes: Option<u64>,
+    /// The gateway's memory budget (`SLUICE_INGEST_MEMORY_BYTES`, as the
+    /// gateway reads it).
+    pub ingest_budget_bytes: u64,
     pub header_timeout_seconds: f64,
     pub body_timeout_seconds: f64,
     pub timeouts_shortened: bool,
@@ -214,14 +211,6 @@ pub(crate) async fn run(
             .or_else(|| std::env::var(name).ok())
     })
     .context("the hostile stage's service settings")?;
-    let ingest_budget_bytes = match std::env::var(INGEST_BUDGET_VAR) {
-        Ok(value) => Some(
-            value
-                .parse()
-                .with_context(|| format!("{INGEST_BUDGET_VAR}={value:?} is not a byte count"))?,
-        ),
-        Err(_) => None,
-    };
 
     eprintln!("sluice-bench: hostile: starting a control plane, gateway and read API");
     let log_dir = log_dir.join("hostile");
@@ -372,7 +361,7 @@ pub(crate) async fn run(
     }
     Ok(Hostile {
         rss_limit_bytes: RSS_LIMIT_BYTES,
-        ingest_budget_bytes,
+        ingest_budget_bytes: settings.ingest_memory_bytes as u64,
         header_timeout_seconds: settings.http.header_timeout.as_secs_f64(),
         body_timeout_seconds: settings.http.body_timeout.as_secs_f64(),
         timeouts_shortened: sizes.timeouts.is_some(),
@@ -435,15 +424,24 @@ impl Hostile {
             .join(", ")
     }
 
+    /// Every service under the RSS limit, and the gateway's growth over its
+    /// idle RSS within its budget (the budget counts what requests hold, not
+    /// the process's baseline).
     fn within_limit(&self, figures: Option<&BTreeMap<String, u64>>) -> bool {
-        figures.is_some_and(|f| !f.is_empty() && f.values().all(|b| *b <= self.rss_limit_bytes))
+        let idle_ingest = self.idle_rss.get("ingest").copied().unwrap_or(0);
+        figures.is_some_and(|f| {
+            !f.is_empty()
+                && f.values().all(|b| *b <= self.rss_limit_bytes)
+                && f.get("ingest")
+                    .is_none_or(|b| b.saturating_sub(idle_ingest) <= self.ingest_budget_bytes)
+        })
     }
 
     fn memory_target(&self) -> String {
         format!(
-            "each < {} (ingest budget {})",
+            "each < {}; ingest ≤ idle + budget {}",
             mib(self.rss_limit_bytes),
-            self.ingest_budget_bytes.map_or("–".to_owned(), mib)
+            mib(self.ingest_budget_bytes)
         )
     }
 
