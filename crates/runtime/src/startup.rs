@@ -155,21 +155,21 @@ impl Startup {
     }
 
     async fn set_up(&mut self, mut last_step: LastStep) -> Result<Bus, Stopped> {
-        let (url, name) = (&self.url.clone(), self.name);
+        let url = self.url.clone();
+        let (url, name) = (&url, self.name);
         let client = self
             .retry("connecting to NATS", || async move {
                 bus::connect(url, name).await.map_err(|error| match error {
                     BusError::TooOld { .. } => Failure::Fatal(error),
-                    BusError::Connect { .. } => Failure::Retry(error.into()),
+                    // Its own text names the cause already; its chain
+                    // would only repeat it in the log line.
+                    BusError::Connect { .. } => Failure::Retry(anyhow::anyhow!("{error}")),
                 })
             })
             .await?;
         let js = &bus::jetstream(client.clone(), REQUEST_TIMEOUT);
-        let (namespace, max_bytes, shutdown) = (
-            &self.namespace.clone(),
-            self.stream_max_bytes,
-            &self.shutdown.clone(),
-        );
+        let (namespace, shutdown) = (self.namespace.clone(), self.shutdown.clone());
+        let (namespace, shutdown, max_bytes) = (&namespace, &shutdown, self.stream_max_bytes);
         let (bucket, catalog) = self
             .retry(
                 "creating the streams and loading the connectors",
