@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_runtime::startup::Bus;
 use sluice_runtime::store;
 use sluice_runtime::token::{NewToken, TokenKind};
 use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Schema};
@@ -268,11 +269,10 @@ fn check_extra_fields(
 
 /// Mutations first make sure NATS answers, so that one made while the bus is
 /// down is refused whole rather than committed and left unpublished.
-fn ensure_bus(state: &AppState) -> Result<(), ControlError> {
-    if state.nats.connection_state() == async_nats::connection::State::Connected {
-        Ok(())
-    } else {
-        Err(ControlError::BusUnavailable)
+fn connected_bus(state: &AppState) -> Result<&Bus, ControlError> {
+    match state.bus.get() {
+        Some(bus) if bus.is_connected() => Ok(bus),
+        _ => Err(ControlError::BusUnavailable),
     }
 }
 
@@ -292,7 +292,7 @@ async fn insert_new_connector(
     schema: &Schema,
     extra_fields: ExtraFields,
 ) -> Result<CreatedConnector, ControlError> {
-    ensure_bus(state)?;
+    let bus = connected_bus(state)?;
     let id = Uuid::now_v7();
     let write = NewToken::generate(TokenKind::Write);
     let read = NewToken::generate(TokenKind::Read);
@@ -312,7 +312,7 @@ async fn insert_new_connector(
     .await?;
     store::create_records_table(&mut tx, id, schema).await?;
     tx.commit().await?;
-    publish_after_commit(state, id).await;
+    publish_after_commit(state, bus, id).await;
     Ok(CreatedConnector {
         connector: fetch_view(state, id).await?,
         write_token: write.secret,
@@ -489,7 +489,7 @@ pub(crate) async fn edit_connector(
     if !problems.is_empty() && body.fields.is_none() {
         return Err(ControlError::InvalidDefinition(problems));
     }
-    ensure_bus(&state)?;
+    let bus = connected_bus(&state)?;
 
     let mut tx = state.pool.begin().await?;
     let row = db::lock_connector(&mut tx, id)
@@ -550,7 +550,7 @@ pub(crate) async fn edit_connector(
     )
     .await?;
     tx.commit().await?;
-    publish_after_commit(&state, id).await;
+    publish_after_commit(&state, bus, id).await;
     tracing::info!(schema_changed, "connector edited");
     Ok(Json(fetch_view(&state, id).await?))
 }
@@ -574,14 +574,14 @@ pub(crate) async fn delete_connector(
     id: ConnectorId,
 ) -> Result<StatusCode, ControlError> {
     let id = id.0;
-    ensure_bus(&state)?;
+    let bus = connected_bus(&state)?;
     let mut tx = state.pool.begin().await?;
     if !db::delete_connector(&mut tx, id).await? {
         return Err(ControlError::NotFound);
     }
     store::drop_records_table(&mut tx, id).await?;
     tx.commit().await?;
-    publish_after_commit(&state, id).await;
+    publish_after_commit(&state, bus, id).await;
     tracing::info!("connector deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -657,7 +657,7 @@ pub(crate) async fn rotate_token(
         .ok()
         .and_then(|Path(params)| params.get("kind").and_then(|k| TokenKind::parse(k)))
         .ok_or(ControlError::NotFound)?;
-    ensure_bus(&state)?;
+    let bus = connected_bus(&state)?;
     let token = NewToken::generate(kind);
     let mut tx = state.pool.begin().await?;
     db::lock_connector(&mut tx, id)
@@ -665,7 +665,7 @@ pub(crate) async fn rotate_token(
         .ok_or(ControlError::NotFound)?;
     db::set_token_hash(&mut tx, id, kind, &token.hash).await?;
     tx.commit().await?;
-    publish_after_commit(&state, id).await;
+    publish_after_commit(&state, bus, id).await;
     tracing::info!(kind = kind.as_str(), "token rotated");
     Ok(Json(RotatedToken {
         token: token.secret,

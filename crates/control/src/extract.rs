@@ -19,6 +19,7 @@ use sluice_runtime::throttle::AuthAttempt;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::error::ControlError;
 
 /// The operator, proven by `Authorization: Bearer $SLUICE_ADMIN_TOKEN`.
 /// Every control-plane route takes one, so none can forget to check.
@@ -35,7 +36,12 @@ impl FromRequestParts<AppState> for Operator {
         let token = BearerToken::from_request_parts(parts, state).await;
         let detail = match &token {
             Ok(BearerToken(token)) => {
-                match state.catalog.token_owner(token, Some(&state.admin_token)) {
+                // The catalog comes with the bus: until NATS is set up, no
+                // route is served (the service is not ready either).
+                let Some(bus) = state.bus.get() else {
+                    return Err(ControlError::BusUnavailable.into_response());
+                };
+                match bus.catalog.token_owner(token, Some(&state.admin_token)) {
                     TokenOwner::Operator => return Ok(Operator),
                     // A connector's own token is real but grants nothing here.
                     TokenOwner::Connector(..) => {

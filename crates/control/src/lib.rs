@@ -22,35 +22,31 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRef;
 use secrecy::ExposeSecret;
-use sluice_runtime::catalog::Catalog;
 use sluice_runtime::http::BearerAuth;
+use sluice_runtime::startup::{self, BusSlot};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
-use sluice_runtime::{Settings, bus, http, store};
+use sluice_runtime::{Settings, http, store};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-/// How long a JetStream request (a bucket write) may take before it fails.
-const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight requests may run after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pool: PgPool,
-    nats: async_nats::Client,
-    bucket: kv::Store,
+    /// NATS, once set up: the bucket this service writes, and its
+    /// connectors in memory (the catalog), to tell a connector's token
+    /// (403) from an unknown one (401) without a query.
+    bus: BusSlot,
     settings: Arc<Settings>,
     admin_token: Arc<TokenHash>,
-    /// The bucket's connectors in memory, to tell a connector's token (403)
-    /// from an unknown one (401) without a query.
-    catalog: Catalog,
     throttle: Arc<AuthThrottle>,
     /// Set when a publication failed; the reconciler then retries.
     needs_reconcile: Arc<AtomicBool>,
@@ -72,6 +68,8 @@ impl Service {
     /// Connects to PostgreSQL (creating and migrating the database) and NATS
     /// (creating the streams and the bucket), brings the bucket in line with
     /// the database, and starts the reconciler, which runs until `shutdown`.
+    /// If NATS does not answer, the service starts unready and keeps trying
+    /// (see `sluice_runtime::startup`).
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
         let admin_token = settings.admin_token.as_ref().context(
             "SLUICE_ADMIN_TOKEN is not set: the control plane refuses to start without the operator's token",
@@ -80,30 +78,29 @@ impl Service {
         let pool = store::connect_and_migrate(&settings.database_url)
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
-        let nats = bus::connect(&settings.nats_url, "sluice-control").await?; // BusError names the URL and, for an old server, the fix
-        let js = bus::jetstream(nats.clone(), BUS_TIMEOUT);
-        bus::ensure_streams(&js, &settings.namespace, settings.stream_max_bytes)
-            .await
-            .context("creating the NATS streams")?;
-        let bucket = bus::connectors_bucket(&js, &settings.namespace)
-            .await
-            .context("opening the connectors bucket")?;
-        let catalog = Catalog::start(bucket.clone(), shutdown.clone())
-            .await
-            .context("loading the connectors bucket")?;
+        let reconcile_pool = pool.clone();
+        let bus = startup::start_bus(
+            &settings,
+            "sluice-control",
+            shutdown.clone(),
+            Box::new(move |bus| {
+                let pool = reconcile_pool.clone();
+                Box::pin(async move {
+                    publish::reconcile(&pool, &bus)
+                        .await
+                        .context("reconciling the connectors bucket with the database")
+                })
+            }),
+        )
+        .await?; // BusError names the URL and, for an old server, the fix
         let state = AppState {
             pool,
-            nats,
-            bucket,
+            bus,
             throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
             settings: Arc::new(settings),
             admin_token,
-            catalog,
             needs_reconcile: Arc::new(AtomicBool::new(false)),
         };
-        publish::reconcile(&state)
-            .await
-            .context("reconciling the connectors bucket with the database")?;
         tokio::spawn(publish::reconcile_when_needed(state.clone(), shutdown));
         Ok(Service { state })
     }
@@ -126,13 +123,13 @@ impl http::Served for Service {
         ApiDoc::openapi()
     }
 
-    /// PostgreSQL answers a query, and the NATS connection is up.
+    /// PostgreSQL answers a query, and NATS is set up (the bucket
+    /// reconciled) and connected.
     async fn readiness(&self) -> Vec<(&'static str, bool)> {
         let postgres = tokio::time::timeout(Duration::from_secs(2), db::ping(&self.state.pool))
             .await
             .unwrap_or(false);
-        let nats = self.state.nats.connection_state() == async_nats::connection::State::Connected;
-        vec![("postgres", postgres), ("nats", nats)]
+        vec![("postgres", postgres), ("nats", self.state.bus.is_ready())]
     }
 }
 

@@ -13,6 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use sluice_runtime::bus::ConnectorDoc;
+use sluice_runtime::startup::Bus;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,22 +30,20 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// Reading the row and writing the bucket happen under a per-connector lock,
 /// so two replicas publishing edits of one connector at once cannot leave
 /// the older one in the bucket.
-#[tracing::instrument(skip(state))]
-pub(crate) async fn publish_connector(state: &AppState, id: Uuid) -> anyhow::Result<()> {
-    let mut tx = state.pool.begin().await?;
+#[tracing::instrument(skip(pool, bus))]
+pub(crate) async fn publish_connector(pool: &PgPool, bus: &Bus, id: Uuid) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
     db::lock_for_publishing(&mut tx, id).await?;
+    let key = ConnectorDoc::key(id);
     match db::fetch_connector(&mut *tx, id).await? {
         Some(row) => {
             let doc = row.doc();
-            let revision = state
-                .bucket
-                .put(id.to_string(), serde_json::to_vec(&doc)?.into())
-                .await?;
+            let revision = bus.bucket.put(key, doc.encode()?).await?;
             // A token just made or rotated is known to the auth check at
             // once, not only when the watch brings it back.
-            state.catalog.remember(id, revision, Arc::new(doc));
+            bus.catalog.remember(id, revision, Arc::new(doc));
         }
-        None => state.bucket.delete(id.to_string()).await?,
+        None => bus.bucket.delete(key).await?,
     }
     tx.commit().await?;
     Ok(())
@@ -51,8 +52,8 @@ pub(crate) async fn publish_connector(state: &AppState, id: Uuid) -> anyhow::Res
 /// Publishes after a commit. A failure does not undo the commit (the change
 /// is made, and a token just created must still reach its user): it is
 /// logged, and the background reconciler publishes once NATS answers.
-pub(crate) async fn publish_after_commit(state: &AppState, id: Uuid) {
-    if let Err(error) = publish_connector(state, id).await {
+pub(crate) async fn publish_after_commit(state: &AppState, bus: &Bus, id: Uuid) {
+    if let Err(error) = publish_connector(&state.pool, bus, id).await {
         tracing::error!(connector = %id, error = format!("{error:#}"), "publishing the connector definition failed; will retry");
         state.needs_reconcile.store(true, Ordering::SeqCst);
     }
@@ -60,30 +61,26 @@ pub(crate) async fn publish_after_commit(state: &AppState, id: Uuid) {
 
 /// Makes the bucket hold exactly the database's connectors: every
 /// definition written as it is stored, every other key deleted.
-#[tracing::instrument(skip(state))]
-pub(crate) async fn reconcile(state: &AppState) -> anyhow::Result<()> {
-    let rows = db::all_connectors(&state.pool).await?;
-    let keys: Vec<String> = state.bucket.keys().await?.try_collect().await?;
-    let known: HashSet<String> = rows.iter().map(|r| r.id.to_string()).collect();
+#[tracing::instrument(skip_all)]
+pub(crate) async fn reconcile(pool: &PgPool, bus: &Bus) -> anyhow::Result<()> {
+    let rows = db::all_connectors(pool).await?;
+    let keys: Vec<String> = bus.bucket.keys().await?.try_collect().await?;
+    let known: HashSet<String> = rows.iter().map(|r| ConnectorDoc::key(r.id)).collect();
     let mut published = 0usize;
     for row in &rows {
-        let stored = state.bucket.get(row.id.to_string()).await?;
-        let up_to_date = stored.is_some_and(|stored| {
-            serde_json::from_slice::<serde_json::Value>(&stored).ok()
-                == serde_json::to_value(row.doc()).ok()
-        });
-        if !up_to_date {
+        let stored = bus.bucket.get(ConnectorDoc::key(row.id)).await?;
+        if !stored.is_some_and(|stored| row.doc().is_stored_as(&stored)) {
             // Through the lock, from the row as it is by then.
-            publish_connector(state, row.id).await?;
+            publish_connector(pool, bus, row.id).await?;
             published += 1;
         }
     }
     let mut removed = 0usize;
     for key in keys.iter().filter(|k| !known.contains(*k)) {
-        match Uuid::parse_str(key) {
+        match ConnectorDoc::id_of_key(key) {
             // Through the lock: the connector may have been created since.
-            Ok(id) => publish_connector(state, id).await?,
-            Err(_) => state.bucket.delete(key).await?,
+            Some(id) => publish_connector(pool, bus, id).await?,
+            None => bus.bucket.delete(key).await?,
         }
         removed += 1;
     }
@@ -103,10 +100,15 @@ pub(crate) async fn reconcile_when_needed(state: AppState, shutdown: Cancellatio
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
+        // Publications fail only once the bus is set up: mutations wait
+        // for it (see `api::connected_bus`).
+        let Some(bus) = state.bus.get() else {
+            continue;
+        };
         if !state.needs_reconcile.swap(false, Ordering::SeqCst) {
             continue;
         }
-        if let Err(error) = reconcile(&state).await {
+        if let Err(error) = reconcile(&state.pool, bus).await {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "reconciling the connector bucket failed; will retry"

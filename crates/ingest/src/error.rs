@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use sluice_runtime::catalog::AccessDenied;
+use sluice_runtime::catalog::{AccessDenied, Refused};
 use sluice_runtime::http::Problem;
 use sluice_runtime::throttle::TooManyFailedAttempts;
 use sluice_schema::{RecordError, SyntaxError};
@@ -117,6 +117,15 @@ impl IngestError {
     }
 }
 
+impl From<Refused> for IngestError {
+    fn from(refused: Refused) -> IngestError {
+        match refused {
+            Refused::Denied(denied) => IngestError::Denied(denied),
+            Refused::Throttled(throttled) => IngestError::Throttled(throttled),
+        }
+    }
+}
+
 impl From<Refusal> for IngestError {
     fn from(refusal: Refusal) -> IngestError {
         match refusal {
@@ -127,6 +136,8 @@ impl From<Refusal> for IngestError {
 }
 
 impl IntoResponse for IngestError {
+    /// Over 80 lines, on purpose: one arm per error, each its answer, read
+    /// best as the one table it is.
     fn into_response(self) -> Response {
         let status = self.status();
         let problem = match self {

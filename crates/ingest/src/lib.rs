@@ -18,7 +18,6 @@
 //! plane is down. Deduplication of idempotent retries is JetStream's (see
 //! `idempotency`), not this process's.
 
-mod access;
 mod batch;
 mod body;
 mod budget;
@@ -28,34 +27,28 @@ mod publish;
 mod records;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::connection::State;
-use async_nats::jetstream;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
+use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
-use sluice_runtime::bus::{self, Namespace};
-use sluice_runtime::catalog::Catalog;
+use sluice_runtime::bus::Namespace;
 use sluice_runtime::http::{self, BearerAuth};
+use sluice_runtime::startup::{self, Bus, BusSlot};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::access::Definitions;
 use crate::budget::FairShare;
 use crate::error::IngestError;
 use crate::idempotency::RecentAnswers;
 use crate::records::IngestAnswer;
-
-/// How long a JetStream request (a publish ack included) may take before the
-/// request gets a 503.
-const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Time given to in-flight requests at shutdown: a `wait=true` request may
 /// hold its answer for 10 s.
@@ -75,12 +68,10 @@ pub struct Service {
 
 #[derive(Clone)]
 pub(crate) struct AppState {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    /// Set once NATS is connected, the streams exist and the connectors are
+    /// loaded; until then (NATS down at start) every request is a 503.
+    bus: BusSlot,
     namespace: Namespace,
-    /// Set once the streams exist and the bucket is loaded; until then
-    /// (NATS down at start) every request is a 503.
-    definitions: Arc<OnceLock<Definitions>>,
     admin: Option<TokenHash>,
     max_body_bytes: usize,
     recent: Arc<RecentAnswers<(StatusCode, IngestAnswer)>>,
@@ -102,80 +93,56 @@ impl FromRef<AppState> for Arc<AuthThrottle> {
 }
 
 impl AppState {
-    pub(crate) fn definitions(&self) -> Result<&Definitions, IngestError> {
-        self.definitions.get().ok_or_else(|| {
+    pub(crate) fn bus(&self) -> Result<&Bus, IngestError> {
+        self.bus.get().ok_or_else(|| {
             IngestError::BusUnavailable("connector definitions not loaded yet".to_owned())
         })
     }
+}
 
-    /// Fails fast while NATS is disconnected, rather than letting publishes
-    /// queue in the client until their acks time out.
-    pub(crate) fn ensure_connected(&self) -> Result<(), IngestError> {
-        match self.client.connection_state() {
-            State::Connected => Ok(()),
-            state => Err(IngestError::BusUnavailable(format!("NATS is {state:?}"))),
-        }
+/// Fails fast while NATS is disconnected, rather than letting publishes
+/// queue in the client until their acks time out.
+pub(crate) fn ensure_connected(bus: &Bus) -> Result<(), IngestError> {
+    match bus.client.connection_state() {
+        State::Connected => Ok(()),
+        state => Err(IngestError::BusUnavailable(format!("NATS is {state:?}"))),
     }
+}
 
-    /// The largest encoded `RecordBatch`: the server's `max_payload` (which
-    /// counts headers too) less room for the headers.
-    pub(crate) fn chunk_limit(&self) -> usize {
-        let max_payload = match self.client.server_info().max_payload {
-            0 => 1024 * 1024,
-            n => n,
-        };
-        max_payload
-            .saturating_sub(batch::HEADROOM)
-            .max(batch::HEADROOM)
-    }
+/// The largest encoded `RecordBatch`: the server's `max_payload` (which
+/// counts headers too) less room for the headers.
+pub(crate) fn chunk_limit(bus: &Bus) -> usize {
+    let max_payload = match bus.client.server_info().max_payload {
+        0 => 1024 * 1024,
+        n => n,
+    };
+    max_payload
+        .saturating_sub(batch::HEADROOM)
+        .max(batch::HEADROOM)
 }
 
 impl Service {
     /// Connects to NATS, makes sure the streams and the bucket exist, and
     /// starts watching the bucket. If NATS does not answer, the service
-    /// still starts (not ready, answering 503) and keeps trying.
+    /// still starts (not ready, answering 503) and keeps trying (see
+    /// `sluice_runtime::startup`).
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
-        let client = bus::connect(&settings.nats_url, "sluice-ingest").await?; // BusError names the URL and, for an old server, the fix
-        let js = bus::jetstream(client.clone(), BUS_TIMEOUT);
-        let definitions = Arc::new(OnceLock::new());
-        let setup = Setup {
-            js: js.clone(),
-            namespace: settings.namespace.clone(),
-            stream_max_bytes: settings.stream_max_bytes,
-            shutdown: shutdown.clone(),
-        };
-        // The client connects in the background; when NATS does not answer
-        // at once, start unready rather than block for the bus timeout.
-        let connected = wait_for_connection(&client, Duration::from_secs(2)).await;
-        let opened = if connected {
-            setup.open_catalog().await
-        } else {
-            // Not naming the URL: it may hold credentials.
-            Err(anyhow::anyhow!("NATS does not answer yet"))
-        };
-        match opened {
-            Ok(loaded) => {
-                let _ = definitions.set(loaded);
-            }
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "NATS not ready; retrying in the background"
-                );
-                let slot = Arc::clone(&definitions);
-                tokio::spawn(async move { setup.retry_until_open(slot).await });
-            }
-        }
+        let bus = startup::start_bus(
+            &settings,
+            "sluice-ingest",
+            shutdown.clone(),
+            // Nothing of its own: the catalog is all the gateway needs.
+            Box::new(|_| async { Ok(()) }.boxed()),
+        )
+        .await?; // BusError names the URL and, for an old server, the fix
         let admin = settings
             .admin_token
             .as_ref()
             .map(|token| TokenHash::of(token.expose_secret()));
         Ok(Service {
             state: AppState {
-                client,
-                js,
+                bus,
                 namespace: settings.namespace,
-                definitions,
                 admin,
                 max_body_bytes: settings.max_body_bytes,
                 recent: Arc::new(RecentAnswers::new(RECENT_ANSWERS)),
@@ -204,65 +171,9 @@ impl http::Served for Service {
         ApiDoc::openapi()
     }
 
-    /// NATS connected, and the connector definitions loaded.
+    /// NATS set up (the connector definitions loaded) and connected.
     async fn readiness(&self) -> Vec<(&'static str, bool)> {
-        vec![
-            (
-                "nats",
-                self.state.client.connection_state() == State::Connected,
-            ),
-            ("connectors", self.state.definitions.get().is_some()),
-        ]
-    }
-}
-
-async fn wait_for_connection(client: &async_nats::Client, patience: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + patience;
-    while client.connection_state() != State::Connected {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
-
-struct Setup {
-    js: jetstream::Context,
-    namespace: Namespace,
-    stream_max_bytes: Option<i64>,
-    shutdown: CancellationToken,
-}
-
-impl Setup {
-    async fn open_catalog(&self) -> anyhow::Result<Definitions> {
-        bus::ensure_streams(&self.js, &self.namespace, self.stream_max_bytes)
-            .await
-            .context("creating the streams")?;
-        let bucket = bus::connectors_bucket(&self.js, &self.namespace)
-            .await
-            .context("opening the connectors bucket")?;
-        let catalog = Catalog::start(bucket.clone(), self.shutdown.clone())
-            .await
-            .context("loading the connectors")?;
-        Ok(Definitions { catalog, bucket })
-    }
-
-    async fn retry_until_open(self, slot: Arc<OnceLock<Definitions>>) {
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            match self.open_catalog().await {
-                Ok(definitions) => {
-                    let _ = slot.set(definitions);
-                    tracing::info!("connected to NATS; connector definitions loaded");
-                    return;
-                }
-                Err(error) => tracing::warn!(error = format!("{error:#}"), "NATS still not ready"),
-            }
-        }
+        vec![("nats", self.state.bus.is_ready())]
     }
 }
 

@@ -19,18 +19,20 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
+use sluice_runtime::startup::Bus;
 use sluice_runtime::throttle::AuthAttempt;
+use sluice_runtime::token::TokenKind;
 use sluice_schema::{Format, RecordError, validate_with};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::batch::{BatchHeader, ChunkError, encode_chunks};
 use crate::body::{self, Encoding};
 use crate::budget::{Refusal, RequestMemory};
 use crate::error::IngestError;
 use crate::idempotency::{IdempotencyKey, Seen, request_digest};
 use crate::publish::{Envelope, Published, publish_chunks, wait_until_stored};
+use crate::{AppState, chunk_limit, ensure_connected};
 
 /// How long `wait=true` holds the answer for the read API (SPEC 7).
 const WAIT_FOR_STORED: Duration = Duration::from_secs(10);
@@ -172,11 +174,10 @@ pub(crate) async fn post_records(
         Ok(BearerToken(token)) => {
             // An id that is not a UUID names no connector: the token check
             // still decides between 401, 403 and 404.
-            let connector = id
-                .ok()
-                .and_then(|Path(id)| id.parse::<Uuid>().ok())
-                .unwrap_or(Uuid::nil());
-            tracing::Span::current().record("connector", tracing::field::display(connector));
+            let connector = id.ok().and_then(|Path(id)| id.parse::<Uuid>().ok());
+            if let Some(connector) = connector {
+                tracing::Span::current().record("connector", tracing::field::display(connector));
+            }
             ingest(&state, connector, &token, &attempt, &uri, &headers, body).await
         }
         Err(problem) => match attempt.fail() {
@@ -196,19 +197,119 @@ pub(crate) async fn post_records(
     }
 }
 
+/// One request, step by step: the token, what was sent, an idempotent
+/// retry's earlier answer, validation, then publishing (and with
+/// `wait=true`, waiting until the records are stored).
 async fn ingest(
     state: &AppState,
-    connector: Uuid,
+    connector: Option<Uuid>,
     token: &str,
     attempt: &AuthAttempt,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, IngestAnswer), IngestError> {
-    let doc = state
-        .definitions()?
-        .authorize_writer(token, state.admin.as_ref(), connector, attempt)
+    let bus = state.bus()?;
+    let doc = bus
+        .catalog
+        .authorize(
+            token,
+            state.admin.as_ref(),
+            connector,
+            TokenKind::Write,
+            attempt,
+        )
         .await?;
+    let Sent {
+        params,
+        idempotent,
+        body,
+    } = read_request(state, doc.id, uri, headers, body).await?;
+    if let Some(answer) = earlier_answer(state, doc.id, idempotent.as_ref())? {
+        return Ok(answer);
+    }
+    let batch_id = idempotent.as_ref().map_or_else(Uuid::now_v7, |idempotent| {
+        idempotent.key.batch_id(doc.id, doc.schema_version)
+    });
+    let limit = chunk_limit(bus);
+    let (prepared, memory) = validate(state, &doc, params.mode, batch_id, limit, body).await?;
+
+    let partial = params.mode == Mode::Partial;
+    let answer = IngestAnswer {
+        accepted: prepared.accepted,
+        rejected: prepared.rejected,
+        batch_id,
+        schema_version: doc.schema_version,
+        errors: partial.then_some(prepared.errors),
+        error_count: partial.then_some(prepared.error_count),
+    };
+    let envelope = Envelope {
+        connector: doc.id,
+        schema_version: doc.schema_version,
+        batch_id,
+        request_id: headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()),
+        idempotent: idempotent.is_some(),
+    };
+    let status =
+        publish_and_wait(state, bus, &envelope, params.wait, prepared.chunks, memory).await?;
+    metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
+    metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
+    if let Some(Idempotent { key, digest }) = idempotent {
+        state
+            .recent
+            .remember(doc.id, key, digest, (status, answer.clone()));
+    }
+    Ok((status, answer))
+}
+
+/// The answer already given to this request, when it is a retry with the
+/// same `Idempotency-Key` (422 if the key came with another body).
+fn earlier_answer(
+    state: &AppState,
+    connector: Uuid,
+    idempotent: Option<&Idempotent>,
+) -> Result<Option<(StatusCode, IngestAnswer)>, IngestError> {
+    let Some(Idempotent { key, digest }) = idempotent else {
+        return Ok(None);
+    };
+    match state.recent.lookup(connector, key, digest) {
+        Seen::New => Ok(None),
+        Seen::Retry(answer) => Ok(Some(answer)),
+        Seen::Reused => Err(IngestError::IdempotencyKeyReused),
+    }
+}
+
+/// What a request sent, read and checked.
+struct Sent {
+    params: Params,
+    /// With an `Idempotency-Key`.
+    idempotent: Option<Idempotent>,
+    body: ReadBody,
+}
+
+/// An `Idempotency-Key` and the digest of what it was sent with (format,
+/// mode and body), to tell a retry from a reuse of the key.
+struct Idempotent {
+    key: IdempotencyKey,
+    digest: [u8; 32],
+}
+
+/// A body read whole (decompressed), with the memory it holds.
+struct ReadBody {
+    format: Format,
+    bytes: Vec<u8>,
+    memory: RequestMemory,
+}
+
+/// The query, the headers (400/415), then the body under its size limit
+/// (413), each byte of it reserved from the memory budget first.
+async fn read_request(
+    state: &AppState,
+    connector: Uuid,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Sent, IngestError> {
     let params = Params::from_uri(uri)?;
     let key = IdempotencyKey::from_headers(headers)?;
     let format = body::format_of(headers)?;
@@ -220,38 +321,51 @@ async fn ingest(
     if encoding == Encoding::Gzip {
         tracing::debug!(decompressed = bytes.len(), "gzip body inflated");
     }
-
-    let (bytes, request) = match &key {
+    let (bytes, idempotent) = match key {
         None => (bytes, None),
         // Hashing up to SLUICE_MAX_BODY_BYTES is CPU work: off the reactor.
-        Some(_) => {
+        Some(key) => {
             let mode = params.mode;
-            tokio::task::spawn_blocking(move || {
+            let (bytes, digest) = tokio::task::spawn_blocking(move || {
                 let digest = request_digest(&[
                     format_name(format).as_bytes(),
                     mode.as_str().as_bytes(),
                     &bytes,
                 ]);
-                (bytes, Some(digest))
+                (bytes, digest)
             })
             .await
-            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("hashing task")))?
+            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("hashing task")))?;
+            (bytes, Some(Idempotent { key, digest }))
         }
     };
-    if let (Some(key), Some(request)) = (&key, &request) {
-        match state.recent.lookup(connector, key, request) {
-            Seen::New => {}
-            Seen::Retry(answer) => return Ok(answer),
-            Seen::Reused => return Err(IngestError::IdempotencyKeyReused),
-        }
-    }
+    Ok(Sent {
+        params,
+        idempotent,
+        body: ReadBody {
+            format,
+            bytes,
+            memory,
+        },
+    })
+}
 
-    let batch_id = key.as_ref().map_or_else(Uuid::now_v7, |key| {
-        key.batch_id(connector, doc.schema_version)
-    });
-    let limit = state.chunk_limit();
-    let prepare_doc = Arc::clone(&doc);
-    let mode = params.mode;
+/// Validates and encodes the body on a blocking thread, in one of the
+/// gateway's validation slots (400/413/422). Gives back the memory the
+/// messages hold; the body's is let go.
+async fn validate(
+    state: &AppState,
+    doc: &Arc<ConnectorDoc>,
+    mode: Mode,
+    batch_id: Uuid,
+    limit: usize,
+    body: ReadBody,
+) -> Result<(Prepared, RequestMemory), IngestError> {
+    let ReadBody {
+        format,
+        bytes,
+        mut memory,
+    } = body;
     // What validation usually holds, reserved while no validation slot is
     // taken: validating never waits for memory.
     let allowance = bytes
@@ -259,18 +373,11 @@ async fn ingest(
         .saturating_mul(ALLOWANCE_PER_BODY_BYTE)
         .max(MIN_ALLOWANCE);
     memory.reserve_ahead(allowance).await?;
-    let slot = state.validations.acquire(connector, 1).await?;
-    let (prepared, mut memory) = tokio::task::spawn_blocking(move || {
+    let slot = state.validations.acquire(doc.id, 1).await?;
+    let doc = Arc::clone(doc);
+    let (prepared, memory) = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let prepared = prepare(
-            &prepare_doc,
-            format,
-            mode,
-            &bytes,
-            batch_id,
-            limit,
-            &mut memory,
-        );
+        let prepared = prepare(&doc, format, mode, &bytes, batch_id, limit, &mut memory);
         // The body and the validation are gone by now; the messages stay.
         let messages = prepared.as_ref().map_or(0, Prepared::message_bytes);
         drop(bytes);
@@ -279,79 +386,65 @@ async fn ingest(
     })
     .await
     .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("validation task")))?;
-    let prepared = prepared?;
+    Ok((prepared?, memory))
+}
 
-    let answer = IngestAnswer {
-        accepted: prepared.accepted,
-        rejected: prepared.rejected,
-        batch_id,
-        schema_version: doc.schema_version,
-        errors: (mode == Mode::Partial).then_some(prepared.errors),
-        error_count: (mode == Mode::Partial).then_some(prepared.error_count),
-    };
-    let status = if prepared.chunks.is_empty() {
+/// Publishes the chunks, if any (503 unless every one is acknowledged) and,
+/// with `wait`, waits for the read API to report them stored: 200 if it does in
+/// time, else 202.
+async fn publish_and_wait(
+    state: &AppState,
+    bus: &Bus,
+    envelope: &Envelope<'_>,
+    wait: bool,
+    chunks: Vec<Vec<u8>>,
+    mut memory: RequestMemory,
+) -> Result<StatusCode, IngestError> {
+    if chunks.is_empty() {
         // Nothing to store: nothing to wait for either.
-        if params.wait {
+        return Ok(if wait {
             StatusCode::OK
         } else {
             StatusCode::ACCEPTED
-        }
-    } else {
-        state.ensure_connected()?;
-        // Subscribed before publishing, so no notice can be missed.
-        let notices = if params.wait {
-            let subject = state.namespace.stored_subject(connector);
-            Some(state.client.subscribe(subject).await.map_err(|e| {
-                IngestError::BusUnavailable(format!("subscribing to stored notices: {e}"))
-            })?)
-        } else {
-            None
-        };
-        let chunks = prepared.chunks.len();
-        let request_id = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok());
-        let envelope = Envelope {
-            connector,
-            schema_version: doc.schema_version,
-            batch_id,
-            request_id,
-            idempotent: key.is_some(),
-        };
-        let subject = state.namespace.records_subject(connector);
-        let published = publish_chunks(
-            &state.client,
-            &state.js,
-            &subject,
-            &envelope,
-            prepared.chunks,
-        )
-        .await?;
-        memory.settle(0);
-        metrics::counter!("sluice_ingest_records_accepted_total").increment(answer.accepted as u64);
-        metrics::counter!("sluice_ingest_records_rejected_total").increment(answer.rejected as u64);
-        match notices {
-            // A retry whose chunks were all in the stream already: the read
-            // API announced them when it stored them the first time, so
-            // there is nothing to wait for and no way to know. 202 is true.
-            Some(_) if published == Published::AllDuplicates => StatusCode::ACCEPTED,
-            Some(notices) => {
-                let stored =
-                    wait_until_stored(notices, batch_id, chunks, WAIT_FOR_STORED, &state.shutdown)
-                        .await;
-                if stored {
-                    StatusCode::OK
-                } else {
-                    StatusCode::ACCEPTED
-                }
-            }
-            None => StatusCode::ACCEPTED,
-        }
-    };
-    if let (Some(key), Some(request)) = (key, request) {
-        state
-            .recent
-            .remember(connector, key, request, (status, answer.clone()));
+        });
     }
-    Ok((status, answer))
+    ensure_connected(bus)?;
+    // Subscribed before publishing, so no notice can be missed.
+    let notices = if wait {
+        let subject = state.namespace.stored_subject(envelope.connector);
+        Some(bus.client.subscribe(subject).await.map_err(|e| {
+            IngestError::BusUnavailable(format!("subscribing to stored notices: {e}"))
+        })?)
+    } else {
+        None
+    };
+    let count = chunks.len();
+    let subject = state.namespace.records_subject(envelope.connector);
+    let published = publish_chunks(&bus.client, &bus.js, &subject, envelope, chunks).await?;
+    memory.settle(0);
+    let status = match notices {
+        // A retry whose chunks were all in the stream already: the read
+        // API announced them when it stored them the first time, so there
+        // is nothing to wait for and no way to know. 202 is true.
+        Some(_) if published == Published::AllDuplicates => StatusCode::ACCEPTED,
+        Some(notices) => {
+            let stored = wait_until_stored(
+                notices,
+                envelope.batch_id,
+                count,
+                WAIT_FOR_STORED,
+                &state.shutdown,
+            )
+            .await;
+            if stored {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            }
+        }
+        None => StatusCode::ACCEPTED,
+    };
+    Ok(status)
 }
 
 fn format_name(format: Format) -> &'static str {

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use sluice_runtime::catalog::AccessDenied;
+use sluice_runtime::catalog::{AccessDenied, Refused};
 use sluice_runtime::http::Problem;
 use sluice_runtime::throttle::TooManyFailedAttempts;
 
@@ -25,6 +25,10 @@ pub(crate) enum ReadError {
         parameter: String,
         detail: String,
     },
+    /// NATS is not set up yet (it did not answer at start), so no token
+    /// can be checked.
+    #[error("the bus is unavailable")]
+    BusUnavailable,
     /// The pool had no connection to give in time: PostgreSQL is down or
     /// saturated, which is worth a retry, not a 500.
     #[error("the database is unavailable")]
@@ -57,6 +61,15 @@ impl From<AccessDenied> for ReadError {
     }
 }
 
+impl From<Refused> for ReadError {
+    fn from(refused: Refused) -> ReadError {
+        match refused {
+            Refused::Denied(denied) => denied.into(),
+            Refused::Throttled(throttled) => ReadError::Throttled(throttled),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ReadError {
     fn from(error: sqlx::Error) -> ReadError {
         match &error {
@@ -85,6 +98,11 @@ impl IntoResponse for ReadError {
                 parameter,
                 detail,
             } => Problem::new(StatusCode::BAD_REQUEST, code, detail).with("parameter", parameter),
+            ReadError::BusUnavailable => Problem::unavailable(
+                "bus_unavailable",
+                "NATS does not answer yet; retry shortly",
+                2,
+            ),
             ReadError::DatabaseUnavailable => Problem::unavailable(
                 "database_unavailable",
                 "the database does not answer; retry shortly",

@@ -31,10 +31,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
+use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
-use sluice_runtime::bus::{self, Namespace};
-use sluice_runtime::catalog::Catalog;
+use sluice_runtime::bus::Namespace;
+use sluice_runtime::startup::{self, Bus, BusSlot, LastStep};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
 use sqlx::PgPool;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::OpenApi;
 
+use crate::error::ReadError;
 pub use store::StoreHooks;
 
 /// How long in-flight requests may run after shutdown starts.
@@ -53,9 +55,9 @@ pub(crate) struct AppState {
     /// Serves GET requests. The store loop has a pool of its own, so that
     /// slow readers can never starve it of connections.
     pub pool: PgPool,
-    pub nats: async_nats::Client,
+    /// NATS and the connector catalog, once set up (see `Service::start`).
+    pub bus: BusSlot,
     pub namespace: Namespace,
-    pub catalog: Catalog,
     pub admin_hash: Option<Arc<TokenHash>>,
     pub throttle: Arc<AuthThrottle>,
     /// Ends long-polls early when the process shuts down.
@@ -68,6 +70,12 @@ impl FromRef<AppState> for Arc<AuthThrottle> {
     }
 }
 
+impl AppState {
+    pub(crate) fn bus(&self) -> Result<&Bus, ReadError> {
+        self.bus.get().ok_or(ReadError::BusUnavailable)
+    }
+}
+
 /// The read API with its dependencies connected and its store loop running.
 pub struct Service {
     state: AppState,
@@ -77,6 +85,8 @@ pub struct Service {
 impl Service {
     /// Connects to PostgreSQL (migrating it) and NATS, loads the connector
     /// catalog, and starts the store loop; everything stops with `shutdown`.
+    /// If NATS does not answer, the service starts unready and keeps trying
+    /// (see `sluice_runtime::startup`).
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
         Service::start_with_hooks(settings, shutdown, StoreHooks::default()).await
     }
@@ -91,31 +101,27 @@ impl Service {
         let pool = sluice_runtime::store::connect_and_migrate(&settings.database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        let nats = bus::connect(&settings.nats_url, "sluice-read").await?; // BusError names the URL and, for an old server, the fix
-        let js = bus::jetstream(nats.clone(), Duration::from_secs(5));
-        bus::ensure_streams(&js, &settings.namespace, settings.stream_max_bytes)
-            .await
-            .context("setting up the records stream")?;
-        let bucket = bus::connectors_bucket(&js, &settings.namespace)
-            .await
-            .context("opening the connectors bucket")?;
-        let catalog = Catalog::start(bucket, shutdown.clone())
-            .await
-            .context("loading the connector catalog")?;
+        let tasks = TaskTracker::new();
+        let start_store = store_starter(
+            tasks.clone(),
+            pool.clone(),
+            settings.namespace.clone(),
+            shutdown.clone(),
+            hooks,
+        );
+        let bus =
+            startup::start_bus(&settings, "sluice-read", shutdown.clone(), start_store).await?; // BusError names the URL and, for an old server, the fix
+        // The store loop may start later, in the background: the tracker
+        // may be waited on before (nothing to wait for) or after.
+        tasks.close();
         let state = AppState {
-            pool: pool.clone(),
-            nats: nats.clone(),
+            pool,
+            bus,
             namespace: settings.namespace.clone(),
-            catalog,
             admin_hash: admin_hash(&settings).map(Arc::new),
             throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
-            shutdown: shutdown.clone(),
+            shutdown,
         };
-        let tasks = TaskTracker::new();
-        store::start(&tasks, &pool, nats, js, settings.namespace, shutdown, hooks)
-            .await
-            .context("starting the store consumer")?;
-        tasks.close();
         Ok(Service { state, tasks })
     }
 }
@@ -130,7 +136,8 @@ impl sluice_runtime::http::Served for Service {
         records::ApiDoc::openapi()
     }
 
-    /// PostgreSQL answers a query, and the NATS connection is up.
+    /// PostgreSQL answers a query, and NATS is set up (the store loop
+    /// started) and connected.
     async fn readiness(&self) -> Vec<(&'static str, bool)> {
         let postgres = tokio::time::timeout(
             Duration::from_secs(2),
@@ -138,8 +145,7 @@ impl sluice_runtime::http::Served for Service {
         )
         .await
         .is_ok_and(|r| r.is_ok());
-        let nats = self.state.nats.connection_state() == async_nats::connection::State::Connected;
-        vec![("postgres", postgres), ("nats", nats)]
+        vec![("postgres", postgres), ("nats", self.state.bus.is_ready())]
     }
 
     /// Resolves once the store loop has finished its in-flight batch after
@@ -182,6 +188,29 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         Ok(self.0.run().await?)
     }
+}
+
+/// The read API's last step of start-up: the store loop, on the bus once it
+/// is set up (retried, as every step, until it starts).
+fn store_starter(
+    tasks: TaskTracker,
+    pool: PgPool,
+    namespace: Namespace,
+    shutdown: CancellationToken,
+    hooks: StoreHooks,
+) -> LastStep {
+    Box::new(move |bus: Bus| {
+        let (tasks, pool, namespace) = (tasks.clone(), pool.clone(), namespace.clone());
+        let (shutdown, hooks) = (shutdown.clone(), hooks.clone());
+        async move {
+            store::start(
+                &tasks, &pool, bus.client, bus.js, namespace, shutdown, hooks,
+            )
+            .await
+            .context("starting the store consumer")
+        }
+        .boxed()
+    })
 }
 
 /// Only the hash of the operator's token is kept in memory.

@@ -40,7 +40,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sluice_runtime::catalog::AccessDenied;
 use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
 use sluice_runtime::store::records_table;
 use sluice_runtime::throttle::AuthAttempt;
@@ -158,7 +157,7 @@ async fn get_records(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, token, &attempt, id)?;
+    let connector = authorize(&state, token, &attempt, id).await?;
     let params = page_params(CursorKind::Records, query, &headers)?;
     serve_page(state, connector, params, Source::Records).await
 }
@@ -188,7 +187,7 @@ async fn get_rejected(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, token, &attempt, id)?;
+    let connector = authorize(&state, token, &attempt, id).await?;
     let params = page_params(CursorKind::Rejected, query, &headers)?;
     serve_page(state, connector, params, Source::Rejected).await
 }
@@ -215,26 +214,28 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
 /// a UUID names no connector: the operator gets 404, a connector's token
 /// 403 (it is not this connector's), an unknown token 401, or 429 once its
 /// client has failed too often (`throttle`).
-fn authorize(
+async fn authorize(
     state: &AppState,
     token: Result<BearerToken, Problem>,
     attempt: &AuthAttempt,
     connector: Option<Uuid>,
 ) -> Result<Uuid, ReadError> {
-    let checked = match token {
-        Ok(BearerToken(token)) => state.catalog.authorize(
+    let Ok(BearerToken(token)) = token else {
+        attempt.fail()?;
+        return Err(ReadError::Unauthorized);
+    };
+    let doc = state
+        .bus()?
+        .catalog
+        .authorize(
             &token,
             state.admin_hash.as_deref(),
-            connector.unwrap_or(Uuid::nil()),
+            connector,
             TokenKind::Read,
-        ),
-        Err(_) => Err(AccessDenied::Unauthorized),
-    };
-    if let Err(AccessDenied::Unauthorized) = checked {
-        attempt.fail()?;
-    }
-    checked?;
-    connector.ok_or(ReadError::NotFound)
+            attempt,
+        )
+        .await?;
+    Ok(doc.id)
 }
 
 fn page_params(
@@ -304,7 +305,7 @@ async fn serve_page(
             // the look above and the subscription is seen by the look.
             None => {
                 let subject = state.namespace.stored_subject(connector);
-                match state.nats.subscribe(subject).await {
+                match state.bus()?.client.subscribe(subject).await {
                     Ok(subscriber) => notices = Some(subscriber),
                     Err(error) => {
                         tracing::warn!(%error, "cannot wait for stored notices; answering now");

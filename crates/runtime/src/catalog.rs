@@ -4,6 +4,14 @@
 //! The copy is loaded from the key-value bucket at start and kept current by
 //! watching it, so an edit, a token rotation or a deletion reaches every
 //! gateway and reader within milliseconds of the control plane's write.
+//!
+//! It trails the bucket by the time a watch update takes, so a client that
+//! uses a connector right after the control plane created it or rotated a
+//! token could be refused by a service that has not seen the change yet.
+//! When the copy would refuse with 401 or 404, [`Catalog::authorize`]
+//! therefore reads the connector's entry from the bucket itself before
+//! answering: the control plane writes it before it answers, so what a
+//! client was just told is honoured by the gateway and the read API alike.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -15,7 +23,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::ConnectorDoc;
+use crate::throttle::{AuthAttempt, TooManyFailedAttempts};
 use crate::token::{TokenHash, TokenKind};
+
+/// How long a refusal may wait on the bucket; past it, the copy's answer
+/// stands.
+const BUCKET_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a token may not use a connector's route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +41,32 @@ pub enum AccessDenied {
     NotFound,
 }
 
-#[derive(Clone, Default)]
+/// Why a request may not use a connector's route, as [`Catalog::authorize`]
+/// decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Denied(AccessDenied),
+    /// 429: the client sent too many missing or unknown tokens.
+    Throttled(TooManyFailedAttempts),
+}
+
+impl From<AccessDenied> for Refused {
+    fn from(denied: AccessDenied) -> Refused {
+        Refused::Denied(denied)
+    }
+}
+
+impl From<TooManyFailedAttempts> for Refused {
+    fn from(throttled: TooManyFailedAttempts) -> Refused {
+        Refused::Throttled(throttled)
+    }
+}
+
+#[derive(Clone)]
 pub struct Catalog {
     inner: Arc<RwLock<Inner>>,
+    /// The bucket the copy follows, read directly when the copy refuses.
+    bucket: kv::Store,
 }
 
 #[derive(Default)]
@@ -75,13 +111,16 @@ struct Entry {
 impl Catalog {
     /// Loads the bucket, then keeps watching it until `shutdown`.
     pub async fn start(bucket: kv::Store, shutdown: CancellationToken) -> anyhow::Result<Catalog> {
-        let catalog = Catalog::default();
         // Watch first, then load: an update made during the load is then
         // seen by the watch, and revisions put the two in order.
         let watch = bucket.watch_all().await?;
-        catalog.load(&bucket).await?;
+        let catalog = Catalog {
+            inner: Arc::default(),
+            bucket,
+        };
+        catalog.load().await?;
         let keeper = catalog.clone();
-        tokio::spawn(async move { keeper.follow(bucket, watch, shutdown).await });
+        tokio::spawn(async move { keeper.follow(watch, shutdown).await });
         Ok(catalog)
     }
 
@@ -110,35 +149,101 @@ impl Catalog {
 
     /// SPEC 3 for the routes of one connector: the operator, or a token of
     /// `kind` of that very connector. A missing connector is reported after
-    /// the check, so a connector's existence is not revealed to strangers.
-    pub fn authorize(
+    /// the check, so a connector's existence is not revealed to strangers;
+    /// `None` is a route whose id names no connector.
+    ///
+    /// A missing or unknown token is a failed attempt of the client's
+    /// (`attempt`), counted before the bucket is read (and given back if
+    /// the bucket knows the token), so that a client that failed too often
+    /// is answered 429 without a read, however many requests it sends at
+    /// once. A token that cannot be a connector's is never looked for there.
+    #[tracing::instrument(skip_all)]
+    pub async fn authorize(
         &self,
         token: &str,
         admin: Option<&TokenHash>,
-        connector: Uuid,
+        connector: Option<Uuid>,
+        kind: TokenKind,
+        attempt: &AuthAttempt,
+    ) -> Result<Arc<ConnectorDoc>, Refused> {
+        let denied = match self.authorize_in_memory(token, admin, connector, kind) {
+            Ok(doc) => return Ok(doc),
+            Err(AccessDenied::Forbidden) => return Err(AccessDenied::Forbidden.into()),
+            Err(denied) => denied,
+        };
+        let unknown = denied == AccessDenied::Unauthorized;
+        if unknown {
+            attempt.fail()?;
+        }
+        // The operator was recognised in memory; what the bucket may still
+        // know is a connector (or its tokens) the watch has not brought yet.
+        let Some(id) = connector else {
+            return Err(denied.into());
+        };
+        if unknown && TokenKind::of_secret(token).is_none() {
+            return Err(denied.into());
+        }
+        if let Some(entry) = self.read_from_bucket(id).await {
+            // Taken in as the watch would, revisions deciding.
+            self.apply(&entry);
+        }
+        let decided = self.authorize_in_memory(token, admin, connector, kind);
+        if unknown && !matches!(decided, Err(AccessDenied::Unauthorized)) {
+            attempt.forgive();
+        }
+        decided.map_err(Refused::from)
+    }
+
+    /// [`Catalog::authorize`] from the copy alone.
+    fn authorize_in_memory(
+        &self,
+        token: &str,
+        admin: Option<&TokenHash>,
+        connector: Option<Uuid>,
         kind: TokenKind,
     ) -> Result<Arc<ConnectorDoc>, AccessDenied> {
         match self.token_owner(token, admin) {
             TokenOwner::Unknown => Err(AccessDenied::Unauthorized),
-            TokenOwner::Connector(id, k) if id != connector || k != kind => {
+            TokenOwner::Connector(id, k) if Some(id) != connector || k != kind => {
                 Err(AccessDenied::Forbidden)
             }
-            TokenOwner::Operator | TokenOwner::Connector(..) => {
-                self.get(connector).ok_or(AccessDenied::NotFound)
+            TokenOwner::Operator | TokenOwner::Connector(..) => connector
+                .and_then(|id| self.get(id))
+                .ok_or(AccessDenied::NotFound),
+        }
+    }
+
+    /// Connector `id`'s latest entry in the bucket, a deletion included;
+    /// `None` if there is none or the bucket does not answer in time.
+    async fn read_from_bucket(&self, id: Uuid) -> Option<kv::Entry> {
+        let read = tokio::time::timeout(
+            BUCKET_READ_TIMEOUT,
+            self.bucket.entry(ConnectorDoc::key(id)),
+        )
+        .await;
+        match read {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(error)) => {
+                tracing::warn!(connector = %id, %error, "reading a connector from the bucket failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(connector = %id, "reading a connector from the bucket timed out");
+                None
             }
         }
     }
 
     /// Reads every key; a connector missing from the bucket is forgotten,
     /// since its deletion may have happened while the watch was down.
-    async fn load(&self, bucket: &kv::Store) -> anyhow::Result<()> {
+    async fn load(&self) -> anyhow::Result<()> {
         let mut present = std::collections::HashSet::new();
-        let mut keys = bucket.keys().await?;
+        let mut keys = self.bucket.keys().await?;
         while let Some(key) = keys.next().await {
             let key = key?;
-            if let Some(entry) = bucket.entry(&key).await? {
+            if let Some(entry) = self.bucket.entry(&key).await? {
                 self.apply(&entry);
-                present.extend(key.parse::<Uuid>().ok());
+                present.extend(ConnectorDoc::id_of_key(&key));
             }
         }
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
@@ -160,7 +265,7 @@ impl Catalog {
         Ok(())
     }
 
-    async fn follow(&self, bucket: kv::Store, mut watch: kv::Watch, shutdown: CancellationToken) {
+    async fn follow(&self, mut watch: kv::Watch, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -175,8 +280,8 @@ impl Catalog {
                                 _ = shutdown.cancelled() => return,
                                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                             }
-                            match bucket.watch_all().await {
-                                Ok(w) => match self.load(&bucket).await {
+                            match self.bucket.watch_all().await {
+                                Ok(w) => match self.load().await {
                                     Ok(()) => break w,
                                     Err(error) => tracing::warn!(%error, "connector reload failed"),
                                 },
@@ -197,12 +302,12 @@ impl Catalog {
     }
 
     fn apply(&self, entry: &kv::Entry) {
-        let Ok(id) = entry.key.parse::<Uuid>() else {
+        let Some(id) = ConnectorDoc::id_of_key(&entry.key) else {
             tracing::warn!(key = %entry.key, "ignoring a bucket key that is not a connector id");
             return;
         };
         let doc = match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<ConnectorDoc>(&entry.value) {
+            kv::Operation::Put => match ConnectorDoc::decode(&entry.value) {
                 Ok(doc) => Some(Arc::new(doc)),
                 Err(error) => {
                     tracing::error!(%id, %error, "ignoring an unreadable connector definition");

@@ -4,7 +4,10 @@
 //!   key-value document of a connector, the record batch on the stream, and
 //!   the set-up of the stream and bucket.
 //! - [`catalog`]: a live copy of every connector's definition, loaded from
-//!   the bucket and kept current by watching it.
+//!   the bucket and kept current by watching it, which decides who may use
+//!   a connector's routes.
+//! - [`startup`]: a service's NATS side brought up, retried until NATS
+//!   answers, the same in every service.
 //! - [`store`]: the PostgreSQL side: connecting and migrating, the layout of
 //!   each connector's records table and the SQL that builds and converts it.
 //! - [`token`]: connector tokens, their hashes, and constant-time checks.
@@ -22,6 +25,7 @@ pub mod catalog;
 pub mod http;
 pub mod nats_server;
 pub mod settings;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

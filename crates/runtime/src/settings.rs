@@ -16,9 +16,10 @@ pub struct SettingsError {
     pub reason: String,
 }
 
-/// Checked configuration. The admin token is a [`SecretString`], so it never
-/// reaches a `Debug` output or a log line.
-#[derive(Debug, Clone)]
+/// Checked configuration. The admin token is a [`SecretString`], and the
+/// passwords and tokens inside `NATS_URL` and `DATABASE_URL` are redacted
+/// by `Debug` (see [`redact_url`]), so no secret reaches a log line.
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub nats_url: String,
@@ -36,6 +37,88 @@ pub struct Settings {
     /// Memory the ingest gateway lets requests hold in all
     /// (`SLUICE_INGEST_MEMORY_BYTES`): bodies, validation, messages.
     pub ingest_memory_bytes: usize,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Taken apart, so that a new field cannot be left out unnoticed.
+        let Settings {
+            listen,
+            nats_url,
+            database_url,
+            namespace,
+            admin_token,
+            public_url,
+            max_body_bytes,
+            stream_max_bytes,
+            http,
+            auth_throttle,
+            ingest_memory_bytes,
+        } = self;
+        f.debug_struct("Settings")
+            .field("listen", listen)
+            .field("nats_url", &redact_url(nats_url))
+            .field("database_url", &redact_url(database_url))
+            .field("namespace", namespace)
+            .field("admin_token", admin_token)
+            .field("public_url", public_url)
+            .field("max_body_bytes", max_body_bytes)
+            .field("stream_max_bytes", stream_max_bytes)
+            .field("http", http)
+            .field("auth_throttle", auth_throttle)
+            .field("ingest_memory_bytes", ingest_memory_bytes)
+            .finish()
+    }
+}
+
+/// What replaces a secret in [`redact_url`]'s output.
+const REDACTED: &str = "[REDACTED]";
+
+/// `url` fit for a log line: the password of `user:password@`, a NATS
+/// token (`nats://token@host`) and a `password=` query parameter are
+/// replaced, the rest (hosts, ports, user names) kept. A comma-separated
+/// list of NATS servers is redacted server by server.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+            // PostgreSQL reads a lone user name there; NATS a token.
+            None if scheme.starts_with("postgres") => authority.to_owned(),
+            None => format!("{REDACTED}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                        format!("{name}={REDACTED}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 /// What one client may hold of a listener, and for how long. Every listener
@@ -323,6 +406,56 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_in_urls_never_reach_debug() {
+        let s = Settings::from_lookup("0.0.0.0:8081", |n| match n {
+            "DATABASE_URL" => Some("postgres://sluice:pg-secret@db:5432/sluice".to_owned()),
+            "NATS_URL" => {
+                Some("nats://nats-user:nats-secret@a:4222,nats://nats-token@b:4222".to_owned())
+            }
+            _ => None,
+        })
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["pg-secret", "nats-secret", "nats-token"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        for kept in [
+            "sluice:[REDACTED]@db:5432/sluice",
+            "nats-user:[REDACTED]@a:4222",
+            "nats://[REDACTED]@b:4222",
+        ] {
+            assert!(debug.contains(kept), "{kept} missing from {debug}");
+        }
+        // The settings themselves keep the secrets: the services need them.
+        assert!(s.database_url.contains("pg-secret"));
+    }
+
+    #[test]
+    fn urls_are_redacted_part_by_part() {
+        for (url, redacted) in [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            (
+                "postgres://postgres@127.0.0.1:5432/sluice",
+                "postgres://postgres@127.0.0.1:5432/sluice",
+            ),
+            (
+                "postgresql://u:p@h/db?sslmode=require&password=q",
+                "postgresql://u:[REDACTED]@h/db?sslmode=require&password=[REDACTED]",
+            ),
+            (
+                "postgres://h/db?PASSWORD=q",
+                "postgres://h/db?PASSWORD=[REDACTED]",
+            ),
+            ("tls://tok@h:4222", "tls://[REDACTED]@h:4222"),
+            ("u:p@h:4222", "u:[REDACTED]@h:4222"),
+            ("nats://u:p:q@h", "nats://u:[REDACTED]@h"),
+            ("nats://u:p@h/@x", "nats://u:[REDACTED]@h/@x"),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+        }
     }
 
     #[test]

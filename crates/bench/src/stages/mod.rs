@@ -415,14 +415,14 @@ async fn create_connector(
     // raw side needs to publish messages the read API will store.
     let bucket = js.get_key_value(env.namespace.connectors_bucket()).await?;
     let doc = bucket
-        .get(id.to_string())
+        .get(ConnectorDoc::key(id))
         .await?
         .context("the control plane did not publish the connector")?;
     Ok(Connector {
         id,
         write_token: text("write_token")?,
         read_token: text("read_token")?,
-        doc: serde_json::from_slice(&doc)?,
+        doc: ConnectorDoc::decode(&doc)?,
     })
 }
 

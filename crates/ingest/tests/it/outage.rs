@@ -39,7 +39,7 @@ async fn while_nats_is_down_ingest_answers_503_and_recovers_by_itself() {
         read_token_hash: NewToken::generate(TokenKind::Read).hash,
     };
     bucket
-        .put(doc.id.to_string(), serde_json::to_vec(&doc).unwrap().into())
+        .put(ConnectorDoc::key(doc.id), doc.encode().unwrap())
         .await
         .unwrap();
 

@@ -3,4 +3,5 @@ mod guarantees;
 mod helpers;
 mod hostile_values;
 mod reading;
+mod startup;
 mod storing;
