@@ -19,7 +19,7 @@ use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
 use crate::copy::{self, BinaryRows};
-use crate::page::{Bind, PagePlan};
+use crate::plan::{Bind, PagePlan};
 
 /// A statement built for one connector, schema and request. It is not kept
 /// prepared: the cache would fill with one-off texts, and a statement

@@ -20,7 +20,8 @@
 mod copy;
 mod db;
 mod error;
-mod page;
+mod params;
+mod plan;
 mod records;
 mod render;
 mod store;
