@@ -24,6 +24,7 @@ mod params;
 mod plan;
 mod records;
 mod render;
+mod rows;
 mod store;
 
 use std::net::SocketAddr;

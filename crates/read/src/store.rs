@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::db::{self, IdCounters, RecordInsert, StoreFailure, Unstorable};
+use crate::db::{self, IdCounters};
+use crate::rows::{RecordInsert, Unstorable};
 
 /// How long a delivered message may stay unacked before JetStream gives it
 /// to another replica: far above the time one message takes to store.
@@ -218,15 +219,6 @@ impl From<sqlx::Error> for StoreError {
 impl From<Unstorable> for StoreError {
     fn from(e: Unstorable) -> StoreError {
         StoreError::Unstorable(e.0)
-    }
-}
-
-impl From<StoreFailure> for StoreError {
-    fn from(failure: StoreFailure) -> StoreError {
-        match failure {
-            StoreFailure::Unstorable(e) => e.into(),
-            StoreFailure::Database(e) => e.into(),
-        }
     }
 }
 
@@ -568,8 +560,8 @@ impl Store {
         let start_preparing = |index: usize, first_id: i64| {
             let delivered = &group.messages[index];
             let (payload, id) = (delivered.message.payload.clone(), delivered.id);
-            let (connector, schema) = (group.connector, Arc::clone(&schema));
-            tokio::task::spawn_blocking(move || prepare(connector, &schema, &payload, id, first_id))
+            let schema = Arc::clone(&schema);
+            tokio::task::spawn_blocking(move || prepare(&schema, &payload, id, first_id))
         };
         // The first of two copies of one chunk in this group is stored.
         let fresh: Vec<usize> = (0..ids.len())
@@ -597,7 +589,7 @@ impl Store {
             if let Some(&following) = fresh.get(k + 1) {
                 preparing = Some(start_preparing(following, next.last_record_id + 1));
             }
-            prepared.insert.execute(&mut tx).await?;
+            db::insert_records(&mut tx, group.connector, prepared.insert).await?;
             db::insert_rejected(
                 &mut tx,
                 group.connector,
@@ -697,7 +689,6 @@ struct Prepared {
 /// The CPU work of storing a message known as `id`, with its rows' ids from
 /// `first_id`.
 fn prepare(
-    connector: Uuid,
     schema: &Schema,
     payload: &[u8],
     id: ChunkId,
@@ -719,7 +710,7 @@ fn prepare(
     let rejected = std::mem::take(&mut batch.rejected);
     let (records, received_at) = (batch.rows, batch.received_at);
     Ok(Prepared {
-        insert: RecordInsert::plan(connector, schema, batch, first_id)?,
+        insert: RecordInsert::plan(schema, batch, first_id)?,
         records,
         rejected,
         received_at,
