@@ -9,23 +9,11 @@
 //! from text, so a decimal stored by COPY is the one `'literal'::numeric`
 //! gives.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use sluice_runtime::bus::{EpochDays, EpochMicros};
 use sluice_schema::DecimalParts;
 
 /// The signature, flags and header extension length that open the data.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-
-/// PostgreSQL's epoch for dates and timestamps.
-fn epoch() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date")
-}
-
-/// Microseconds since 2000-01-01 UTC, truncated as sqlx binds a timestamp
-/// (the path a converted column takes); `None` beyond `i64`.
-pub(crate) fn micros(value: DateTime<Utc>) -> Option<i64> {
-    let epoch = epoch().and_hms_opt(0, 0, 0)?.and_utc();
-    (value - epoch).num_microseconds()
-}
 
 /// The data of one `COPY … FROM STDIN (FORMAT binary)`, row by row.
 pub(crate) struct BinaryRows {
@@ -79,15 +67,16 @@ impl BinaryRows {
         self.out.extend_from_slice(json.as_bytes());
     }
 
-    /// Days since 2000-01-01.
-    pub(crate) fn date(&mut self, value: NaiveDate) {
-        let days = (value - epoch()).num_days() as i32;
-        self.value(&days.to_be_bytes());
+    /// Days since 2000-01-01; `None` beyond `i32`.
+    pub(crate) fn date(&mut self, value: EpochDays) -> Option<()> {
+        self.value(&value.since_postgres_epoch()?.to_be_bytes());
+        Some(())
     }
 
-    /// A `timestamptz` given as [`micros`] of it.
-    pub(crate) fn timestamptz(&mut self, micros: i64) {
-        self.value(&micros.to_be_bytes());
+    /// Microseconds since 2000-01-01; `None` beyond `i64`.
+    pub(crate) fn timestamptz(&mut self, value: EpochMicros) -> Option<()> {
+        self.value(&value.since_postgres_epoch()?.to_be_bytes());
+        Some(())
     }
 
     /// A decimal literal as the schema crate accepts one; `None` if it is

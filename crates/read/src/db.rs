@@ -5,21 +5,21 @@
 //! UPDATE before it alters or drops the records table; the store takes it
 //! FOR SHARE), then its `connector_stats` row, then its records table.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sluice_runtime::bus::{ChunkId, ColumnValues, RecordBatch, RejectedRecord};
+use sluice_runtime::bus::{ChunkId, RejectedRecord};
 use sluice_runtime::store::{
     ID_COLUMN, RECEIVED_AT_COLUMN, convert_sql, quote_ident, records_table,
 };
-use sluice_schema::{Conversion, Schema};
+use sluice_schema::{FieldType, Schema};
 use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
-use crate::copy::{self, BinaryRows};
-use crate::page::{Bind, PagePlan};
+use crate::plan::{Bind, PagePlan};
+use crate::rows::{ArrayBind, ArrayRows, RecordInsert};
 
 /// A statement built for one connector, schema and request. It is not kept
 /// prepared: the cache would fill with one-off texts, and a statement
@@ -87,360 +87,134 @@ pub(crate) struct IdCounters {
 
 /// Locks the connector's stats row FOR UPDATE: the lock under which ids are
 /// allocated, so that one connector's writes commit in `_id` order. The
-/// row is made if the connector has none yet.
+/// control plane makes the row in the transaction that makes the connector;
+/// `None`: the connector is gone.
 #[tracing::instrument(skip(conn))]
 pub(crate) async fn lock_counters(
     conn: &mut PgConnection,
     connector: Uuid,
 ) -> sqlx::Result<Option<IdCounters>> {
-    let lock = "SELECT last_record_id, last_rejected_id FROM connector_stats \
-                WHERE connector_id = $1 FOR UPDATE";
-    if let Some((r, j)) = sqlx::query_as::<_, (i64, i64)>(lock)
-        .bind(connector)
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        return Ok(Some(IdCounters {
-            last_record_id: r,
-            last_rejected_id: j,
-        }));
-    }
-    sqlx::query(
-        "INSERT INTO connector_stats (connector_id) SELECT id FROM connectors WHERE id = $1 \
-         ON CONFLICT DO NOTHING",
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT last_record_id, last_rejected_id FROM connector_stats \
+         WHERE connector_id = $1 FOR UPDATE",
     )
     .bind(connector)
-    .execute(&mut *conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(sqlx::query_as::<_, (i64, i64)>(lock)
-        .bind(connector)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|(r, j)| IdCounters {
-            last_record_id: r,
-            last_rejected_id: j,
-        }))
+    Ok(row.map(|(last_record_id, last_rejected_id)| IdCounters {
+        last_record_id,
+        last_rejected_id,
+    }))
 }
 
-/// Why a batch cannot be stored as it is, ever.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Unstorable(pub String);
-
-/// One column of a batch, mapped onto the field it now belongs to.
-struct TargetColumn {
-    /// The field's column, quoted.
-    name: String,
-    values: ColumnValues,
-    /// How its values become the field's current type, if they are of an
-    /// older one.
-    conversion: Option<Conversion>,
-}
-
-/// A batch's rows, ready to write: encoded for a binary COPY, or, when a
-/// column must be converted, planned as an INSERT whose SQL converts it
-/// exactly as the control plane converted the stored values.
-pub(crate) enum RecordInsert {
-    /// Only refused records: no row to write.
-    Nothing,
-    Copy {
-        statement: String,
-        data: Vec<u8>,
-    },
-    Insert(Rows),
-}
-
-impl RecordInsert {
-    /// Maps the batch's columns onto `schema` (see [`Rows::map`]) and, for a
-    /// COPY, encodes them: the CPU work, for a blocking thread.
-    pub(crate) fn plan(
-        connector: Uuid,
-        schema: &Schema,
-        batch: RecordBatch,
-        first_id: i64,
-    ) -> Result<RecordInsert, Unstorable> {
-        let rows = Rows::map(connector, schema, batch, first_id)?;
-        Ok(if rows.rows == 0 {
-            RecordInsert::Nothing
-        } else if rows.columns.iter().any(|c| c.conversion.is_some()) {
-            RecordInsert::Insert(rows)
-        } else {
-            RecordInsert::Copy {
-                statement: rows.copy_statement(),
-                data: rows.binary_rows()?,
-            }
-        })
-    }
-
-    #[tracing::instrument(skip_all)]
-    pub(crate) async fn execute(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
-        match self {
-            RecordInsert::Nothing => Ok(()),
-            RecordInsert::Insert(rows) => rows.insert(conn).await,
-            RecordInsert::Copy { statement, data } => {
-                let mut copy = conn.copy_in_raw(&statement).await?;
-                if let Err(error) = copy.send(data).await {
-                    let _ = copy.abort("sending the rows failed").await;
-                    return Err(error.into());
-                }
-                copy.finish().await?;
-                Ok(())
-            }
-        }
+/// Writes a batch's rows into its connector's records table.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn insert_records(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    rows: RecordInsert,
+) -> sqlx::Result<()> {
+    match rows {
+        RecordInsert::Nothing => Ok(()),
+        RecordInsert::Copy { columns, data } => copy_rows(conn, connector, &columns, data).await,
+        RecordInsert::Insert(rows) => insert_arrays(conn, connector, rows).await,
     }
 }
 
-/// The rows of one batch, mapped onto the records table's columns.
-pub(crate) struct Rows {
-    table: String,
-    first_id: i64,
-    rows: usize,
-    received_at: DateTime<Utc>,
-    columns: Vec<TargetColumn>,
+/// One `COPY … FROM STDIN (FORMAT binary)` of rows that hold `_id`,
+/// `_received_at`, then the fields `columns` names.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    columns: &[String],
+    data: Vec<u8>,
+) -> sqlx::Result<()> {
+    let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
+        .into_iter()
+        .chain(columns.iter().map(String::as_str))
+        .map(quote_ident)
+        .collect();
+    let statement = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        records_table(connector),
+        names.join(", ")
+    );
+    let mut copy = conn.copy_in_raw(&statement).await?;
+    if let Err(error) = copy.send(data).await {
+        let _ = copy.abort("sending the rows failed").await;
+        return Err(error);
+    }
+    copy.finish().await?;
+    Ok(())
 }
 
-impl Rows {
-    /// Maps the batch's columns onto `schema`, the connector's current one:
-    /// by field id, so renamed fields follow their id and removed ones are
-    /// dropped; a column of an older type is converted exactly as the
-    /// control plane converted the stored values; fields the batch lacks
-    /// stay null.
-    fn map(
-        connector: Uuid,
-        schema: &Schema,
-        batch: RecordBatch,
-        first_id: i64,
-    ) -> Result<Rows, Unstorable> {
-        let rows = batch.rows;
-        i64::try_from(rows).map_err(|_| Unstorable("too many rows".into()))?;
-        let mut columns: Vec<TargetColumn> = Vec::new();
-        let mut seen = Vec::new();
-        for column in batch.columns {
-            if column.values.len() != rows {
-                return Err(Unstorable(format!(
-                    "column of field {} holds {} values for {rows} rows",
-                    column.field.0,
-                    column.values.len()
-                )));
-            }
-            let Some(field) = schema.field_by_id(column.field) else {
-                // Removed since the gateway validated: its values go.
-                continue;
-            };
-            if seen.contains(&field.id) {
-                return Err(Unstorable(format!(
-                    "field {} has two columns",
-                    column.field.0
-                )));
-            }
-            seen.push(field.id);
-            let from = column.values.field_type();
-            let conversion = if from == field.ty {
-                None
-            } else {
-                Some(Conversion::between(from, field.ty).ok_or_else(|| {
-                    Unstorable(format!(
-                        "field {:?} is now {} and a {from} value cannot become one",
-                        field.name.as_str(),
-                        field.ty
-                    ))
-                })?)
-            };
-            columns.push(TargetColumn {
-                name: quote_ident(field.name.as_str()),
-                values: column.values,
-                conversion,
-            });
-        }
-        Ok(Rows {
-            table: records_table(connector),
-            first_id,
-            rows,
-            received_at: batch.received_at,
-            columns,
-        })
+/// One `INSERT … SELECT … FROM UNNEST`: every column bound as one typed
+/// array, converted in SQL.
+async fn insert_arrays(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    rows: ArrayRows,
+) -> sqlx::Result<()> {
+    let mut targets = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
+    let mut selects = vec!["u.c0".to_owned(), "$2".to_owned()];
+    // $1 ids, $2 received_at, then one array per column from $3.
+    let mut unnest = vec!["$1::bigint[]".to_owned()];
+    let mut aliases = vec!["c0".to_owned()];
+    for (i, column) in rows.columns.iter().enumerate() {
+        let alias = format!("c{}", i + 1);
+        let value = format!("u.{alias}{}", element_cast(column.from));
+        targets.push(quote_ident(&column.name));
+        selects.push(match column.conversion {
+            Some(conversion) => convert_sql(conversion, column.from, &value),
+            None => value,
+        });
+        unnest.push(format!("${}::{}", i + 3, array_type(&column.values)));
+        aliases.push(alias);
     }
-
-    fn copy_statement(&self) -> String {
-        let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
-            .into_iter()
-            .map(quote_ident)
-            .chain(self.columns.iter().map(|c| c.name.clone()))
-            .collect();
-        format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            self.table,
-            names.join(", ")
-        )
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({})",
+        records_table(connector),
+        targets.join(", "),
+        selects.join(", "),
+        unnest.join(", "),
+        aliases.join(", "),
+    );
+    let ids: Vec<i64> = (rows.first_id..).take(rows.rows).collect();
+    let mut query = dynamic(&sql).bind(ids).bind(rows.received_at);
+    for column in rows.columns {
+        query = match column.values {
+            ArrayBind::Integer(v) => query.bind(v),
+            ArrayBind::Number(v) => query.bind(v),
+            ArrayBind::Boolean(v) => query.bind(v),
+            ArrayBind::Text(v) => query.bind(v),
+            ArrayBind::Date(v) => query.bind(v),
+            ArrayBind::Timestamp(v) => query.bind(v),
+        };
     }
+    query.execute(conn).await?;
+    Ok(())
+}
 
-    /// The rows in COPY's binary format; every column is of its field's type.
-    fn binary_rows(&self) -> Result<Vec<u8>, Unstorable> {
-        let fields = i16::try_from(self.columns.len() + 2)
-            .map_err(|_| Unstorable("too many columns".into()))?;
-        let mut out = BinaryRows::with_capacity(self.rows * (16 + 24 * self.columns.len()));
-        let malformed = |what: &str| Unstorable(format!("a {what} value is malformed"));
-        // One value for every row of the batch: encoded once.
-        let received_at = copy::micros(self.received_at).ok_or_else(|| malformed("received_at"))?;
-        for row in 0..self.rows {
-            out.row(fields);
-            out.int8(self.first_id + row as i64);
-            out.timestamptz(received_at);
-            for column in &self.columns {
-                match &column.values {
-                    ColumnValues::String(v) => match &v[row] {
-                        Some(s) => out.text(s),
-                        None => out.null(),
-                    },
-                    ColumnValues::Integer(v) => match v[row] {
-                        Some(i) => out.int8(i),
-                        None => out.null(),
-                    },
-                    ColumnValues::Number(v) => match v[row] {
-                        Some(n) => out.float8(n),
-                        None => out.null(),
-                    },
-                    ColumnValues::Decimal(v) => match &v[row] {
-                        Some(d) => out.numeric(d).ok_or_else(|| malformed("decimal"))?,
-                        None => out.null(),
-                    },
-                    ColumnValues::Boolean(v) => match v[row] {
-                        Some(b) => out.boolean(b),
-                        None => out.null(),
-                    },
-                    ColumnValues::Date(v) => match &v[row] {
-                        Some(d) => out.date(parse_date(d).map_err(|_| malformed("date"))?),
-                        None => out.null(),
-                    },
-                    ColumnValues::Timestamp(v) => match &v[row] {
-                        Some(t) => parse_timestamp(t)
-                            .ok()
-                            .and_then(copy::micros)
-                            .map(|t| out.timestamptz(t))
-                            .ok_or_else(|| malformed("timestamp"))?,
-                        None => out.null(),
-                    },
-                    ColumnValues::Json(v) => match &v[row] {
-                        Some(j) => out.jsonb(j.get()),
-                        None => out.null(),
-                    },
-                }
-            }
-        }
-        Ok(out.finish())
-    }
-
-    /// One `INSERT … SELECT … FROM UNNEST`: every column bound as one typed
-    /// array, converted in SQL.
-    async fn insert(self, conn: &mut PgConnection) -> Result<(), StoreFailure> {
-        let mut targets = vec![quote_ident(ID_COLUMN), quote_ident(RECEIVED_AT_COLUMN)];
-        let mut selects = vec!["u.c0".to_owned(), "$2".to_owned()];
-        // $1 ids, $2 received_at, then one array per column from $3.
-        let mut unnest = vec!["$1::bigint[]".to_owned()];
-        let mut aliases = vec!["c0".to_owned()];
-        let mut arrays = Vec::new();
-        for (i, column) in self.columns.into_iter().enumerate() {
-            let from = column.values.field_type();
-            let alias = format!("c{}", i + 1);
-            let (array, pg_array, cast) = array_of(column.values)?;
-            let value = format!("u.{alias}{cast}");
-            targets.push(column.name);
-            selects.push(match column.conversion {
-                Some(conversion) => convert_sql(conversion, from, &value),
-                None => value,
-            });
-            unnest.push(format!("${}::{pg_array}", i + 3));
-            aliases.push(alias);
-            arrays.push(array);
-        }
-        let sql = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM UNNEST({}) AS u({})",
-            self.table,
-            targets.join(", "),
-            selects.join(", "),
-            unnest.join(", "),
-            aliases.join(", "),
-        );
-        let ids: Vec<i64> = (self.first_id..).take(self.rows).collect();
-        let mut query = dynamic(&sql).bind(ids).bind(self.received_at);
-        for array in arrays {
-            query = match array {
-                ArrayBind::Integer(v) => query.bind(v),
-                ArrayBind::Number(v) => query.bind(v),
-                ArrayBind::Boolean(v) => query.bind(v),
-                ArrayBind::Text(v) => query.bind(v),
-                ArrayBind::Date(v) => query.bind(v),
-                ArrayBind::Timestamp(v) => query.bind(v),
-            };
-        }
-        query.execute(conn).await?;
-        Ok(())
+/// The PostgreSQL type of a bound array.
+fn array_type(values: &ArrayBind) -> &'static str {
+    match values {
+        ArrayBind::Integer(_) => "bigint[]",
+        ArrayBind::Number(_) => "float8[]",
+        ArrayBind::Boolean(_) => "boolean[]",
+        ArrayBind::Text(_) => "text[]",
+        ArrayBind::Date(_) => "date[]",
+        ArrayBind::Timestamp(_) => "timestamptz[]",
     }
 }
 
-/// Why storing rows failed: the data, or the database.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreFailure {
-    #[error(transparent)]
-    Unstorable(#[from] Unstorable),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-fn parse_date(text: &str) -> chrono::ParseResult<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-}
-
-fn parse_timestamp(text: &str) -> chrono::ParseResult<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
-}
-
-/// A column bound as one array.
-enum ArrayBind {
-    Integer(Vec<Option<i64>>),
-    Number(Vec<Option<f64>>),
-    Boolean(Vec<Option<bool>>),
-    Text(Vec<Option<String>>),
-    Date(Vec<Option<NaiveDate>>),
-    Timestamp(Vec<Option<DateTime<Utc>>>),
-}
-
-/// The array to bind for a column, its PostgreSQL array type, and the cast
-/// that makes an element its field type. Dates and timestamps are parsed
-/// here and sent in binary, so PostgreSQL never reparses their text.
-fn array_of(values: ColumnValues) -> Result<(ArrayBind, &'static str, &'static str), Unstorable> {
-    Ok(match values {
-        ColumnValues::String(v) => (ArrayBind::Text(v), "text[]", ""),
-        ColumnValues::Integer(v) => (ArrayBind::Integer(v), "bigint[]", ""),
-        ColumnValues::Number(v) => (ArrayBind::Number(v), "float8[]", ""),
-        ColumnValues::Decimal(v) => (ArrayBind::Text(v), "text[]", "::numeric"),
-        ColumnValues::Boolean(v) => (ArrayBind::Boolean(v), "boolean[]", ""),
-        ColumnValues::Date(v) => {
-            let dates = v
-                .into_iter()
-                .map(|d| d.map(|d| parse_date(&d)).transpose())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Unstorable(format!("a date value is malformed: {e}")))?;
-            (ArrayBind::Date(dates), "date[]", "")
-        }
-        ColumnValues::Timestamp(v) => {
-            let times = v
-                .into_iter()
-                .map(|t| t.map(|t| parse_timestamp(&t)).transpose())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Unstorable(format!("a timestamp value is malformed: {e}")))?;
-            (ArrayBind::Timestamp(times), "timestamptz[]", "")
-        }
-        ColumnValues::Json(v) => (
-            ArrayBind::Text(
-                v.into_iter()
-                    .map(|j| j.map(|j| String::from(Box::<str>::from(j))))
-                    .collect(),
-            ),
-            "text[]",
-            "::jsonb",
-        ),
-    })
+/// The cast that makes an element of a bound array a value of `ty`, the
+/// type it was sent as: decimals and json travel as text.
+fn element_cast(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Decimal => "::numeric",
+        FieldType::Json => "::jsonb",
+        _ => "",
+    }
 }
 
 /// Keeps refused records for `/rejected`, ids from `first_id` on.

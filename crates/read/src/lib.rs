@@ -20,9 +20,11 @@
 mod copy;
 mod db;
 mod error;
-mod page;
+mod params;
+mod plan;
 mod records;
 mod render;
+mod rows;
 mod store;
 
 use std::net::SocketAddr;

@@ -53,7 +53,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::db;
 use crate::error::ReadError;
-use crate::page::{CursorKind, OutputFormat, PageParams, PagePlan, RecordCursor, query_pairs};
+use crate::params::{CursorKind, OutputFormat, PageParams, RecordCursor, query_pairs};
+use crate::plan::PagePlan;
 use crate::render::{Cell, PageWriter};
 
 /// The header that carries the next cursor (every format; the only place

@@ -11,7 +11,8 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::page::{CellKind, OutputColumn, OutputFormat};
+use crate::params::OutputFormat;
+use crate::plan::{CellKind, OutputColumn};
 
 /// One value of a row, borrowed from it, ready to write in any format.
 #[derive(Debug, Clone, Copy)]

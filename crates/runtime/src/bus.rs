@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_schema::{ExtraFields, FieldId, FieldType, Record, RecordError, Schema, Value};
@@ -221,10 +221,8 @@ pub enum ColumnValues {
     /// Exact literals, never rounded.
     Decimal(Vec<Option<String>>),
     Boolean(Vec<Option<bool>>),
-    /// `YYYY-MM-DD`.
-    Date(Vec<Option<String>>),
-    /// RFC 3339 in UTC.
-    Timestamp(Vec<Option<String>>),
+    Date(Vec<Option<EpochDays>>),
+    Timestamp(Vec<Option<EpochMicros>>),
     Json(Vec<Option<Box<RawValue>>>),
 }
 
@@ -244,19 +242,169 @@ impl ColumnValues {
 
     pub fn len(&self) -> usize {
         match self {
-            ColumnValues::String(v)
-            | ColumnValues::Decimal(v)
-            | ColumnValues::Date(v)
-            | ColumnValues::Timestamp(v) => v.len(),
+            ColumnValues::String(v) | ColumnValues::Decimal(v) => v.len(),
             ColumnValues::Integer(v) => v.len(),
             ColumnValues::Number(v) => v.len(),
             ColumnValues::Boolean(v) => v.len(),
+            ColumnValues::Date(v) => v.len(),
+            ColumnValues::Timestamp(v) => v.len(),
             ColumnValues::Json(v) => v.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// 2000-01-01T00:00:00Z, PostgreSQL's epoch for dates and timestamps, in
+/// seconds since the Unix epoch.
+const POSTGRES_EPOCH_SECS: i64 = 946_684_800;
+const POSTGRES_EPOCH_DAYS: i32 = (POSTGRES_EPOCH_SECS / 86_400) as i32;
+const POSTGRES_EPOCH_MICROS: i64 = POSTGRES_EPOCH_SECS * 1_000_000;
+
+/// A date on the wire: days since 1970-01-01, so the reader writes it
+/// without parsing text.
+///
+/// Gateways before this form sent `"YYYY-MM-DD"`; the messages they left on
+/// the stream are read too, by the grammar that validated them. A reader
+/// before this form cannot read the number, so readers are upgraded before
+/// gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EpochDays(pub i32);
+
+impl EpochDays {
+    pub fn of(date: NaiveDate) -> EpochDays {
+        EpochDays(date.to_epoch_days())
+    }
+
+    /// `None` beyond the dates chrono holds.
+    pub fn date(self) -> Option<NaiveDate> {
+        NaiveDate::from_epoch_days(self.0)
+    }
+
+    /// Days since 2000-01-01, as PostgreSQL's binary `date` holds them;
+    /// `None` beyond `i32`.
+    pub fn since_postgres_epoch(self) -> Option<i32> {
+        self.0.checked_sub(POSTGRES_EPOCH_DAYS)
+    }
+}
+
+/// A timestamp on the wire: microseconds since 1970-01-01T00:00:00Z, the
+/// precision PostgreSQL keeps.
+///
+/// Gateways before this form sent RFC 3339 text in UTC; the messages they
+/// left on the stream are read too, by the grammar that validated them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EpochMicros(pub i64);
+
+impl EpochMicros {
+    /// `time` to the microsecond. Finer digits are cut toward 2000-01-01
+    /// (PostgreSQL's epoch), as sqlx cuts a timestamp it binds and as the
+    /// reader cut the text form: a value stores as it did when the wire
+    /// carried nanoseconds. `None` beyond `i64`.
+    pub fn of(time: DateTime<Utc>) -> Option<EpochMicros> {
+        let postgres_epoch = DateTime::from_timestamp(POSTGRES_EPOCH_SECS, 0)?;
+        let since_postgres_epoch = (time - postgres_epoch).num_microseconds()?;
+        since_postgres_epoch
+            .checked_add(POSTGRES_EPOCH_MICROS)
+            .map(EpochMicros)
+    }
+
+    /// `None` beyond the times chrono holds.
+    pub fn time(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.0)
+    }
+
+    /// Microseconds since 2000-01-01, as PostgreSQL's binary `timestamptz`
+    /// holds them; `None` beyond `i64`.
+    pub fn since_postgres_epoch(self) -> Option<i64> {
+        self.0.checked_sub(POSTGRES_EPOCH_MICROS)
+    }
+}
+
+/// A date or timestamp on the wire: its number, or the text that an older
+/// gateway sent, read by the schema crate's grammar.
+trait EpochValue: Sized {
+    const EXPECTING: &'static str;
+    /// The type whose text an older gateway sent.
+    const TEXT_TYPE: FieldType;
+    fn from_number(n: i64) -> Option<Self>;
+    fn from_value(value: Value) -> Option<Self>;
+}
+
+impl EpochValue for EpochDays {
+    const EXPECTING: &'static str = "days since 1970-01-01 in 32 bits, or a date as YYYY-MM-DD";
+    const TEXT_TYPE: FieldType = FieldType::Date;
+
+    fn from_number(n: i64) -> Option<EpochDays> {
+        i32::try_from(n).ok().map(EpochDays)
+    }
+
+    fn from_value(value: Value) -> Option<EpochDays> {
+        match value {
+            Value::Date(date) => Some(EpochDays::of(date)),
+            _ => None,
+        }
+    }
+}
+
+impl EpochValue for EpochMicros {
+    const EXPECTING: &'static str =
+        "microseconds since 1970-01-01T00:00:00Z in 64 bits, or an RFC 3339 timestamp";
+    const TEXT_TYPE: FieldType = FieldType::Timestamp;
+
+    fn from_number(n: i64) -> Option<EpochMicros> {
+        Some(EpochMicros(n))
+    }
+
+    fn from_value(value: Value) -> Option<EpochMicros> {
+        match value {
+            Value::Timestamp(time) => EpochMicros::of(time),
+            _ => None,
+        }
+    }
+}
+
+struct EpochVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: EpochValue> serde::de::Visitor<'_> for EpochVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+        T::from_number(n).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+        i64::try_from(n)
+            .ok()
+            .and_then(T::from_number)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        sluice_schema::parse_value(T::TEXT_TYPE, text)
+            .ok()
+            .and_then(T::from_value)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+    }
+}
+
+impl<'de> Deserialize<'de> for EpochDays {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EpochDays, D::Error> {
+        deserializer.deserialize_any(EpochVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for EpochMicros {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EpochMicros, D::Error> {
+        deserializer.deserialize_any(EpochVisitor(std::marker::PhantomData))
     }
 }
 
@@ -392,18 +540,32 @@ impl Serialize for ColumnOf<'_> {
 struct ValuesOf<'a>(ColumnOf<'a>);
 
 impl Serialize for ValuesOf<'_> {
-    /// A value is written as [`Value`] serialises, which is how
-    /// [`ColumnValues`] reads it; one of another type than the column's
-    /// (validation lets none through) is written as null rather than making
-    /// the batch undecodable.
+    /// One of another type than the column's (validation lets none through)
+    /// is written as null rather than making the batch undecodable.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let ColumnOf {
             ty, index, records, ..
         } = self.0;
         serializer.collect_seq(records.iter().map(|record| match record.0.get(index) {
-            Some(value) if value.field_type() == Some(ty) => value,
-            _ => &Value::Null,
+            Some(value) if value.field_type() == Some(ty) => WireValue(value),
+            _ => WireValue(&Value::Null),
         }))
+    }
+}
+
+/// A value as [`ColumnValues`] reads it: dates and timestamps as
+/// [`EpochDays`] and [`EpochMicros`], anything else as [`Value`] serialises.
+struct WireValue<'a>(&'a Value);
+
+impl Serialize for WireValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Date(date) => EpochDays::of(*date).serialize(serializer),
+            Value::Timestamp(time) => EpochMicros::of(*time)
+                .ok_or_else(|| serde::ser::Error::custom("a timestamp beyond 64-bit microseconds"))?
+                .serialize(serializer),
+            value => value.serialize(serializer),
+        }
     }
 }
 
@@ -684,8 +846,10 @@ mod tests {
 
     use super::*;
 
-    /// Every type: what the gateway writes from records, the reader reads
-    /// back as typed columns, and writes again to the same text.
+    /// Every type on the wire: what the gateway writes from records, the
+    /// reader reads back as typed columns, and writes again to the same
+    /// text. Dates travel as days since 1970-01-01, timestamps as
+    /// microseconds since the Unix epoch.
     #[test]
     fn a_batch_with_every_column_type_reads_back() {
         let specs: Vec<sluice_schema::FieldSpec> = FieldType::ALL
@@ -700,7 +864,7 @@ mod tests {
         let schema = Schema::define(&specs).unwrap();
         let body = br#"[
             {"f_string": "s", "f_integer": 1, "f_number": 1.5, "f_decimal": "1.50",
-             "f_boolean": true, "f_date": "2026-11-29", "f_timestamp": "2026-11-29T10:00:00+01:00",
+             "f_boolean": true, "f_date": "2026-11-29", "f_timestamp": "2026-11-29T10:00:00.1234567+01:00",
              "f_json": {"a": [1, 12345678901234567890123]}},
             {"f_string": null, "f_integer": null, "f_number": null, "f_decimal": null,
              "f_boolean": null, "f_date": null, "f_timestamp": null, "f_json": null}
@@ -731,12 +895,18 @@ mod tests {
             assert_eq!(column.values.field_type(), field.ty);
             assert_eq!(column.values.len(), 2);
         }
-        let values = |i: usize| serde_json::to_value(&back.columns[i].values).unwrap();
-        assert_eq!(values(3)["values"], serde_json::json!(["1.50", null]));
-        assert_eq!(values(5)["values"], serde_json::json!(["2026-11-29", null]));
+        let values =
+            |i: usize| serde_json::to_value(&back.columns[i].values).unwrap()["values"].clone();
+        assert_eq!(values(0), serde_json::json!(["s", null]));
+        assert_eq!(values(1), serde_json::json!([1, null]));
+        assert_eq!(values(2), serde_json::json!([1.5, null]));
+        assert_eq!(values(3), serde_json::json!(["1.50", null]));
+        assert_eq!(values(4), serde_json::json!([true, null]));
+        assert_eq!(values(5), serde_json::json!([20_786, null]));
+        // 09:00:00.123456 UTC: PostgreSQL keeps microseconds.
         assert_eq!(
-            values(6)["values"],
-            serde_json::json!(["2026-11-29T09:00:00Z", null])
+            values(6),
+            serde_json::json!([1_795_942_800_123_456_i64, null])
         );
         match &back.columns[7].values {
             ColumnValues::Json(v) => {
@@ -749,5 +919,71 @@ mod tests {
             other => panic!("expected a json column, got {other:?}"),
         }
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    fn column(wire: serde_json::Value) -> Result<ColumnValues, serde_json::Error> {
+        serde_json::from_str::<Column>(&wire.to_string()).map(|c| c.values)
+    }
+
+    /// Messages that gateways before the typed form left on the stream:
+    /// dates and timestamps as text, read by the grammar that validated
+    /// them, into the values the typed form carries.
+    #[test]
+    fn dates_and_timestamps_written_as_text_read_as_the_typed_form() {
+        let dates = column(serde_json::json!(
+            {"field": 1, "type": "date", "values": ["2026-11-29", null, 20_786]}
+        ));
+        let expected = [Some(EpochDays(20_786)), None, Some(EpochDays(20_786))];
+        assert!(matches!(dates, Ok(ColumnValues::Date(v)) if v == expected));
+        let times = column(serde_json::json!(
+            {"field": 2, "type": "timestamp", "values": [
+                "2026-11-29T09:00:00.123456Z", "2026-11-29T10:00:00.1234567+01:00", null,
+                1_795_942_800_123_456_i64,
+            ]}
+        ));
+        let at = Some(EpochMicros(1_795_942_800_123_456));
+        assert!(matches!(times, Ok(ColumnValues::Timestamp(v)) if v == [at, at, None, at]));
+        for (ty, value) in [
+            ("date", serde_json::json!("2026-1-5")),
+            ("date", serde_json::json!("someday")),
+            ("date", serde_json::json!(1_i64 << 31)),
+            ("date", serde_json::json!(1.5)),
+            ("timestamp", serde_json::json!("2026-11-29T10:00:00")),
+            ("timestamp", serde_json::json!(u64::MAX)),
+            ("timestamp", serde_json::json!(true)),
+        ] {
+            let wire = serde_json::json!({"field": 1, "type": ty, "values": [value]});
+            assert!(column(wire.clone()).is_err(), "{wire}");
+        }
+    }
+
+    /// Digits beyond the microsecond are cut toward 2000-01-01, as sqlx
+    /// cuts a timestamp it binds: later times down, earlier ones up.
+    #[test]
+    fn timestamps_are_cut_to_the_microsecond_toward_2000() {
+        let cut = |text: &str| {
+            let time = DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+            let micros = EpochMicros::of(time).unwrap();
+            micros
+                .time()
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        };
+        assert_eq!(
+            cut("2026-11-29T10:00:00.1234567Z"),
+            "2026-11-29T10:00:00.123456Z"
+        );
+        assert_eq!(cut("2000-01-01T00:00:00.0000009Z"), "2000-01-01T00:00:00Z");
+        assert_eq!(cut("1999-12-31T23:59:59.9999995Z"), "2000-01-01T00:00:00Z");
+        assert_eq!(cut("1969-12-31T23:59:59.9999999Z"), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            EpochMicros::of(DateTime::UNIX_EPOCH)
+                .unwrap()
+                .since_postgres_epoch(),
+            Some(-946_684_800_000_000)
+        );
+        let day = NaiveDate::from_ymd_opt(2000, 1, 2).unwrap();
+        assert_eq!(EpochDays::of(day).since_postgres_epoch(), Some(1));
+        assert_eq!(EpochDays::of(day).date(), Some(day));
     }
 }

@@ -415,3 +415,185 @@ async fn a_poison_message_stored_together_with_good_ones_is_set_aside_alone() {
         .messages;
     assert_eq!(dead, 1);
 }
+
+/// Times around the ones that round differently, sent with digits finer
+/// than PostgreSQL's microsecond.
+fn fine_times() -> Value {
+    json!([
+        {"n": 1, "at": "2026-11-29T10:00:00.1234567+01:00", "d": "2026-11-29"},
+        {"n": 2, "at": "1999-12-31T23:59:59.9999995Z", "d": "1999-12-31"},
+        {"n": 3, "at": "1990-06-01T12:00:00.000000999Z", "d": "1970-01-01"},
+        {"n": 4, "at": "1969-12-31T23:59:59.9999999Z", "d": "1969-12-31"},
+        {"n": 5, "at": "0001-01-01T00:00:00.0000001Z", "d": "0001-01-01"},
+        {"n": 6, "at": "9999-12-31T23:59:59.9999999Z", "d": "9999-12-31"},
+    ])
+}
+
+/// What GET shows of [`fine_times`] once stored: digits beyond the
+/// microsecond cut toward 2000-01-01, as sqlx cuts a bound timestamp.
+const FINE_TIMES_STORED: [&str; 6] = [
+    "2026-11-29T09:00:00.123456Z",
+    "2000-01-01T00:00:00Z",
+    "1990-06-01T12:00:00.000001Z",
+    "1970-01-01T00:00:00Z",
+    "0001-01-01T00:00:00.000001Z",
+    "9999-12-31T23:59:59.999999Z",
+];
+
+/// A batch written by a COPY (every column of its field's type) and one
+/// written by an INSERT that converts a column (validated before a type
+/// change) store the same dates and timestamps.
+#[tokio::test]
+async fn dates_and_timestamps_store_alike_by_copy_and_by_insert() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector(
+            "fine",
+            json!([
+                {"name": "n", "type": "integer"},
+                {"name": "at", "type": "timestamp"},
+                {"name": "d", "type": "date"},
+            ]),
+        )
+        .await;
+    let before_the_change = app.batch_of(connector.id, &fine_times().to_string()).await;
+    app.publish(connector.id, fine_times()).await;
+    app.wait_stored(connector.id, 6).await;
+    app.patch_connector(
+        connector.id,
+        json!({"fields": [
+            {"name": "n", "type": "integer"},
+            {"name": "at", "type": "timestamp"},
+            {"name": "d", "type": "timestamp"},
+        ]}),
+    )
+    .await;
+    app.publish_batch(connector.id, &before_the_change).await;
+    app.wait_stored(connector.id, 12).await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    let column = |key: &str, range: std::ops::Range<usize>| -> Vec<String> {
+        records[range]
+            .iter()
+            .map(|r| r[key].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(column("at", 0..6), FINE_TIMES_STORED);
+    assert_eq!(column("at", 6..12), FINE_TIMES_STORED);
+    let days: Vec<String> = fine_times()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}T00:00:00Z", r["d"].as_str().unwrap()))
+        .collect();
+    assert_eq!(column("d", 0..6), days);
+    assert_eq!(column("d", 6..12), days);
+}
+
+/// A batch as a gateway wrote it before dates and timestamps travelled as
+/// numbers: `YYYY-MM-DD` and RFC 3339 text.
+fn text_form_batch(
+    schema: &sluice_schema::Schema,
+    version: i64,
+    dates: Value,
+    times: Value,
+) -> Value {
+    let id = |name: &str| json!(schema.field_by_name(name).unwrap().id);
+    let rows = dates.as_array().unwrap().len();
+    json!({
+        "batch_id": uuid::Uuid::now_v7(),
+        "chunk": 0,
+        "chunks": 1,
+        "schema_version": version,
+        "received_at": "2026-11-29T10:00:00.1234567Z",
+        "rows": rows,
+        "columns": [
+            {"field": id("d"), "type": "date", "values": dates},
+            {"field": id("at"), "type": "timestamp", "values": times},
+        ],
+    })
+}
+
+async fn publish_json(app: &crate::helpers::TestApp, connector: uuid::Uuid, batch: &Value) {
+    let mut message_headers = HeaderMap::new();
+    message_headers.insert(headers::CONNECTOR_ID, connector.to_string());
+    message_headers.insert(headers::BATCH_ID, batch["batch_id"].as_str().unwrap());
+    message_headers.insert(headers::CHUNK, "0");
+    app.publish_with_headers(
+        connector,
+        message_headers,
+        serde_json::to_vec(batch).unwrap(),
+    )
+    .await;
+}
+
+/// Messages that older gateways left on the stream are stored as the
+/// typed ones are; one whose date or timestamp does not decode is set
+/// aside on the dead-letter stream.
+#[tokio::test]
+async fn dates_and_timestamps_in_the_older_text_form_are_stored() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector(
+            "older",
+            json!([
+                {"name": "n", "type": "integer", "nullable": true},
+                {"name": "at", "type": "timestamp", "nullable": true},
+                {"name": "d", "type": "date", "nullable": true},
+            ]),
+        )
+        .await;
+    let (schema, version) = app.schema(connector.id).await;
+    let fine = fine_times();
+    let field = |key: &str| -> Value {
+        fine.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[key].clone())
+            .collect()
+    };
+    publish_json(
+        &app,
+        connector.id,
+        &text_form_batch(&schema, version, field("d"), field("at")),
+    )
+    .await;
+    for (dates, times) in [
+        (json!(["someday"]), json!([null])),
+        (json!([null]), json!(["2026-11-29T10:00:00"])),
+        (json!([99_999_999_999_i64]), json!([null])),
+    ] {
+        publish_json(
+            &app,
+            connector.id,
+            &text_form_batch(&schema, version, dates, times),
+        )
+        .await;
+    }
+    app.publish(connector.id, json!([{"n": 7, "d": null, "at": null}]))
+        .await;
+    app.wait_stored(connector.id, 7).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+    let records = app.all_records(&connector).await;
+    let times: Vec<&str> = records[..6]
+        .iter()
+        .map(|r| r["at"].as_str().unwrap())
+        .collect();
+    assert_eq!(times, FINE_TIMES_STORED);
+    let dates: Vec<&Value> = records[..6].iter().map(|r| &r["d"]).collect();
+    let sent: Vec<&Value> = fine.as_array().unwrap().iter().map(|r| &r["d"]).collect();
+    assert_eq!(dates, sent);
+    assert_eq!(records[0]["_received_at"], "2026-11-29T10:00:00.123456Z");
+    assert_eq!(records[6]["n"], 7);
+
+    let dead = app
+        .js
+        .get_stream(app.env.namespace.dead_letter_stream())
+        .await
+        .unwrap();
+    for sequence in 1..=3 {
+        dead.get_raw_message(sequence).await.expect("a dead letter");
+    }
+    assert!(dead.get_raw_message(4).await.is_err(), "three dead letters");
+}
