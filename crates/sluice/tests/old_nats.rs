@@ -1,41 +1,12 @@
 //! `sluice serve` against a NATS older than it needs: one line that names
 //! both versions and the fix, and exit status 1; no panic, no backtrace.
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
-
-/// A stand-in NATS server that announces 2.9.10 (Debian's) and answers
-/// PINGs: what a client sees of a real one up to the first request.
-fn old_nats() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let info = format!(
-                    r#"INFO {{"server_id":"FAKE","server_name":"old","version":"2.9.10","proto":1,"go":"go1.19","host":"127.0.0.1","port":{port},"headers":true,"max_payload":1048576,"jetstream":true}}"#
-                );
-                if write!(stream, "{info}\r\n").is_err() {
-                    return;
-                }
-                let reader = BufReader::new(stream.try_clone().unwrap());
-                for line in reader.lines() {
-                    let Ok(line) = line else { return };
-                    if line.starts_with("PING") && stream.write_all(b"PONG\r\n").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("nats://127.0.0.1:{port}")
-}
 
 #[tokio::test]
 async fn serve_against_nats_2_9_stops_with_one_line_naming_both_versions() {
     let env = sluice_testkit::TestEnv::new().await;
-    let nats_url = old_nats();
+    let nats_url = sluice_testkit::nats_stand_in("2.9.10");
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("serve")
         .env("NATS_URL", &nats_url)
