@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sluice_testkit::TestEnv;
+use sluice_testkit::{TestEnv, api, free_port};
 
 use crate::support::{self, Client, Process};
 
@@ -39,14 +39,7 @@ async fn sluice_serve_answers_every_route_on_one_port() {
         let response = client.admin(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
-    let openapi: serde_json::Value = client
-        .admin(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = api::fetch_json(client.admin(Method::GET, "/openapi.json")).await;
     let paths = openapi["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/connectors"));
     assert!(paths.contains_key("/v1/connectors/{id}/records"));
@@ -56,21 +49,11 @@ async fn sluice_serve_answers_every_route_on_one_port() {
 #[tokio::test]
 async fn sluice_serve_generates_an_operator_token_when_none_is_set() {
     let env = TestEnv::new().await;
-    let binary = support::binary("sluice");
     // Started by hand (not Process::start) to read what it prints.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(binary)
+    let port = free_port();
+    let mut child = tokio::process::Command::from(support::service_command(&env, "sluice", port))
         .arg("serve")
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NATS_URL", &env.nats_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("SLUICE_NAMESPACE", env.namespace.as_str())
         .env_remove("SLUICE_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

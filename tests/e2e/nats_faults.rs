@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sluice_testkit::api::{self, Connector};
 use sluice_testkit::{PrivateNats, TestEnv};
 
 use crate::support::{Client, Process};
@@ -48,12 +49,6 @@ impl Deployment {
     }
 }
 
-struct Connector {
-    id: String,
-    write: String,
-    read: String,
-}
-
 async fn create(client: &Client) -> Connector {
     let created = client
         .create(
@@ -64,12 +59,7 @@ async fn create(client: &Client) -> Connector {
             ]),
         )
         .await;
-    let token = |name: &str| created[name].as_str().unwrap().to_owned();
-    Connector {
-        id: token("id"),
-        write: token("write_token"),
-        read: token("read_token"),
-    }
+    Connector::of(&created)
 }
 
 /// Records `seq` in `range`, each padded to about `pad` bytes.
@@ -93,7 +83,7 @@ async fn post(
         .request(
             Method::POST,
             &format!("/v1/connectors/{}/records?wait={wait}", connector.id),
-            &connector.write,
+            &connector.write_token,
         )
         .header("content-type", "application/json")
         .body(body);
@@ -129,7 +119,7 @@ async fn post_until_served(
 async fn read_all(client: &Client, connector: &Connector) -> Vec<Value> {
     let query = [("limit", "10000"), ("fields", "seq")];
     client
-        .read_pages(&connector.id, &connector.read, &query)
+        .read_pages(&connector.id.to_string(), &connector.read_token, &query)
         .await
 }
 
@@ -269,14 +259,9 @@ async fn retries_of_requests_cut_short_by_a_nats_restart_are_stored_once() {
 
 /// Records stored for the connector, from its stats.
 async fn stored(client: &Client, connector: &Connector) -> usize {
-    let body: Value = client
-        .admin(Method::GET, &format!("/v1/connectors/{}", connector.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body =
+        api::fetch_json(client.admin(Method::GET, &format!("/v1/connectors/{}", connector.id)))
+            .await;
     body["stats"]["records"].as_u64().unwrap() as usize
 }
 

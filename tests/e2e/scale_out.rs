@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sluice_testkit::TestEnv;
+use sluice_testkit::{TestEnv, api};
 
 use crate::support::{Client, Process};
 
@@ -63,19 +63,16 @@ async fn two_gateways_and_two_readers_store_every_record_once() {
             }
             let mut query = vec![("limit", "7".to_owned()), ("wait", "1".to_owned())];
             query.extend(cursor.clone().map(|c| ("cursor", c)));
-            let page: Value = client
-                .request(
-                    Method::GET,
-                    &format!("/v1/connectors/{id}/records"),
-                    &read_token,
-                )
-                .query(&query)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = api::fetch_json(
+                client
+                    .request(
+                        Method::GET,
+                        &format!("/v1/connectors/{id}/records"),
+                        &read_token,
+                    )
+                    .query(&query),
+            )
+            .await;
             cursor = page["next_cursor"].as_str().map(str::to_owned);
             for record in page["records"].as_array().unwrap() {
                 seen.push((

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde_json::{Value, json};
-use sluice_testkit::{ADMIN_TOKEN, TestEnv};
+use serde_json::Value;
+use sluice_testkit::{ADMIN_TOKEN, TestEnv, api, free_port};
 
 /// A binary of the workspace. `cargo test` builds the binaries only of
 /// packages that have integration tests of their own, and would leave the
@@ -34,6 +34,22 @@ pub fn binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The command that starts binary `name` of the workspace on `port` of
+/// 127.0.0.1 with `env`'s settings and nothing else of the test's
+/// environment; it logs warnings and errors.
+pub fn service_command(env: &TestEnv, name: &str, port: u16) -> Command {
+    let mut command = Command::new(binary(name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.service_vars())
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
 /// A running binary, stopped (SIGTERM, then killed) when dropped.
 pub struct Process {
     child: Child,
@@ -48,20 +64,8 @@ impl Process {
         extra: &[(&str, &str)],
     ) -> Process {
         let port = free_port();
-        let mut command = Command::new(binary(binary_name));
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NATS_URL", &env.nats_url)
-            .env("DATABASE_URL", &env.database_url)
-            .env("SLUICE_NAMESPACE", env.namespace.as_str())
-            .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SLUICE_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let mut command = service_command(env, binary_name, port);
+        command.args(args).stdout(Stdio::null());
         for (name, value) in extra {
             command.env(name, value);
         }
@@ -109,13 +113,6 @@ impl Drop for Process {
             self.terminate();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Sends each request where the compose proxy would: POST on records to a
@@ -166,14 +163,7 @@ impl Client {
 
     /// Creates a connector; answers its body (with both tokens).
     pub async fn create(&self, name: &str, fields: Value) -> Value {
-        let response = self
-            .admin(Method::POST, "/v1/connectors")
-            .json(&json!({"name": name, "fields": fields}))
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.expect("connector body")
+        api::create_connector(&self.http, &self.control, name, fields).await
     }
 
     /// Posts `body` with `content_type` and waits until it is readable.
@@ -211,16 +201,12 @@ impl Client {
         let mut records = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page: Value = self
-                .request(Method::GET, &format!("/v1/connectors/{id}/records"), token)
-                .query(query)
-                .query(&[("cursor", cursor.as_deref().unwrap_or_default())])
-                .send()
-                .await
-                .expect("get records")
-                .json()
-                .await
-                .expect("page");
+            let page = api::fetch_json(
+                self.request(Method::GET, &format!("/v1/connectors/{id}/records"), token)
+                    .query(query)
+                    .query(&[("cursor", cursor.as_deref().unwrap_or_default())]),
+            )
+            .await;
             let batch = page["records"].as_array().expect("records").clone();
             cursor = page["next_cursor"].as_str().map(str::to_owned);
             if batch.is_empty() {

@@ -18,7 +18,6 @@
 //! every stage runs, and the numbers it prints mean nothing.
 
 mod data;
-mod env;
 mod measure;
 mod report;
 mod services;
@@ -205,18 +204,20 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".to_owned())
     });
     let sizes = cli.sizes();
-    let env = env::BenchEnv::create(&cli.postgres, &nats_url).await?;
+    let env = sluice_testkit::TestEnv::create(&cli.postgres, &nats_url, "bench")
+        .await
+        .map_err(anyhow::Error::msg)?;
     eprintln!(
         "sluice-bench: database {}, namespace {}",
         env.database,
         env.namespace.as_str()
     );
-    // Whatever happens (an error, Ctrl-C), the database and the namespace go.
     let outcome = tokio::select! {
         outcome = stages::run(&env, &sizes, &cli.log_dir) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    env.remove().await;
+    // Whatever happened (an error, Ctrl-C), the database and the namespace go.
+    drop(env);
     let report = outcome?;
     println!("{}", report.markdown());
     if let Some(dir) = cli.json_out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_runtime::{Settings, http, telemetry};
+use sluice_testkit::TestEnv;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-
-use crate::env::BenchEnv;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ServiceKind {
@@ -101,7 +100,7 @@ pub(crate) struct ServiceProcess {
 impl ServiceProcess {
     pub async fn spawn(
         kind: ServiceKind,
-        env: &BenchEnv,
+        env: &TestEnv,
         log_dir: &Path,
     ) -> anyhow::Result<ServiceProcess> {
         ServiceProcess::spawn_with(kind, env, log_dir, &[]).await
@@ -111,7 +110,7 @@ impl ServiceProcess {
     /// those the benchmark itself was given, which every child inherits).
     pub async fn spawn_with(
         kind: ServiceKind,
-        env: &BenchEnv,
+        env: &TestEnv,
         log_dir: &Path,
         extra_vars: &[(&str, String)],
     ) -> anyhow::Result<ServiceProcess> {

@@ -1,9 +1,10 @@
 // The console's entry: sign-in, the routes (#/, #/new, #/connectors/{id}),
 // the connector list and the new-connector form.
 
-import { h, replace, announce, when, uid } from './dom.js';
+import { h, replace, announce, when, uid, whileBusy } from './dom.js';
 import { api, connectors, operatorToken, rememberToken, forgetToken, whenUnauthorized, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems } from './fields.js';
+import { paint, takeFlash, loading, failure, definitionControls, summaryBox } from './view.js';
 import { connectorPage, createdPanel } from './connector.js';
 
 const main = document.getElementById('main');
@@ -36,47 +37,6 @@ function route() {
 
 function setTitle(title) {
   document.title = `${title} · Sluice console`;
-}
-
-// On the first page of a visit the browser's own starting point (the top,
-// with the skip link) is right; after that, each page change moves the
-// focus to the new heading.
-let firstPaint = true;
-
-/** Puts a view's content in place and moves focus to its heading, so that
- * keyboard and screen-reader users start at the top of what changed. */
-export function paint(view, ...children) {
-  replace(view.main, ...children);
-  const heading = view.main.querySelector('h1');
-  if (heading) {
-    heading.setAttribute('tabindex', '-1');
-    if (!firstPaint) heading.focus({ preventScroll: false });
-  }
-  firstPaint = false;
-}
-
-// A message for the next page to show, such as "deleted" after a delete
-// that navigates back to the list.
-let pendingFlash = null;
-export function flash(message) {
-  pendingFlash = message;
-}
-
-function takeFlash() {
-  const message = pendingFlash;
-  pendingFlash = null;
-  return message ? h('p', { class: 'notice', role: 'status', 'data-testid': 'flash' }, message) : null;
-}
-
-export function loading(view, what) {
-  replace(view.main, h('p', { class: 'muted', role: 'status' }, `Loading ${what}…`));
-}
-
-export function failure(view, error, what) {
-  paint(view,
-    h('h1', {}, `Could not load ${what}`),
-    h('p', { class: 'error' }, error instanceof ApiError ? error.message : String(error)),
-    h('p', {}, h('a', { href: '#/' }, 'Back to connectors')));
 }
 
 whenUnauthorized(() => {
@@ -117,28 +77,27 @@ function signInView(view) {
   const button = h('button', { type: 'submit', class: 'button' }, 'Sign in');
   const form = h('form', {
     class: 'card narrow',
-    onsubmit: async (event) => {
+    onsubmit: (event) => {
       event.preventDefault();
-      const token = input.value.trim();
-      error.hidden = true;
-      if (!token) {
-        showError('Enter the operator token.');
-        return;
-      }
-      button.disabled = true;
-      try {
-        // Any control-plane route tells whether this is the operator's token.
-        await api('GET', '/v1/connectors?limit=1', undefined, { token });
-        rememberToken(token);
-        announce('Signed in');
-        route();
-      } catch (e) {
-        if (e.status === 401) showError('Sluice does not know this token. Use the value of SLUICE_ADMIN_TOKEN.');
-        else if (e.status === 403) showError('That is a connector token. The console needs the operator token (SLUICE_ADMIN_TOKEN).');
-        else showError(e.message);
-      } finally {
-        button.disabled = false;
-      }
+      return whileBusy(button, async () => {
+        const token = input.value.trim();
+        error.hidden = true;
+        if (!token) {
+          showError('Enter the operator token.');
+          return;
+        }
+        try {
+          // Any control-plane route tells whether this is the operator's token.
+          await api('GET', '/v1/connectors?limit=1', undefined, { token });
+          rememberToken(token);
+          announce('Signed in');
+          route();
+        } catch (e) {
+          if (e.status === 401) showError('Sluice does not know this token. Use the value of SLUICE_ADMIN_TOKEN.');
+          else if (e.status === 403) showError('That is a connector token. The console needs the operator token (SLUICE_ADMIN_TOKEN).');
+          else showError(e.message);
+        }
+      });
     },
   },
   h('label', { for: inputId }, 'Operator token'),
@@ -240,58 +199,6 @@ async function listView(view) {
 // ---------------------------------------------------------------------------
 // New connector
 
-/** The name, description and extra-fields controls, shared with the
- * connector page's editor. */
-export function definitionControls({ name = '', description = '', extraFields = 'reject' } = {}) {
-  const ids = { name: uid('connector-name'), description: uid('description') };
-  const nameError = h('p', { class: 'error', id: `${ids.name}-error`, hidden: true });
-  const nameInput = h('input', {
-    id: ids.name, type: 'text', value: name, required: true, maxlength: '100', autocomplete: 'off',
-    spellcheck: 'false', 'data-testid': 'connector-name', 'aria-describedby': `${ids.name}-error ${ids.name}-hint`,
-  });
-  const descriptionError = h('p', { class: 'error', id: `${ids.description}-error`, hidden: true });
-  const descriptionInput = h('textarea', {
-    id: ids.description, rows: '2', 'aria-describedby': `${ids.description}-error`,
-  }, description || '');
-  const extraError = h('p', { class: 'error', id: uid('extra-error'), hidden: true });
-  const radioName = uid('extra');
-  const radio = (value, label, hint) => {
-    const id = uid('extra');
-    return h('div', { class: 'radio' },
-      h('input', { type: 'radio', id, name: radioName, value, checked: value === extraFields, 'aria-describedby': `${id}-hint` }),
-      h('label', { for: id }, label),
-      h('p', { class: 'hint', id: `${id}-hint` }, hint));
-  };
-  const extraSet = h('fieldset', { class: 'extra', 'aria-describedby': extraError.id },
-    h('legend', {}, 'Fields the schema does not name'),
-    radio('reject', 'Reject the record', 'A record with a field that is not in the schema is refused (the default).'),
-    radio('ignore', 'Ignore those fields', 'Extra fields are dropped; the rest of the record is kept.'),
-    extraError);
-  const extraInput = extraSet.querySelector('input');
-  return {
-    nameBlock: h('div', { class: 'control' },
-      h('label', { for: ids.name }, 'Name'),
-      h('p', { class: 'hint', id: `${ids.name}-hint` }, '1 to 100 characters, unique among connectors.'),
-      nameInput, nameError),
-    descriptionBlock: h('div', { class: 'control' },
-      h('label', { for: ids.description }, 'Description (optional)'),
-      descriptionInput, descriptionError),
-    extraBlock: extraSet,
-    controls: {
-      name: { input: nameInput, error: nameError },
-      description: { input: descriptionInput, error: descriptionError },
-      extra_fields: { input: extraInput, error: extraError },
-    },
-    name: () => nameInput.value.trim(),
-    description: () => descriptionInput.value.trim(),
-    extraFields: () => extraSet.querySelector('input:checked').value,
-  };
-}
-
-export function summaryBox() {
-  return h('div', { class: 'summary error-box', role: 'alert', tabindex: '-1', hidden: true, 'data-testid': 'problems' });
-}
-
 function newConnectorView(view) {
   view.setTitle('New connector');
   const definition = definitionControls();
@@ -301,23 +208,22 @@ function newConnectorView(view) {
   const form = h('form', {
     class: 'card',
     novalidate: true,
-    onsubmit: async (event) => {
+    onsubmit: (event) => {
       event.preventDefault();
-      clearProblems(definition.controls, summary);
-      table.clearErrors();
-      const body = { name: definition.name(), fields: table.value(), extra_fields: definition.extraFields() };
-      if (definition.description()) body.description = definition.description();
-      create.disabled = true;
-      try {
-        const created = await connectors.create(body);
-        announce(`Connector ${created.name} created`);
-        paint(view, ...createdPanel(created, { heading: `Connector “${created.name}” created` }));
-      } catch (error) {
-        if (!(error instanceof ApiError)) throw error;
-        showProblems(error, { controls: definition.controls, table, summary });
-      } finally {
-        create.disabled = false;
-      }
+      return whileBusy(create, async () => {
+        clearProblems(definition.controls, summary);
+        table.clearErrors();
+        const body = { name: definition.name(), fields: table.value(), extra_fields: definition.extraFields() };
+        if (definition.description()) body.description = definition.description();
+        try {
+          const created = await connectors.create(body);
+          announce(`Connector ${created.name} created`);
+          paint(view, ...createdPanel(created, { heading: `Connector “${created.name}” created` }));
+        } catch (error) {
+          if (!(error instanceof ApiError)) throw error;
+          showProblems(error, { controls: definition.controls, table, summary });
+        }
+      });
     },
   },
   summary,

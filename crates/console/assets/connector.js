@@ -2,10 +2,10 @@
 // stats, tokens, duplicate, delete) and the panel that shows a new
 // connector's endpoint and tokens the one time they exist.
 
-import { h, replace, announce, when, uid, confirmDialog, copyField } from './dom.js';
+import { h, replace, announce, when, uid, confirmDialog, copyField, whileBusy } from './dom.js';
 import { connectors, newest, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems, exampleValue } from './fields.js';
-import { paint, loading, failure, definitionControls, summaryBox, flash } from './app.js';
+import { paint, loading, failure, definitionControls, summaryBox, flash } from './view.js';
 
 const PREVIEW_ROWS = 20;
 
@@ -69,27 +69,26 @@ function schemaSection(view, c) {
   const save = h('button', { type: 'submit', class: 'button', 'data-testid': 'save' }, 'Save changes');
   const form = h('form', {
     novalidate: true,
-    onsubmit: async (event) => {
+    onsubmit: (event) => {
       event.preventDefault();
-      clearProblems(definition.controls, summary);
-      table.clearErrors();
-      notice.hidden = true;
-      save.disabled = true;
-      try {
-        const updated = await connectors.edit(c.id, {
-          name: definition.name(),
-          description: definition.description() || null,
-          fields: table.value(),
-          extra_fields: definition.extraFields(),
-        });
-        announce(`Saved; schema version ${updated.schema_version}`);
-        if (view.isCurrent()) render(view, updated, `Saved. Schema version ${updated.schema_version}.`);
-      } catch (error) {
-        if (!(error instanceof ApiError)) throw error;
-        showProblems(error, { controls: definition.controls, table, summary });
-      } finally {
-        save.disabled = false;
-      }
+      return whileBusy(save, async () => {
+        clearProblems(definition.controls, summary);
+        table.clearErrors();
+        notice.hidden = true;
+        try {
+          const updated = await connectors.edit(c.id, {
+            name: definition.name(),
+            description: definition.description() || null,
+            fields: table.value(),
+            extra_fields: definition.extraFields(),
+          });
+          announce(`Saved; schema version ${updated.schema_version}`);
+          if (view.isCurrent()) render(view, updated, `Saved. Schema version ${updated.schema_version}.`);
+        } catch (error) {
+          if (!(error instanceof ApiError)) throw error;
+          showProblems(error, { controls: definition.controls, table, summary });
+        }
+      });
     },
   },
   h('p', { class: 'hint' }, 'Rename a field by changing its name here: its stored values are kept. A type change is accepted only where every stored value converts without loss; removing a field deletes its stored values.'),
@@ -126,9 +125,8 @@ function previewSection(c, source) {
   const refresh = h('button', { type: 'button', class: 'button secondary', 'data-testid': `refresh-${source}`, onclick: () => load() },
     isRecords ? 'Refresh records' : 'Refresh rejected records');
 
-  async function load() {
+  const load = () => whileBusy(refresh, async () => {
     replace(body, h('p', { class: 'muted' }, 'Loading…'));
-    refresh.disabled = true;
     try {
       const { records, partial } = await newest(c.id, source, c.stats.last_received_at, PREVIEW_ROWS);
       if (records.length === 0) {
@@ -142,10 +140,8 @@ function previewSection(c, source) {
       }
     } catch (error) {
       replace(body, h('p', { class: 'error' }, error.message));
-    } finally {
-      refresh.disabled = false;
     }
-  }
+  });
 
   return {
     element: h('section', { class: 'card', 'aria-labelledby': headingId },
@@ -243,24 +239,23 @@ function duplicateSection(view, c) {
   const button = h('button', { type: 'submit', class: 'button secondary', 'data-testid': 'duplicate' }, 'Duplicate');
   const form = h('form', {
     novalidate: true,
-    onsubmit: async (event) => {
+    onsubmit: (event) => {
       event.preventDefault();
-      error.hidden = true;
-      input.removeAttribute('aria-invalid');
-      button.disabled = true;
-      try {
-        const created = await connectors.duplicate(c.id, input.value.trim());
-        announce(`Copy ${created.name} created`);
-        if (view.isCurrent()) paint(view, ...createdPanel(created, { heading: `Copy “${created.name}” created` }));
-      } catch (e) {
-        if (!(e instanceof ApiError)) throw e;
-        replace(error, (e.errors[0] && e.errors[0].message) || e.message);
-        error.hidden = false;
-        input.setAttribute('aria-invalid', 'true');
-        input.focus();
-      } finally {
-        button.disabled = false;
-      }
+      return whileBusy(button, async () => {
+        error.hidden = true;
+        input.removeAttribute('aria-invalid');
+        try {
+          const created = await connectors.duplicate(c.id, input.value.trim());
+          announce(`Copy ${created.name} created`);
+          if (view.isCurrent()) paint(view, ...createdPanel(created, { heading: `Copy “${created.name}” created` }));
+        } catch (e) {
+          if (!(e instanceof ApiError)) throw e;
+          replace(error, (e.errors[0] && e.errors[0].message) || e.message);
+          error.hidden = false;
+          input.setAttribute('aria-invalid', 'true');
+          input.focus();
+        }
+      });
     },
   },
   h('label', { for: inputId }, 'Name of the copy'),

@@ -51,6 +51,23 @@ export function uid(prefix) {
   return `${prefix}-${nextId}`;
 }
 
+/**
+ * Runs `work` with `button` marked busy, and refuses to run it again until
+ * it is done. `aria-disabled` rather than `disabled`: a disabled button
+ * drops the keyboard focus, and a keyboard user pressing it would land back
+ * at the top of the page. So every handler of such a button goes through
+ * here, which refuses while the button is busy.
+ */
+export async function whileBusy(button, work) {
+  if (button.getAttribute('aria-disabled') === 'true') return;
+  button.setAttribute('aria-disabled', 'true');
+  try {
+    await work();
+  } finally {
+    button.removeAttribute('aria-disabled');
+  }
+}
+
 /** Tells screen readers (and the tests) what just happened. */
 export function announce(message) {
   const status = document.getElementById('status');

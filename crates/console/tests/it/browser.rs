@@ -7,9 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
+
+use crate::ADMIN_TOKEN;
 
 const INSTALL: &str = "install Debian's Chromium and its driver: \
      `apt-get update && apt-get install -y chromium chromium-driver` (as root)";
@@ -210,6 +213,51 @@ impl Browser {
         .await
     }
 
+    /// Opens the console at `address` (the server's base URL) signed in:
+    /// with the operator token where the sign-in form keeps it.
+    pub async fn sign_in(&self, address: &str) {
+        self.goto(&format!("{address}/")).await;
+        self.find("input[type=password]").await;
+        self.eval(
+            "sessionStorage.setItem('sluice.operator_token', arguments[0]);",
+            vec![json!(ADMIN_TOKEN)],
+        )
+        .await;
+    }
+
+    /// Presses Enter on the element matching `css`, the keyboard's click.
+    pub async fn press(&self, css: &str) {
+        self.find(css)
+            .await
+            .send_keys(&Key::Enter.to_string())
+            .await
+            .expect("press");
+    }
+
+    /// Types `text` into the element matching `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.find(css).await.send_keys(text).await.expect("type");
+    }
+
+    /// Fills the name, type and nullable box of the new-connector form's
+    /// field row `n` (1-based).
+    pub async fn fill_field(&self, n: usize, name: &str, ty: &str, nullable: bool) {
+        let row = format!(".field-row:nth-child({n})");
+        let input = self.find(&format!("{row} .field-name")).await;
+        input.clear().await.expect("clear");
+        input.send_keys(name).await.expect("type");
+        self.find(&format!("{row} .field-type"))
+            .await
+            .select_by_value(ty)
+            .await
+            .expect("select");
+        let checkbox = self.find(&format!("{row} .field-nullable")).await;
+        if checkbox.is_selected().await.expect("checked or not") != nullable {
+            // Space toggles a focused checkbox, as it would for a person.
+            checkbox.send_keys(" ").await.expect("toggle");
+        }
+    }
+
     /// Types into what has the focus, as a keyboard would.
     pub async fn keys(&self, text: &str) {
         let focused = self
@@ -221,7 +269,7 @@ impl Browser {
     }
 
     /// Presses and releases `key` on the keyboard, wherever the focus is.
-    pub async fn press_key(&self, key: fantoccini::key::Key) {
+    pub async fn press_key(&self, key: Key) {
         use fantoccini::actions::{InputSource, KeyAction, KeyActions};
         let value: char = key.into();
         let actions = KeyActions::new("keyboard".to_owned())

@@ -1,8 +1,10 @@
 //! The console with the keyboard alone: the skip link, a Tab order that
-//! reaches every control of the new-connector form, and keys that act.
+//! reaches every control of the new-connector form, keys that act, and a
+//! busy button that keeps the focus.
 
 use fantoccini::key::Key;
 use serde_json::json;
+use sluice_testkit::api;
 
 use crate::browser::Browser;
 use crate::{ADMIN_TOKEN, spawn_app};
@@ -132,6 +134,77 @@ async fn the_new_connector_form_works_with_the_keyboard_alone() {
             {"name": "email", "type": "string", "nullable": false},
             {"name": "count", "type": "integer", "nullable": true},
         ])
+    );
+    browser.close().await;
+}
+
+/// A button that works (here Refresh records) keeps the keyboard focus and
+/// says it is busy with `aria-disabled`, and refuses a second press until
+/// its work is done; a `disabled` one would drop the focus to the page.
+#[tokio::test]
+async fn a_busy_button_keeps_the_focus_and_refuses_a_second_press() {
+    let app = spawn_app().await;
+    let created = api::create_connector(
+        &app.client,
+        &app.address,
+        "busy",
+        json!([{"name": "n", "type": "integer"}]),
+    )
+    .await;
+    let browser = Browser::start(1280, 900).await;
+    browser.sign_in(&app.address).await;
+    browser
+        .goto(&format!(
+            "{}/#/connectors/{}",
+            app.address,
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    browser
+        .until_text("[data-testid=records-preview]", "No records yet")
+        .await;
+    browser
+        .until_text("[data-testid=rejected-preview]", "No rejected records")
+        .await;
+
+    // The API's answers wait until the test lets them through.
+    browser
+        .eval(
+            r#"window.fetchesStarted = 0;
+               const held = new Promise((release) => { window.releaseFetches = release; });
+               const fetch = window.fetch.bind(window);
+               window.fetch = (...request) => {
+                   window.fetchesStarted += 1;
+                   return held.then(() => fetch(...request));
+               };"#,
+            vec![],
+        )
+        .await;
+    let refresh = "[data-testid=refresh-records]";
+    let busy = format!("return document.querySelector('{refresh}').getAttribute('aria-disabled');");
+    browser.press(refresh).await;
+    assert_eq!(browser.eval(&busy, vec![]).await, json!("true"));
+    assert_eq!(browser.focused().await["testid"], "refresh-records");
+    browser.press_key(Key::Enter).await;
+    assert_eq!(
+        browser.eval("return window.fetchesStarted;", vec![]).await,
+        json!(1),
+        "the second press is refused while the first one works"
+    );
+
+    browser.eval("window.releaseFetches();", vec![]).await;
+    browser
+        .until(
+            "the refresh to finish",
+            &format!(
+                "return document.querySelector('{refresh}').getAttribute('aria-disabled') === null;"
+            ),
+        )
+        .await;
+    assert_eq!(browser.focused().await["testid"], "refresh-records");
+    assert_eq!(
+        browser.eval("return window.fetchesStarted;", vec![]).await,
+        json!(1)
     );
     browser.close().await;
 }

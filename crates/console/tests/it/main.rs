@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use sluice_runtime::http::{self, Served};
 use sluice_testkit::TestEnv;
+use sluice_testkit::api;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use sluice_testkit::ADMIN_TOKEN;
 
@@ -25,15 +25,8 @@ pub struct TestApp {
     /// the console shows are the ones a producer can post to.
     pub address: String,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
-    // Dropped last: the database and namespace outlive the server.
+    // The server stops when the environment is dropped.
     _env: TestEnv,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 /// The three services and the console merged on one port, like the
@@ -50,7 +43,7 @@ pub async fn spawn_app_behind(public_url: Option<&str>) -> TestApp {
     let address = format!("http://{}", listener.local_addr().expect("bound"));
     let mut settings = env.settings();
     settings.public_url = public_url.map_or_else(|| address.clone(), str::to_owned);
-    let shutdown = CancellationToken::new();
+    let shutdown = env.shutdown_token();
     let control = sluice_control::Service::start(settings.clone(), shutdown.clone())
         .await
         .expect("the control plane starts");
@@ -83,7 +76,6 @@ pub async fn spawn_app_behind(public_url: Option<&str>) -> TestApp {
     TestApp {
         address,
         client: reqwest::Client::new(),
-        shutdown,
         _env: env,
     }
 }
@@ -98,24 +90,21 @@ async fn serves_console(router: &axum::Router) -> bool {
 }
 
 impl TestApp {
-    /// A control-plane call with the operator token.
+    /// A control-plane call with the operator token: its status and JSON
+    /// body (`Null` when empty).
     pub async fn operator(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (reqwest::StatusCode, serde_json::Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.address))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status();
-        let text = response.text().await.expect("a body");
-        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        (status, body)
+        let answer = api::admin(
+            &self.client,
+            method,
+            &format!("{}{path}", self.address),
+            body,
+        )
+        .await;
+        (answer.status, answer.body)
     }
 }

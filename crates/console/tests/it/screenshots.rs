@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::{ADMIN_TOKEN, TestApp, spawn_app_behind};
+use crate::{TestApp, spawn_app_behind};
 
 const WIDTHS: [(u32, u32); 2] = [(1280, 800), (360, 740)];
 
@@ -141,6 +141,27 @@ async fn assert_labelled(browser: &Browser, page: &str) {
     assert_eq!(unnamed, json!([]), "controls without a label on {page}");
 }
 
+/// Checks the page shown, scrolled to the top with nothing focused: it fits
+/// the viewport's width and every control is labelled. Then shoots it as
+/// `<file>-<width>.png`.
+async fn check_and_save(
+    browser: &mut Browser,
+    (width, height): (u32, u32),
+    page: &str,
+    file: &str,
+) {
+    browser
+        .eval(
+            "document.activeElement.blur(); window.scrollTo(0, 0);",
+            vec![],
+        )
+        .await;
+    assert_fits(browser, width, page).await;
+    assert_labelled(browser, page).await;
+    let png = browser.full_page_png(width, height).await;
+    save(&format!("{file}-{width}.png"), &png);
+}
+
 fn save(name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
     if std::env::var_os("SLUICE_WRITE_SCREENSHOTS").is_some() {
@@ -157,33 +178,20 @@ async fn every_page_fits_a_phone_and_a_desktop() {
     let orders = furnish(&app).await;
     let (width, height) = WIDTHS[0];
     let mut browser = Browser::start(width, height).await;
-    browser.goto(&format!("{}/", app.address)).await;
-    browser.find("input[type=password]").await;
-    browser
-        .eval(
-            "sessionStorage.setItem('sluice.operator_token', arguments[0]);",
-            vec![json!(ADMIN_TOKEN)],
-        )
-        .await;
+    browser.sign_in(&app.address).await;
 
     for (width, height) in WIDTHS {
         browser.resize(width, height).await;
 
         browser.goto(&format!("{}/#/", app.address)).await;
         browser.until_text("main", "sensor-readings").await;
-        assert_fits(&browser, width, "the list").await;
-        assert_labelled(&browser, "the list").await;
-        let png = browser.full_page_png(width, height).await;
-        save(&format!("list-{width}.png"), &png);
+        check_and_save(&mut browser, (width, height), "the list", "list").await;
 
         browser.goto(&format!("{}/#/new", app.address)).await;
         browser.until_text("h1", "New connector").await;
         browser
-            .find("[data-testid=connector-name]")
-            .await
-            .send_keys("payments")
-            .await
-            .unwrap();
+            .type_into("[data-testid=connector-name]", "payments")
+            .await;
         for (n, (name, ty, nullable)) in [
             ("payment_id", "integer", false),
             ("amount", "decimal", false),
@@ -201,38 +209,15 @@ async fn every_page_fits_a_phone_and_a_desktop() {
                     .await
                     .unwrap();
             }
-            let row = format!(".field-row:nth-child({})", n + 1);
-            browser
-                .find(&format!("{row} .field-name"))
-                .await
-                .send_keys(name)
-                .await
-                .unwrap();
-            browser
-                .find(&format!("{row} .field-type"))
-                .await
-                .select_by_value(ty)
-                .await
-                .unwrap();
-            if nullable {
-                browser
-                    .find(&format!("{row} .field-nullable"))
-                    .await
-                    .click()
-                    .await
-                    .unwrap();
-            }
+            browser.fill_field(n + 1, name, ty, nullable).await;
         }
-        browser
-            .eval(
-                "document.activeElement.blur(); window.scrollTo(0, 0);",
-                vec![],
-            )
-            .await;
-        assert_fits(&browser, width, "the new-connector form").await;
-        assert_labelled(&browser, "the new-connector form").await;
-        let png = browser.full_page_png(width, height).await;
-        save(&format!("new-connector-{width}.png"), &png);
+        check_and_save(
+            &mut browser,
+            (width, height),
+            "the new-connector form",
+            "new-connector",
+        )
+        .await;
 
         // What Create shows once: the endpoint, the tokens and curl lines.
         browser
@@ -244,16 +229,13 @@ async fn every_page_fits_a_phone_and_a_desktop() {
         browser
             .until_text("h1", "Connector “payments” created")
             .await;
-        browser
-            .eval(
-                "document.activeElement.blur(); window.scrollTo(0, 0);",
-                vec![],
-            )
-            .await;
-        assert_fits(&browser, width, "the created connector").await;
-        assert_labelled(&browser, "the created connector").await;
-        let png = browser.full_page_png(width, height).await;
-        save(&format!("created-{width}.png"), &png);
+        check_and_save(
+            &mut browser,
+            (width, height),
+            "the created connector",
+            "created",
+        )
+        .await;
         let payments = browser.value("[data-testid=endpoint]").await;
         let payments = payments
             .trim_end_matches("/records")
@@ -274,16 +256,13 @@ async fn every_page_fits_a_phone_and_a_desktop() {
         browser
             .until_text("[data-testid=rejected-preview]", "late@example.com")
             .await;
-        browser
-            .eval(
-                "document.activeElement.blur(); window.scrollTo(0, 0);",
-                vec![],
-            )
-            .await;
-        assert_fits(&browser, width, "the connector page").await;
-        assert_labelled(&browser, "the connector page").await;
-        let png = browser.full_page_png(width, height).await;
-        save(&format!("connector-{width}.png"), &png);
+        check_and_save(
+            &mut browser,
+            (width, height),
+            "the connector page",
+            "connector",
+        )
+        .await;
     }
     browser.close().await;
 }

@@ -10,35 +10,6 @@ use serde_json::{Value, json};
 use crate::browser::Browser;
 use crate::{ADMIN_TOKEN, spawn_app};
 
-/// Fills the name and type of the field row `n` (1-based).
-async fn fill_field(browser: &Browser, n: usize, name: &str, ty: &str, nullable: bool) {
-    let row = format!(".field-row:nth-child({n})");
-    let input = browser.find(&format!("{row} .field-name")).await;
-    input.clear().await.unwrap();
-    input.send_keys(name).await.unwrap();
-    browser
-        .find(&format!("{row} .field-type"))
-        .await
-        .select_by_value(ty)
-        .await
-        .unwrap();
-    let checkbox = browser.find(&format!("{row} .field-nullable")).await;
-    if checkbox.is_selected().await.unwrap() != nullable {
-        // Space toggles a focused checkbox, as it would for a person.
-        checkbox.send_keys(" ").await.unwrap();
-    }
-}
-
-/// Presses Enter on the element matching `css`, the keyboard's click.
-async fn press(browser: &Browser, css: &str) {
-    browser
-        .find(css)
-        .await
-        .send_keys(&Key::Enter.to_string())
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     let app = spawn_app().await;
@@ -73,17 +44,14 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
 
     // The form: four fields, one of them first with a name the server
     // refuses, whose problem must appear beside that row.
-    press(&browser, "[data-testid=new-connector]").await;
+    browser.press("[data-testid=new-connector]").await;
     browser.until_text("h1", "New connector").await;
     browser
-        .find("[data-testid=connector-name]")
-        .await
-        .send_keys("orders")
-        .await
-        .unwrap();
-    fill_field(&browser, 1, "email", "string", false).await;
+        .type_into("[data-testid=connector-name]", "orders")
+        .await;
+    browser.fill_field(1, "email", "string", false).await;
     for _ in 0..3 {
-        press(&browser, "[data-testid=add-field]").await;
+        browser.press("[data-testid=add-field]").await;
         // The keyboard lands in the new row's name.
         let focused = browser.focused().await;
         assert_eq!(focused["class"], "field-name", "{focused}");
@@ -91,10 +59,10 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     assert_eq!(browser.find_all(".field-row").await.len(), 4);
     let labels = browser.focused().await;
     assert_eq!(labels["label"], "Field 4 name");
-    fill_field(&browser, 2, "2quantity", "integer", false).await;
-    fill_field(&browser, 3, "price", "decimal", true).await;
-    fill_field(&browser, 4, "placed_at", "timestamp", false).await;
-    press(&browser, "[data-testid=create]").await;
+    browser.fill_field(2, "2quantity", "integer", false).await;
+    browser.fill_field(3, "price", "decimal", true).await;
+    browser.fill_field(4, "placed_at", "timestamp", false).await;
+    browser.press("[data-testid=create]").await;
     let problem = browser
         .until_text(".field-row:nth-child(2) .field-error", "")
         .await;
@@ -114,8 +82,8 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
             .unwrap(),
         "field 1 is fine"
     );
-    fill_field(&browser, 2, "quantity", "integer", false).await;
-    press(&browser, "[data-testid=create]").await;
+    browser.fill_field(2, "quantity", "integer", false).await;
+    browser.press("[data-testid=create]").await;
 
     // Created: the endpoint and both tokens, and curl lines that use them.
     browser.until_text("h1", "Connector “orders” created").await;
@@ -165,7 +133,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     );
 
     // The connector page shows them, newest first, with the stats.
-    press(&browser, "[data-testid=open-connector]").await;
+    browser.press("[data-testid=open-connector]").await;
     browser.until_text("h1", "orders").await;
     browser
         .until_text("[data-testid=records-preview]", "grace@example.com")
@@ -223,11 +191,11 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     );
 
     // Rotating the write token shows the new one once; the old one stops.
-    press(&browser, "[data-testid=rotate-write]").await;
+    browser.press("[data-testid=rotate-write]").await;
     browser
         .until_text("dialog[open]", "stops working at once")
         .await;
-    press(&browser, "dialog[open] [data-confirm]").await;
+    browser.press("dialog[open] [data-confirm]").await;
     let rotated = browser.find("[data-testid=new-write-token]").await;
     let new_write = rotated.prop("value").await.unwrap().unwrap_or_default();
     assert!(new_write.starts_with("sluice_w_") && new_write != write_token);
@@ -250,7 +218,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         .await
         .unwrap();
     assert_eq!(new.status(), StatusCode::OK);
-    press(&browser, "[data-testid=refresh-records]").await;
+    browser.press("[data-testid=refresh-records]").await;
     browser
         .until_text(
             "[data-testid=records-table] tbody tr:first-child",
@@ -266,7 +234,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         .select_by_value("integer")
         .await
         .unwrap();
-    press(&browser, "[data-testid=save]").await;
+    browser.press("[data-testid=save]").await;
     let summary = browser
         .until_text("[data-testid=problems]", "refused")
         .await;
@@ -291,7 +259,9 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         .select_by_value("string")
         .await
         .unwrap();
-    fill_field(&browser, 1, "customer_email", "string", false).await;
+    browser
+        .fill_field(1, "customer_email", "string", false)
+        .await;
     assert!(
         browser
             .find(".field-row:nth-child(1) .renamed")
@@ -301,12 +271,12 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
             .unwrap()
             .contains("Renamed from email")
     );
-    fill_field(&browser, 2, "quantity", "number", false).await;
-    fill_field(&browser, 4, "placed_at", "timestamp", true).await;
-    press(&browser, ".field-row:nth-child(3) .field-delete").await;
-    press(&browser, "[data-testid=add-field]").await;
-    fill_field(&browser, 4, "note", "string", true).await;
-    press(&browser, "[data-testid=save]").await;
+    browser.fill_field(2, "quantity", "number", false).await;
+    browser.fill_field(4, "placed_at", "timestamp", true).await;
+    browser.press(".field-row:nth-child(3) .field-delete").await;
+    browser.press("[data-testid=add-field]").await;
+    browser.fill_field(4, "note", "string", true).await;
+    browser.press("[data-testid=save]").await;
     browser
         .until_text("[data-testid=saved]", "Schema version 2")
         .await;
@@ -386,7 +356,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         .goto(&format!("{}/#/connectors/{id}", app.address))
         .await;
     browser.until_text("h1", "orders").await;
-    press(&browser, "[data-testid=delete]").await;
+    browser.press("[data-testid=delete]").await;
     let dialog = browser.until_text("dialog[open]", "Delete “orders”?").await;
     assert!(
         dialog.contains("3 stored records") && dialog.contains("cannot be recovered"),
@@ -404,8 +374,8 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
         .operator(Method::GET, &format!("/v1/connectors/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    press(&browser, "[data-testid=delete]").await;
-    press(&browser, "dialog[open] [data-confirm]").await;
+    browser.press("[data-testid=delete]").await;
+    browser.press("dialog[open] [data-confirm]").await;
     browser
         .until_text("[data-testid=flash]", "were deleted")
         .await;
@@ -431,7 +401,7 @@ async fn an_operator_creates_fills_edits_duplicates_and_deletes_a_connector() {
     );
 
     // Signing out forgets the token.
-    press(&browser, "#sign-out").await;
+    browser.press("#sign-out").await;
     browser.until_text("h1", "Sign in").await;
     let stored = browser
         .eval(

@@ -3,41 +3,21 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{id_of, spawn_app, spawn_app_with};
+use crate::{connector_routes, id_of, spawn_app, spawn_app_with};
 
+/// The collection's routes and every route on connector `id`.
 fn routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
     let fields = json!([{"name": "a", "type": "string"}]);
-    vec![
+    let mut routes = vec![
         (
             Method::POST,
             "/v1/connectors".into(),
             Some(json!({"name": "new", "fields": fields})),
         ),
         (Method::GET, "/v1/connectors".into(), None),
-        (Method::GET, format!("/v1/connectors/{id}"), None),
-        (
-            Method::PATCH,
-            format!("/v1/connectors/{id}"),
-            Some(json!({"name": "renamed"})),
-        ),
-        (Method::DELETE, format!("/v1/connectors/{id}"), None),
-        (
-            Method::POST,
-            format!("/v1/connectors/{id}/duplicate"),
-            Some(json!({"name": "copy"})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/connectors/{id}/tokens/write"),
-            None,
-        ),
-        (
-            Method::POST,
-            format!("/v1/connectors/{id}/tokens/read"),
-            None,
-        ),
-        (Method::GET, format!("/v1/connectors/{id}/schema"), None),
-    ]
+    ];
+    routes.extend(connector_routes(id));
+    routes
 }
 
 #[tokio::test]

@@ -51,26 +51,10 @@ async fn concurrent_edits_apply_one_by_one_and_the_bucket_ends_current() {
 #[tokio::test]
 async fn of_two_creates_with_one_name_exactly_one_wins() {
     let app = spawn_app().await;
-    let body = || Some(json!({"name": "twin", "fields": [{"name": "a", "type": "string"}]}));
-    let (first, second) = tokio::join!(
-        app.admin(reqwest::Method::POST, "/v1/connectors", body()),
-        app.admin(reqwest::Method::POST, "/v1/connectors", body()),
-    );
+    let body = || json!({"name": "twin", "fields": [{"name": "a", "type": "string"}]});
+    let (first, second) = tokio::join!(app.post_connector(body()), app.post_connector(body()),);
     let mut statuses = [first.status, second.status];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT]);
-    let bucket_keys = {
-        use futures::TryStreamExt;
-        let keys: Vec<String> = app
-            .bucket()
-            .await
-            .keys()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        keys
-    };
-    assert_eq!(bucket_keys.len(), 1);
+    assert_eq!(app.bucket_keys().await.len(), 1);
 }

@@ -10,19 +10,15 @@ use crate::{id_of, spawn_app, spawn_app_with};
 async fn create_answers_the_connector_with_its_tokens_once() {
     let app = spawn_app().await;
     let answer = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({
-                "name": "orders",
-                "description": "web shop orders",
-                "fields": [
-                    {"name": "email", "type": "string"},
-                    {"name": "amount", "type": "decimal", "nullable": true, "description": "in EUR"},
-                ],
-                "extra_fields": "ignore",
-            })),
-        )
+        .post_connector(json!({
+            "name": "orders",
+            "description": "web shop orders",
+            "fields": [
+                {"name": "email", "type": "string"},
+                {"name": "amount", "type": "decimal", "nullable": true, "description": "in EUR"},
+            ],
+            "extra_fields": "ignore",
+        }))
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     let created = answer.body;
@@ -108,11 +104,7 @@ async fn a_taken_name_is_409() {
     app.create("orders", json!([{"name": "a", "type": "string"}]))
         .await;
     let answer = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({"name": "orders", "fields": [{"name": "b", "type": "integer"}]})),
-        )
+        .post_connector(json!({"name": "orders", "fields": [{"name": "b", "type": "integer"}]}))
         .await;
     assert_eq!(answer.status, StatusCode::CONFLICT);
     assert_eq!(answer.code(), "name_taken");
@@ -125,21 +117,17 @@ async fn a_taken_name_is_409() {
 async fn an_invalid_definition_lists_every_problem() {
     let app = spawn_app().await;
     let answer = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({
-                "name": "",
-                "description": "x".repeat(2001),
-                "fields": [
-                    {"name": "1bad", "type": "string"},
-                    {"name": "_id", "type": "string"},
-                    {"name": "email", "type": "strin"},
-                    {"name": "Email", "type": "string"},
-                ],
-                "extra_fields": "sometimes",
-            })),
-        )
+        .post_connector(json!({
+            "name": "",
+            "description": "x".repeat(2001),
+            "fields": [
+                {"name": "1bad", "type": "string"},
+                {"name": "_id", "type": "string"},
+                {"name": "email", "type": "strin"},
+                {"name": "Email", "type": "string"},
+            ],
+            "extra_fields": "sometimes",
+        }))
         .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer.code(), "invalid_schema");
@@ -164,11 +152,7 @@ async fn an_invalid_definition_lists_every_problem() {
     assert!(answer.body["errors"][0]["message"].as_str().unwrap().len() > 5);
 
     let none = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({"name": "empty", "fields": []})),
-        )
+        .post_connector(json!({"name": "empty", "fields": []}))
         .await;
     assert_eq!(none.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(none.body["errors"][0]["code"], "too_few_fields");
@@ -364,15 +348,11 @@ async fn stats_come_from_what_the_read_api_keeps() {
 async fn a_body_over_the_limit_is_413() {
     let app = spawn_app_with(|settings| settings.max_body_bytes = 1024).await;
     let answer = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({
-                "name": "big",
-                "description": "x".repeat(2000),
-                "fields": [{"name": "a", "type": "string"}],
-            })),
-        )
+        .post_connector(json!({
+            "name": "big",
+            "description": "x".repeat(2000),
+            "fields": [{"name": "a", "type": "string"}],
+        }))
         .await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.code(), "body_too_large");

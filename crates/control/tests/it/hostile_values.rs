@@ -32,10 +32,6 @@ fn assert_invalid(answer: &Answer, field: &str, code: &str) -> String {
     errors[0]["message"].as_str().unwrap().to_owned()
 }
 
-async fn create(app: &TestApp, body: Value) -> Answer {
-    app.admin(Method::POST, "/v1/connectors", Some(body)).await
-}
-
 /// The connector still reads as `expected` and a new one can be created.
 async fn assert_still_served(app: &TestApp, id: &str, expected: &Value) {
     let got = app.get(id).await;
@@ -59,11 +55,9 @@ async fn postgresql_system_column_names_are_reserved() {
         "ctid", "xmin", "xmax", "cmin", "cmax", "tableoid", "XMin", "TableOID",
     ] {
         let fields = json!([{"name": "a", "type": "string"}, {"name": name, "type": "integer"}]);
-        let answer = create(
-            &app,
-            json!({"name": format!("with_{name}"), "fields": fields}),
-        )
-        .await;
+        let answer = app
+            .post_connector(json!({"name": format!("with_{name}"), "fields": fields}))
+            .await;
         let message = assert_invalid(&answer, "fields[1].name", "reserved_field_name");
         assert!(message.contains("system column"), "{message}");
 
@@ -81,11 +75,9 @@ async fn postgresql_system_column_names_are_reserved() {
 async fn a_nul_in_a_connector_description_is_a_422() {
     let app = spawn_app().await;
     let fields = json!([{"name": "a", "type": "string"}]);
-    let answer = create(
-        &app,
-        json!({"name": "nul", "description": "a\u{0}b", "fields": fields}),
-    )
-    .await;
+    let answer = app
+        .post_connector(json!({"name": "nul", "description": "a\u{0}b", "fields": fields}))
+        .await;
     let message = assert_invalid(&answer, "description", "invalid_description");
     assert!(message.contains("NUL"), "{message}");
 
@@ -105,7 +97,9 @@ async fn a_nul_in_a_field_description_is_a_422() {
             {"name": "b", "type": "string", "description": description},
         ])
     };
-    let answer = create(&app, json!({"name": "nul", "fields": fields("x\u{0}")})).await;
+    let answer = app
+        .post_connector(json!({"name": "nul", "fields": fields("x\u{0}")}))
+        .await;
     assert_invalid(&answer, "fields[1].description", "invalid_description");
 
     let existing = app.create("existing", fields("fine")).await;
@@ -119,7 +113,9 @@ async fn a_nul_in_a_field_description_is_a_422() {
 async fn a_nul_in_a_connector_name_is_a_422_wherever_it_is_given() {
     let app = spawn_app().await;
     let fields = json!([{"name": "a", "type": "string"}]);
-    let answer = create(&app, json!({"name": "a\u{0}b", "fields": fields})).await;
+    let answer = app
+        .post_connector(json!({"name": "a\u{0}b", "fields": fields}))
+        .await;
     assert_invalid(&answer, "name", "invalid_connector_name");
 
     let existing = app.create("existing", fields).await;

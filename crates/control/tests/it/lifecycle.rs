@@ -1,13 +1,12 @@
 //! Delete, duplicate, token rotation, JSON Schema export, hostile text, the
 //! bucket's reconciliation, and the operational routes.
 
-use futures::TryStreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sluice_control::Application;
 use tokio_util::sync::CancellationToken;
 
-use crate::{id_of, spawn_app};
+use crate::{connector_routes, id_of, spawn_app};
 
 #[tokio::test]
 async fn delete_removes_the_connector_its_table_and_its_key() {
@@ -31,26 +30,7 @@ async fn delete_removes_the_connector_its_table_and_its_key() {
 
     assert!(app.columns(&id).await.is_empty(), "records table dropped");
     assert!(app.published(&id).await.is_none(), "key deleted");
-    for (method, path, body) in [
-        (Method::GET, format!("/v1/connectors/{id}"), None),
-        (
-            Method::PATCH,
-            format!("/v1/connectors/{id}"),
-            Some(json!({"name": "back"})),
-        ),
-        (Method::DELETE, format!("/v1/connectors/{id}"), None),
-        (
-            Method::POST,
-            format!("/v1/connectors/{id}/duplicate"),
-            Some(json!({"name": "copy"})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/connectors/{id}/tokens/write"),
-            None,
-        ),
-        (Method::GET, format!("/v1/connectors/{id}/schema"), None),
-    ] {
+    for (method, path, body) in connector_routes(&id) {
         let answer = app.admin(method.clone(), &path, body).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
         assert_eq!(answer.code(), "not_found");
@@ -77,10 +57,8 @@ async fn duplicate_copies_schema_and_settings_but_not_records_or_tokens() {
         {"name": "n", "type": "integer", "nullable": true},
     ]);
     let source = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({"name": "src", "description": "d", "fields": fields, "extra_fields": "ignore"})),
+        .post_connector(
+            json!({"name": "src", "description": "d", "fields": fields, "extra_fields": "ignore"}),
         )
         .await
         .body;
@@ -275,15 +253,11 @@ async fn hostile_names_and_descriptions_are_stored_verbatim() {
     ];
     for name in hostile {
         let created = app
-            .admin(
-                Method::POST,
-                "/v1/connectors",
-                Some(json!({
-                    "name": name,
-                    "description": format!("{name} /* */ ;"),
-                    "fields": [{"name": "a", "type": "string"}],
-                })),
-            )
+            .post_connector(json!({
+                "name": name,
+                "description": format!("{name} /* */ ;"),
+                "fields": [{"name": "a", "type": "string"}],
+            }))
             .await;
         assert_eq!(
             created.status,
@@ -307,14 +281,10 @@ async fn hostile_names_and_descriptions_are_stored_verbatim() {
 
     // Hostile field names never reach SQL: the schema's rules refuse them.
     let refused = app
-        .admin(
-            Method::POST,
-            "/v1/connectors",
-            Some(json!({"name": "f", "fields": [
-                {"name": "a\"; DROP TABLE connectors; --", "type": "string"},
-                {"name": "b)", "type": "string"},
-            ]})),
-        )
+        .post_connector(json!({"name": "f", "fields": [
+            {"name": "a\"; DROP TABLE connectors; --", "type": "string"},
+            {"name": "b)", "type": "string"},
+        ]}))
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(refused.body["errors"].as_array().unwrap().len(), 2);
@@ -342,16 +312,7 @@ async fn a_restart_puts_back_a_key_deleted_behind_its_back_and_removes_strays() 
         doc.write_token_hash
             .matches(created["write_token"].as_str().unwrap())
     );
-    let keys: Vec<String> = app
-        .bucket()
-        .await
-        .keys()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    assert_eq!(keys, vec![id.clone()]);
+    assert_eq!(app.bucket_keys().await, vec![id.clone()]);
     // The restarted service answers as before.
     assert_eq!(app.get(&id).await.body["name"], "healed");
 }

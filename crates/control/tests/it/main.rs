@@ -10,27 +10,25 @@ mod hostile_values;
 mod lifecycle;
 
 use async_nats::jetstream::kv;
-use reqwest::{Method, StatusCode};
+use futures::TryStreamExt;
+use reqwest::Method;
 use serde_json::{Value, json};
-use sluice_control::Application;
 use sluice_runtime::bus;
+use sluice_testkit::api;
 use sluice_testkit::{ADMIN_TOKEN, TestEnv};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::DropGuard;
 use uuid::Uuid;
+
+pub use sluice_testkit::api::Answer;
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
+    /// Stops this control plane when dropped (or replaced by `restart`).
+    server: DropGuard,
     // Dropped last: the database and namespace outlive the server.
     pub env: TestEnv,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -42,30 +40,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut sluice_runtime::Settings)) 
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     adjust(&mut settings);
-    let shutdown = CancellationToken::new();
-    let app = Application::build(settings, shutdown.clone())
-        .await
-        .expect("the control plane starts");
-    let address = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run());
+    let shutdown = env.shutdown_token().child_token();
     TestApp {
-        address,
+        address: sluice_testkit::spawn_control(settings, shutdown.clone()).await,
         client: reqwest::Client::new(),
-        shutdown,
+        server: shutdown.drop_guard(),
         env,
-    }
-}
-
-/// A response read whole: status, headers and JSON body (Null when empty).
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-}
-
-impl Answer {
-    pub fn code(&self) -> &str {
-        self.body["code"].as_str().unwrap_or_default()
     }
 }
 
@@ -73,14 +53,10 @@ impl TestApp {
     /// Stops this server and starts another on the same database and
     /// namespace, as a restart would.
     pub async fn restart(&mut self) {
-        self.shutdown.cancel();
-        let shutdown = CancellationToken::new();
-        let app = Application::build(self.env.settings(), shutdown.clone())
-            .await
-            .expect("the control plane restarts");
-        self.address = format!("http://{}", app.local_addr());
-        self.shutdown = shutdown;
-        tokio::spawn(app.run());
+        let shutdown = self.env.shutdown_token().child_token();
+        // Replacing the guard stops the old server before the new one starts.
+        self.server = shutdown.clone().drop_guard();
+        self.address = sluice_testkit::spawn_control(self.env.settings(), shutdown).await;
     }
 
     pub async fn call(
@@ -90,34 +66,8 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Answer {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.address));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body read");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "{status}: body is not JSON: {}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        let url = format!("{}{path}", self.address);
+        Answer::of(api::request(&self.client, method, &url, token, body)).await
     }
 
     /// A request with the operator's token.
@@ -125,17 +75,16 @@ impl TestApp {
         self.call(method, path, Some(ADMIN_TOKEN), body).await
     }
 
+    /// POST /v1/connectors with the operator's token and `definition`,
+    /// whatever it answers.
+    pub async fn post_connector(&self, definition: Value) -> Answer {
+        self.admin(Method::POST, "/v1/connectors", Some(definition))
+            .await
+    }
+
     /// Creates a connector and returns its create answer (with tokens).
     pub async fn create(&self, name: &str, fields: Value) -> Value {
-        let answer = self
-            .admin(
-                Method::POST,
-                "/v1/connectors",
-                Some(json!({"name": name, "fields": fields})),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-        answer.body
+        api::create_connector(&self.client, &self.address, name, fields).await
     }
 
     pub async fn get(&self, id: &str) -> Answer {
@@ -159,6 +108,18 @@ impl TestApp {
         js.get_key_value(self.env.namespace.connectors_bucket())
             .await
             .expect("the bucket exists")
+    }
+
+    /// The keys of the bucket: the ids of the connectors gateways see.
+    pub async fn bucket_keys(&self) -> Vec<String> {
+        self.bucket()
+            .await
+            .keys()
+            .await
+            .expect("listing the bucket")
+            .try_collect()
+            .await
+            .expect("reading the bucket's keys")
     }
 
     /// The connector's definition as gateways see it, if any.
@@ -236,6 +197,35 @@ impl TestApp {
         pool.close().await;
         columns
     }
+}
+
+/// Every route on one connector, with a valid body where one is needed.
+pub fn connector_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
+        (Method::GET, format!("/v1/connectors/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/connectors/{id}"),
+            Some(json!({"name": "renamed"})),
+        ),
+        (Method::DELETE, format!("/v1/connectors/{id}"), None),
+        (
+            Method::POST,
+            format!("/v1/connectors/{id}/duplicate"),
+            Some(json!({"name": "copy"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/connectors/{id}/tokens/write"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/connectors/{id}/tokens/read"),
+            None,
+        ),
+        (Method::GET, format!("/v1/connectors/{id}/schema"), None),
+    ]
 }
 
 pub fn id_of(connector: &Value) -> String {

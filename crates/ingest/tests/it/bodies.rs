@@ -2,6 +2,7 @@
 
 use reqwest::StatusCode;
 use sluice_runtime::bus::ColumnValues;
+use sluice_testkit::api;
 
 use crate::{TestApp, gzip, spawn_app, spawn_app_with};
 
@@ -308,28 +309,12 @@ async fn operational_routes_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let openapi: serde_json::Value = app
-        .client
-        .get(format!("{}/openapi.json", app.ingest))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = api::fetch_json(app.client.get(format!("{}/openapi.json", app.ingest))).await;
     assert!(openapi["paths"]["/v1/connectors/{id}/records"]["post"].is_object());
 
     let connector = app.simple_connector().await;
     TestApp::send(app.post(&connector, "application/json", r#"{"n": 1}"#)).await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.ingest))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api::fetch_text(app.client.get(format!("{}/metrics", app.ingest))).await;
     for name in [
         "sluice_ingest_requests_total",
         "sluice_ingest_records_accepted_total",
@@ -339,16 +324,10 @@ async fn operational_routes_answer() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 
-    let wrong_method = TestApp::read(
-        app.client
-            .get(format!(
-                "{}/v1/connectors/{}/records",
-                app.ingest, connector.id
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
+    let wrong_method = TestApp::send(app.client.get(format!(
+        "{}/v1/connectors/{}/records",
+        app.ingest, connector.id
+    )))
     .await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.code(), "method_not_allowed");

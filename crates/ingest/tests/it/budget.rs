@@ -50,14 +50,8 @@ async fn a_csv_of_a_million_refused_rows_in_partial_mode_is_refused_whole() {
     let connector = app.simple_connector().await;
     let quiet = quiet_connector(&app).await;
     let partial = || {
-        app.client
-            .post(format!(
-                "{}/v1/connectors/{}/records?mode=partial",
-                app.ingest, connector.id
-            ))
-            .bearer_auth(&connector.write_token)
-            .header("content-type", "text/csv")
-            .body(refused_rows())
+        app.post(&connector, "text/csv", refused_rows())
+            .query(&[("mode", "partial")])
     };
     // Alone: refused whole, with what a user needs to see why.
     let answer = TestApp::send(partial()).await;
@@ -144,9 +138,7 @@ async fn a_quiet_connector_is_served_while_another_is_hammered() {
     let mut hammer = Vec::new();
     for _ in 0..12 {
         let request = app.post(&busy, "application/json", body.clone());
-        hammer.push(tokio::spawn(async move {
-            TestApp::read(request.send().await.expect("gateway answers")).await
-        }));
+        hammer.push(tokio::spawn(async move { TestApp::send(request).await }));
     }
     // Give the big bodies a head start, so the quiet request meets them.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -113,14 +113,8 @@ async fn wait_true_answers_200_once_every_chunk_is_stored() {
         body.push_str(&format!("{i}\n"));
     }
     let answer = TestApp::send(
-        app.client
-            .post(format!(
-                "{}/v1/connectors/{}/records?wait=true",
-                app.ingest, connector.id
-            ))
-            .bearer_auth(&connector.write_token)
-            .header("content-type", "text/csv")
-            .body(body),
+        app.post(&connector, "text/csv", body)
+            .query(&[("wait", "true")]),
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");

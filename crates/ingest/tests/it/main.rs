@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use sluice_runtime::Settings;
 use sluice_runtime::bus::RecordBatch;
-use sluice_testkit::{ADMIN_TOKEN, TestEnv};
-use tokio_util::sync::CancellationToken;
+use sluice_testkit::TestEnv;
+use sluice_testkit::api;
 use uuid::Uuid;
+
+pub use sluice_testkit::api::{Answer, Connector};
 
 pub struct TestApp {
     /// The first gateway.
@@ -32,15 +32,8 @@ pub struct TestApp {
     pub control: String,
     pub client: reqwest::Client,
     pub settings: Settings,
-    shutdown: CancellationToken,
-    // Dropped last: the database and namespace outlive the servers.
+    // Dropped last: the servers stop with it (see `TestEnv::shutdown_token`).
     pub env: TestEnv,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -53,43 +46,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     configure(&mut settings);
-    let shutdown = CancellationToken::new();
-    let control = sluice_control::Application::build(settings.clone(), shutdown.clone())
-        .await
-        .expect("the control plane starts");
-    let control_address = format!("http://{}", control.local_addr());
-    tokio::spawn(control.run());
     let mut app = TestApp {
         ingest: String::new(),
-        control: control_address,
+        control: sluice_testkit::spawn_control(settings.clone(), env.shutdown_token()).await,
         client: reqwest::Client::new(),
         settings,
-        shutdown,
         env,
     };
     app.ingest = app.spawn_gateway().await;
     app
-}
-
-/// A response read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
-impl Answer {
-    pub fn code(&self) -> &str {
-        self.body["code"].as_str().unwrap_or_default()
-    }
-}
-
-/// A connector as created, with its tokens.
-pub struct Connector {
-    pub id: Uuid,
-    pub write_token: String,
-    pub read_token: String,
 }
 
 /// One message of the records stream.
@@ -108,7 +73,7 @@ impl TestApp {
     /// Another gateway on the same namespace; its base URL.
     pub async fn spawn_gateway(&self) -> String {
         let gateway =
-            sluice_ingest::Application::build(self.settings.clone(), self.shutdown.clone())
+            sluice_ingest::Application::build(self.settings.clone(), self.env.shutdown_token())
                 .await
                 .expect("the gateway starts");
         let address = format!("http://{}", gateway.local_addr());
@@ -116,50 +81,19 @@ impl TestApp {
         address
     }
 
-    pub async fn read(response: reqwest::Response) -> Answer {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body read");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!("{status}: not JSON: {}", String::from_utf8_lossy(&bytes))
-            })
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
     /// A control-plane call with the operator's token.
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.control))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        TestApp::read(request.send().await.expect("control plane answers")).await
+        api::admin(
+            &self.client,
+            method,
+            &format!("{}{path}", self.control),
+            body,
+        )
+        .await
     }
 
     pub async fn create_connector(&self, name: &str, fields: Value) -> Connector {
-        let answer = self
-            .admin(
-                reqwest::Method::POST,
-                "/v1/connectors",
-                Some(json!({"name": name, "fields": fields})),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
-        Connector {
-            id: answer.body["id"].as_str().unwrap().parse().unwrap(),
-            write_token: answer.body["write_token"].as_str().unwrap().to_owned(),
-            read_token: answer.body["read_token"].as_str().unwrap().to_owned(),
-        }
+        Connector::of(&api::create_connector(&self.client, &self.control, name, fields).await)
     }
 
     /// The connector most tests use: `{n: integer, s: string?}`.
@@ -213,7 +147,7 @@ impl TestApp {
     }
 
     pub async fn send(request: reqwest::RequestBuilder) -> Answer {
-        TestApp::read(request.send().await.expect("gateway answers")).await
+        Answer::of(request).await
     }
 
     /// Every message of the records stream, in order.

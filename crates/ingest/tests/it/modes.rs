@@ -10,16 +10,10 @@ const MIXED: &str = "{\"n\": 1}\n{\"n\": \"x\"}\n{\"n\": 3, \"s\": \"c\"}\n{\"m\
 async fn all_or_nothing_refuses_the_whole_body_with_every_error() {
     let app = spawn_app().await;
     let connector = app.simple_connector().await;
-    for query in ["", "?mode=all_or_nothing"] {
+    for query in [&[][..], &[("mode", "all_or_nothing")]] {
         let answer = TestApp::send(
-            app.client
-                .post(format!(
-                    "{}/v1/connectors/{}/records{query}",
-                    app.ingest, connector.id
-                ))
-                .bearer_auth(&connector.write_token)
-                .header("content-type", "application/x-ndjson")
-                .body(MIXED),
+            app.post(&connector, "application/x-ndjson", MIXED)
+                .query(query),
         )
         .await;
         assert_eq!(
@@ -58,14 +52,8 @@ async fn partial_accepts_the_valid_records_and_carries_the_rejected_ones() {
     let app = spawn_app().await;
     let connector = app.simple_connector().await;
     let answer = TestApp::send(
-        app.client
-            .post(format!(
-                "{}/v1/connectors/{}/records?mode=partial",
-                app.ingest, connector.id
-            ))
-            .bearer_auth(&connector.write_token)
-            .header("content-type", "application/x-ndjson")
-            .body(MIXED),
+        app.post(&connector, "application/x-ndjson", MIXED)
+            .query(&[("mode", "partial")]),
     )
     .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
@@ -91,14 +79,12 @@ async fn partial_with_every_record_refused_still_keeps_them() {
     let app = spawn_app().await;
     let connector = app.simple_connector().await;
     let answer = TestApp::send(
-        app.client
-            .post(format!(
-                "{}/v1/connectors/{}/records?mode=partial",
-                app.ingest, connector.id
-            ))
-            .bearer_auth(&connector.write_token)
-            .header("content-type", "application/json")
-            .body(r#"[{"n": "a"}, {"n": "b"}]"#),
+        app.post(
+            &connector,
+            "application/json",
+            r#"[{"n": "a"}, {"n": "b"}]"#,
+        )
+        .query(&[("mode", "partial")]),
     )
     .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED);
@@ -113,19 +99,17 @@ async fn partial_with_every_record_refused_still_keeps_them() {
 async fn bad_parameters_are_400() {
     let app = spawn_app().await;
     let connector = app.simple_connector().await;
-    for query in ["mode=some", "wait=soon", "mode=partial&mode=partial"] {
+    for query in [
+        &[("mode", "some")][..],
+        &[("wait", "soon")],
+        &[("mode", "partial"), ("mode", "partial")],
+    ] {
         let answer = TestApp::send(
-            app.client
-                .post(format!(
-                    "{}/v1/connectors/{}/records?{query}",
-                    app.ingest, connector.id
-                ))
-                .bearer_auth(&connector.write_token)
-                .header("content-type", "application/json")
-                .body(r#"{"n": 1}"#),
+            app.post(&connector, "application/json", r#"{"n": 1}"#)
+                .query(query),
         )
         .await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query:?}");
         assert_eq!(answer.code(), "invalid_parameter");
     }
     assert!(app.published().await.is_empty());

@@ -12,9 +12,7 @@ use crate::helpers::spawn_app;
 async fn a_client_following_the_cursor_sees_every_record_once_in_order_with_two_writers() {
     let mut app = spawn_app().await;
     let second = app.start_reader(StoreHooks::default()).await;
-    let connector = app
-        .create_connector("tail", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("tail").await;
     app.wait_visible(&connector).await;
 
     const BATCHES: i64 = 40;
@@ -97,9 +95,7 @@ async fn a_client_following_the_cursor_sees_every_record_once_in_order_with_two_
 #[tokio::test]
 async fn a_long_poll_returns_the_record_stored_while_it_waits() {
     let app = spawn_app().await;
-    let connector = app
-        .create_connector("poll", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("poll").await;
     app.wait_visible(&connector).await;
     let start = app.page(&connector, "").await;
     let cursor = start["next_cursor"].as_str().unwrap().to_owned();

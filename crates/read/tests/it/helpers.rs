@@ -7,15 +7,21 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use chrono::Utc;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sluice_read::{Application, StoreHooks};
 use sluice_runtime::bus::{self, ColumnsOf, RecordBatch, RejectedRecord, headers};
 use sluice_schema::{ExtraFields, Format, Schema};
-use sluice_testkit::{ADMIN_TOKEN, TestEnv};
+use sluice_testkit::TestEnv;
+use sluice_testkit::api::{self, Answer};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use sluice_testkit::api::Connector;
+
+/// A deployment whose servers stop when its environment is dropped
+/// (`TestEnv::shutdown_token`).
 pub struct TestApp {
     pub env: TestEnv,
     pub control: String,
@@ -23,7 +29,6 @@ pub struct TestApp {
     pub js: async_nats::jetstream::Context,
     pub db: PgPool,
     readers: Vec<Reader>,
-    shutdown: CancellationToken,
 }
 
 /// One read-API instance.
@@ -44,13 +49,6 @@ impl Reader {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Connector {
-    pub id: Uuid,
-    pub read_token: String,
-    pub write_token: String,
-}
-
 /// Control plane plus one reader.
 pub async fn spawn_app() -> TestApp {
     let mut app = spawn_control_only().await;
@@ -63,12 +61,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_control_only() -> TestApp {
     sluice_runtime::telemetry::init();
     let env = TestEnv::new().await;
-    let shutdown = CancellationToken::new();
-    let control = sluice_control::Application::build(env.settings(), shutdown.child_token())
-        .await
-        .unwrap_or_else(|e| panic!("the control plane does not start: {e:#}"));
-    let control_address = control.local_addr();
-    tokio::spawn(control.run());
+    let control = sluice_testkit::spawn_control(env.settings(), env.shutdown_token()).await;
     let db = sluice_runtime::store::connect_and_migrate(&env.database_url)
         .await
         .expect("database");
@@ -77,22 +70,12 @@ pub async fn spawn_control_only() -> TestApp {
         .await
         .expect("streams");
     TestApp {
-        control: format!("http://{control_address}"),
+        control,
         client: reqwest::Client::new(),
         js,
         db,
         readers: Vec::new(),
-        shutdown,
         env,
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        for reader in &self.readers {
-            reader.shutdown.cancel();
-        }
     }
 }
 
@@ -106,7 +89,7 @@ impl TestApp {
 
     /// A read-API instance that the test owns (to stop it).
     pub async fn new_reader(&self, hooks: StoreHooks) -> Reader {
-        let shutdown = self.shutdown.child_token();
+        let shutdown = self.env.shutdown_token().child_token();
         let app = Application::build_with_hooks(self.env.settings(), shutdown.clone(), hooks)
             .await
             .unwrap_or_else(|e| panic!("the read API does not start: {e:#}"));
@@ -128,44 +111,29 @@ impl TestApp {
     }
 
     pub async fn create_connector(&self, name: &str, fields: Value) -> Connector {
-        let response = self
-            .client
-            .post(format!("{}/v1/connectors", self.control))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": name, "fields": fields}))
-            .send()
+        Connector::of(&api::create_connector(&self.client, &self.control, name, fields).await)
+    }
+
+    /// A connector of one field, `n`, an integer.
+    pub async fn integer_connector(&self, name: &str) -> Connector {
+        self.create_connector(name, json!([{"name": "n", "type": "integer"}]))
             .await
-            .expect("POST /v1/connectors");
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-        let body: Value = response.json().await.unwrap();
-        Connector {
-            id: body["id"].as_str().unwrap().parse().unwrap(),
-            read_token: body["read_token"].as_str().unwrap().to_owned(),
-            write_token: body["write_token"].as_str().unwrap().to_owned(),
-        }
     }
 
     pub async fn patch_connector(&self, id: Uuid, body: Value) {
-        let response = self
-            .client
-            .patch(format!("{}/v1/connectors/{id}", self.control))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("PATCH");
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let answer = self.admin(Method::PATCH, id, Some(body)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
 
     pub async fn delete_connector(&self, id: Uuid) {
-        let response = self
-            .client
-            .delete(format!("{}/v1/connectors/{id}", self.control))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("DELETE");
-        assert_eq!(response.status(), 204);
+        let answer = self.admin(Method::DELETE, id, None).await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    }
+
+    /// `method` on the connector's control-plane route, as the operator.
+    async fn admin(&self, method: Method, id: Uuid, body: Option<Value>) -> Answer {
+        let url = format!("{}/v1/connectors/{id}", self.control);
+        api::admin(&self.client, method, &url, body).await
     }
 
     /// The connector's schema as stored now.
@@ -271,14 +239,15 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// GET the connector's records with `query`, on the first reader.
+    pub async fn records(&self, connector: &Connector, query: &str) -> reqwest::Response {
+        let path = format!("/v1/connectors/{}/records?{query}", connector.id);
+        self.get(&path, &connector.read_token).await
+    }
+
     /// GET a JSON page, asserting 200.
     pub async fn page(&self, connector: &Connector, query: &str) -> Value {
-        let response = self
-            .get(
-                &format!("/v1/connectors/{}/records?{query}", connector.id),
-                &connector.read_token,
-            )
-            .await;
+        let response = self.records(connector, query).await;
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
         response.json().await.unwrap()
     }
@@ -287,12 +256,7 @@ impl TestApp {
     /// bucket, a few milliseconds behind the control plane).
     pub async fn wait_visible(&self, connector: &Connector) {
         for _ in 0..200 {
-            let response = self
-                .get(
-                    &format!("/v1/connectors/{}/records?limit=1", connector.id),
-                    &connector.read_token,
-                )
-                .await;
+            let response = self.records(connector, "limit=1").await;
             if response.status() == 200 {
                 return;
             }

@@ -1,6 +1,7 @@
 //! GET: values, pages, projection, filters, formats and bad parameters.
 
 use serde_json::{Value, json};
+use sluice_testkit::api;
 
 use crate::helpers::{Connector, TestApp, spawn_app};
 
@@ -108,10 +109,7 @@ async fn every_type_round_trips_exactly() {
 
     // Big JSON numbers survive byte for byte, not through a float.
     let text = app
-        .get(
-            &format!("/v1/connectors/{}/records?fields=j&limit=1", connector.id),
-            &connector.read_token,
-        )
+        .records(&connector, "fields=j&limit=1")
         .await
         .text()
         .await
@@ -240,12 +238,7 @@ async fn each_filter_operator_selects_its_records() {
             "_received_at",
         ),
     ] {
-        let response = app
-            .get(
-                &format!("/v1/connectors/{}/records?{query}", connector.id),
-                &connector.read_token,
-            )
-            .await;
+        let response = app.records(&connector, query).await;
         assert_eq!(response.status(), 400, "{query}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], code, "{query}");
@@ -298,12 +291,7 @@ async fn filters_parse_values_by_field_type() {
         "j=eq.{",
         "n=eq.NaN",
     ] {
-        let response = app
-            .get(
-                &format!("/v1/connectors/{}/records?{query}", connector.id),
-                &connector.read_token,
-            )
-            .await;
+        let response = app.records(&connector, query).await;
         assert_eq!(response.status(), 400, "{query}");
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], "invalid_filter", "{query}");
@@ -432,12 +420,7 @@ async fn bad_parameters_are_400_with_a_stable_code() {
         ("format=xml", "invalid_format"),
         ("fields=", "invalid_fields"),
     ] {
-        let response = app
-            .get(
-                &format!("/v1/connectors/{}/records?{query}", connector.id),
-                &connector.read_token,
-            )
-            .await;
+        let response = app.records(&connector, query).await;
         assert_eq!(response.status(), 400, "{query}");
         assert_eq!(
             response.headers()["content-type"],
@@ -534,29 +517,13 @@ async fn service_routes_answer() {
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body, json!({"postgres": "ok", "nats": "ok"}));
-    let openapi: Value = app
-        .client
-        .get(format!("{url}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi = api::fetch_json(app.client.get(format!("{url}/openapi.json"))).await;
     assert!(openapi["paths"]["/v1/connectors/{id}/records"]["get"].is_object());
     assert!(openapi["paths"]["/v1/connectors/{id}/rejected"]["get"].is_object());
     // Storing shows up in the metrics (shared by the tests of this process,
     // so only their presence is checked).
     numbered(&app, 1).await;
-    let metrics = app
-        .client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api::fetch_text(app.client.get(format!("{url}/metrics"))).await;
     for name in [
         "sluice_read_records_stored_total",
         "sluice_read_batch_records",

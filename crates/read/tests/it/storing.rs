@@ -10,14 +10,27 @@ use sluice_read::StoreHooks;
 use sluice_runtime::bus::headers;
 use tokio::sync::Notify;
 
-use crate::helpers::{spawn_app, spawn_control_only};
+use crate::helpers::{Connector, TestApp, spawn_app, spawn_control_only};
+
+/// The connector holds records `n` = 1 to `count`, in that order, each
+/// stored once: `_id`s 1 to `count`.
+async fn assert_stored_once_in_order(app: &TestApp, connector: &Connector, count: i64) {
+    let records = app.all_records(connector).await;
+    let ns: Vec<Value> = records.iter().map(|r| r["n"].clone()).collect();
+    assert_eq!(ns, (1..=count).map(|n| json!(n)).collect::<Vec<_>>());
+    let ids: Vec<Value> = records.iter().map(|r| r["_id"].clone()).collect();
+    assert_eq!(
+        ids,
+        (1..=count)
+            .map(|n| json!(n.to_string()))
+            .collect::<Vec<_>>()
+    );
+}
 
 #[tokio::test]
 async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     let mut app = spawn_control_only().await;
-    let connector = app
-        .create_connector("once", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("once").await;
     // Two messages, stored together in one transaction.
     app.publish(connector.id, json!([{"n": 1}, {"n": 2}])).await;
     app.publish(connector.id, json!([{"n": 3}])).await;
@@ -52,19 +65,14 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     app.wait_stored(connector.id, 4).await;
     app.wait_visible(&connector).await;
 
-    let records = app.all_records(&connector).await;
-    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
-    assert_eq!(ns, [&json!(1), &json!(2), &json!(3), &json!(4)]);
-    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
-    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3"), &json!("4")]);
+    assert_stored_once_in_order(&app, &connector, 4).await;
 }
 
 #[tokio::test]
 async fn messages_of_a_deleted_connector_are_dropped_without_blocking_others() {
     let mut app = spawn_control_only().await;
-    let fields = json!([{"name": "n", "type": "integer"}]);
-    let gone = app.create_connector("gone", fields.clone()).await;
-    let kept = app.create_connector("kept", fields).await;
+    let gone = app.integer_connector("gone").await;
+    let kept = app.integer_connector("kept").await;
     for n in 0..3 {
         app.publish(gone.id, json!([{"n": n}])).await;
     }
@@ -92,9 +100,7 @@ async fn messages_of_a_deleted_connector_are_dropped_without_blocking_others() {
 #[tokio::test]
 async fn a_chunk_that_comes_again_as_a_new_message_is_stored_once() {
     let app = spawn_app().await;
-    let connector = app
-        .create_connector("again", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("again").await;
     let batch = app.batch_of(connector.id, r#"[{"n": 1}, {"n": 2}]"#).await;
     let first = app.publish_batch(connector.id, &batch).await;
     app.wait_stored(connector.id, 2).await;
@@ -109,11 +115,7 @@ async fn a_chunk_that_comes_again_as_a_new_message_is_stored_once() {
     app.wait_consumer_idle().await;
     app.wait_visible(&connector).await;
 
-    let records = app.all_records(&connector).await;
-    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
-    assert_eq!(ns, [&json!(1), &json!(2), &json!(3)]);
-    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
-    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3")]);
+    assert_stored_once_in_order(&app, &connector, 3).await;
 }
 
 /// A message whose headers name another chunk than its payload holds could
@@ -121,9 +123,7 @@ async fn a_chunk_that_comes_again_as_a_new_message_is_stored_once() {
 #[tokio::test]
 async fn a_message_whose_headers_and_payload_disagree_is_set_aside() {
     let app = spawn_app().await;
-    let connector = app
-        .create_connector("disagree", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("disagree").await;
     let batch = app.batch_of(connector.id, r#"[{"n": 1}]"#).await;
     let mut message_headers = HeaderMap::new();
     message_headers.insert(headers::CONNECTOR_ID, connector.id.to_string());
@@ -252,15 +252,7 @@ async fn records_in_flight_across_a_schema_edit_are_stored_under_the_new_schema(
         ["_id", "_received_at", "added", "count", "day", "title"]
     );
     // Fields come in schema order.
-    let text = app
-        .get(
-            &format!("/v1/connectors/{}/records", connector.id),
-            &connector.read_token,
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = app.records(&connector, "").await.text().await.unwrap();
     let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
     assert!(at("_id") < at("_received_at"));
     assert!(at("_received_at") < at("title"));
@@ -274,9 +266,7 @@ async fn records_in_flight_across_a_schema_edit_are_stored_under_the_new_schema(
 #[tokio::test]
 async fn a_lost_consumer_is_made_again_without_replaying_stored_messages() {
     let app = spawn_app().await;
-    let connector = app
-        .create_connector("lost", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("lost").await;
     app.publish(connector.id, json!([{"n": 1}])).await;
     app.publish(connector.id, json!([{"n": 2}])).await;
     app.wait_stored(connector.id, 2).await;
@@ -307,9 +297,8 @@ async fn a_lost_consumer_is_made_again_without_replaying_stored_messages() {
 #[tokio::test]
 async fn one_reader_gives_a_connectors_records_ids_in_stream_order() {
     let mut app = spawn_control_only().await;
-    let fields = json!([{"name": "n", "type": "integer"}]);
-    let a = app.create_connector("a", fields.clone()).await;
-    let b = app.create_connector("b", fields).await;
+    let a = app.integer_connector("a").await;
+    let b = app.integer_connector("b").await;
     // Queued before the reader starts, so they arrive together in one pull
     // and are stored concurrently across connectors.
     for n in 0..20 {
@@ -384,9 +373,7 @@ async fn decimals_are_stored_as_postgresql_reads_their_text() {
 #[tokio::test]
 async fn a_poison_message_stored_together_with_good_ones_is_set_aside_alone() {
     let mut app = spawn_control_only().await;
-    let connector = app
-        .create_connector("together", json!([{"name": "n", "type": "integer"}]))
-        .await;
+    let connector = app.integer_connector("together").await;
     // All in the stream before the reader starts, so they arrive together
     // and are first tried in one transaction.
     app.publish(connector.id, json!([{"n": 1}, {"n": 2}])).await;
@@ -398,11 +385,7 @@ async fn a_poison_message_stored_together_with_good_ones_is_set_aside_alone() {
     app.wait_stored(connector.id, 4).await;
     app.wait_consumer_idle().await;
     app.wait_visible(&connector).await;
-    let records = app.all_records(&connector).await;
-    let ns: Vec<&Value> = records.iter().map(|r| &r["n"]).collect();
-    assert_eq!(ns, [&json!(1), &json!(2), &json!(3), &json!(4)]);
-    let ids: Vec<&Value> = records.iter().map(|r| &r["_id"]).collect();
-    assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3"), &json!("4")]);
+    assert_stored_once_in_order(&app, &connector, 4).await;
     let dead = app
         .js
         .get_stream(app.env.namespace.dead_letter_stream())

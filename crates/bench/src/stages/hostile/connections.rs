@@ -7,11 +7,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sluice_testkit::ADMIN_TOKEN;
 use tokio::io::AsyncReadExt as _;
 
 use super::Services;
 use super::wire::{self, Connection};
-use crate::env::ADMIN_TOKEN;
 use crate::services::ServiceProcess;
 
 /// How much later than its timeout a service may close a stalled

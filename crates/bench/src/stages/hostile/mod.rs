@@ -23,10 +23,10 @@ use async_nats::jetstream;
 use serde::Serialize;
 use serde_json::json;
 use sluice_runtime::Settings;
+use sluice_testkit::TestEnv;
 
 use super::{Connector, MemoryLog, create_connector, wait_until_gateway_knows};
 use crate::data;
-use crate::env::BenchEnv;
 use crate::report::{Row, mib};
 use crate::services::{ServiceKind, ServiceProcess};
 use crate::stages::ingest;
@@ -178,7 +178,7 @@ fn rss_of(services: &[&ServiceProcess]) -> BTreeMap<String, u64> {
 }
 
 pub(crate) async fn run(
-    env: &BenchEnv,
+    env: &TestEnv,
     sizes: &HostileSizes,
     log_dir: &Path,
     js: &jetstream::Context,

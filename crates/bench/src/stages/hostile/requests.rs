@@ -9,9 +9,9 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_runtime::settings::AuthThrottleSettings;
+use sluice_testkit::ADMIN_TOKEN;
 
 use super::Services;
-use crate::env::ADMIN_TOKEN;
 
 /// Requests in flight at once in these attacks.
 const CONCURRENCY: usize = 16;
