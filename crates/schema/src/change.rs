@@ -232,16 +232,7 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(name: &str, ty: &str) -> FieldSpec {
-        FieldSpec {
-            name: name.into(),
-            ty: ty.into(),
-            nullable: false,
-            description: None,
-            previous_name: None,
-        }
-    }
+    use crate::schema::tests::spec;
 
     fn renamed(name: &str, ty: &str, previous: &str) -> FieldSpec {
         FieldSpec {

@@ -190,10 +190,12 @@ pub(crate) fn parse_specs(specs: &[FieldSpec], problems: &mut Vec<Problem>) -> V
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(name: &str, ty: &str) -> FieldSpec {
+    /// A required field, as a request would name it (also used by the
+    /// schema change tests).
+    pub(crate) fn spec(name: &str, ty: &str) -> FieldSpec {
         FieldSpec {
             name: name.into(),
             ty: ty.into(),
