@@ -8,6 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use sluice_schema::snippet;
+
 use crate::error::ReadError;
 
 pub(crate) const DEFAULT_LIMIT: i64 = 100;
@@ -371,17 +373,6 @@ fn percent_decode(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// At most 100 characters of user text, for error messages.
-pub(crate) fn snippet(text: &str) -> String {
-    if text.chars().count() <= 100 {
-        text.to_owned()
-    } else {
-        let mut s: String = text.chars().take(100).collect();
-        s.push('…');
-        s
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sluice_runtime::store::{ID_COLUMN, RECEIVED_AT_COLUMN, quote_ident};
-use sluice_schema::{Field, FieldType, Schema, Value, parse_value};
+use sluice_schema::{Field, FieldType, Schema, Value, parse_value, snippet};
 
 use crate::error::ReadError;
-use crate::params::{FilterOp, PageParams, RawFilter, snippet};
+use crate::params::{FilterOp, PageParams, RawFilter};
 
 /// A value bound to a statement, typed as its field.
 #[derive(Debug, Clone)]

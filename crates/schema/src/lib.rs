@@ -23,6 +23,6 @@ pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
     DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError,
-    Validation, Value, ValueError, parse_value, validate, validate_with,
+    Validation, Value, ValueError, parse_value, snippet, validate, validate_with,
 };
 pub use schema::{FieldSpec, Schema};

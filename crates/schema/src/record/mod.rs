@@ -55,7 +55,7 @@ mod csv;
 mod json;
 mod values;
 
-pub use values::{DecimalParts, ValueError, parse_value};
+pub use values::{DecimalParts, ValueError, parse_value, snippet};
 
 use std::borrow::Cow;
 

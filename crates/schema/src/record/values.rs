@@ -15,8 +15,9 @@ pub(super) type Misfit = (RecordErrorCode, String);
 /// Messages show at most this many characters of an offending value.
 const MAX_SHOWN_CHARS: usize = 100;
 
-/// `text` cut to [`MAX_SHOWN_CHARS`] characters, marked when cut.
-pub(super) fn snippet(text: &str) -> Cow<'_, str> {
+/// `text` cut to [`MAX_SHOWN_CHARS`] characters, marked when cut: how every
+/// message, of ingest and of the read API alike, shows a user's value.
+pub fn snippet(text: &str) -> Cow<'_, str> {
     match text.char_indices().nth(MAX_SHOWN_CHARS) {
         None => Cow::Borrowed(text),
         Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
