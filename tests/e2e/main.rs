@@ -2,6 +2,7 @@
 //! PostgreSQL and NATS, and the tests walk a user's story over HTTP only.
 
 mod all_in_one;
+mod backlog;
 mod logs;
 mod nats_faults;
 mod scale_out;

@@ -80,6 +80,9 @@ pub(crate) struct Cli {
     /// Seconds of offered load in the freshness stage (default 20, smoke 2).
     #[arg(long)]
     freshness_seconds: Option<f64>,
+    /// Seconds of each step of the sustained stage (default 30, smoke 1).
+    #[arg(long)]
+    sustained_seconds: Option<f64>,
     /// Concurrent 1 MiB requests while the gateway's memory is watched.
     #[arg(long, default_value_t = 16)]
     large_clients: usize,
@@ -142,6 +145,8 @@ pub(crate) struct Sizes {
     pub freshness_rate: u32,
     pub freshness_batch: usize,
     pub freshness_duration: Duration,
+    pub sustained_duration: Duration,
+    pub sustained_shares: Vec<f64>,
     pub large_clients: usize,
     pub large_duration: Duration,
     pub validation_duration: Duration,
@@ -182,6 +187,12 @@ impl Cli {
                 .max(1),
             freshness_batch: self.freshness_batch.max(1),
             freshness_duration: pick(self.freshness_seconds, 20.0, 2.0),
+            sustained_duration: pick(self.sustained_seconds, 30.0, 1.0),
+            sustained_shares: if self.smoke {
+                vec![0.02, 0.04]
+            } else {
+                vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+            },
             large_clients: self.large_clients.max(1),
             large_duration: pick(self.large_seconds, 5.0, 0.0),
             validation_duration: pick(self.validation_seconds, 3.0, 0.2),

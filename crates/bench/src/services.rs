@@ -133,6 +133,13 @@ impl ServiceProcess {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .env("NO_COLOR", "1")
+            // The ingest stage fills the stream with more than the default
+            // bound while no read API drains it; a bound the run's own
+            // environment sets is kept.
+            .env(
+                "SLUICE_STREAM_MAX_BYTES",
+                std::env::var("SLUICE_STREAM_MAX_BYTES").unwrap_or_else(|_| "unlimited".to_owned()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?)

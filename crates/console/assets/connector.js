@@ -37,6 +37,7 @@ function render(view, c, notice) {
         stat('Records', c.stats.records.toLocaleString(), 'stat-records'),
         stat('Rejected', c.stats.rejected.toLocaleString(), 'stat-rejected'),
         stat('Last received', when(c.stats.last_received_at)),
+        stat('Waiting to be stored', backlog(c.stats.backlog), 'stat-backlog'),
         stat('Schema version', String(c.schema_version), 'stat-version'),
         stat('Fields', String(c.fields.length)),
         stat('Extra fields', c.extra_fields === 'ignore' ? 'ignored' : 'rejected'),
@@ -56,6 +57,23 @@ function render(view, c, notice) {
 
 function stat(label, value, testId) {
   return h('div', {}, h('dt', {}, label), h('dd', { 'data-testid': testId }, value));
+}
+
+// Accepted records the read API has not stored yet. The API counts the
+// waiting messages exactly and estimates the records in them from the
+// oldest and newest one, exact for up to two messages.
+function backlog(b) {
+  if (!b) return h('span', { class: 'muted' }, 'unknown: NATS did not answer');
+  if (b.messages === 0) return 'none';
+  const count = b.records_estimate.toLocaleString();
+  const records = `${b.messages > 2 ? 'about ' : ''}${count} record${b.records_estimate === 1 ? '' : 's'}`;
+  return `${records}, the oldest waiting for ${duration(b.seconds_behind)}`;
+}
+
+function duration(seconds) {
+  if (seconds < 60) return `${Math.floor(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.floor(seconds % 60)} s`;
+  return `${Math.floor(seconds / 3600)} h ${Math.floor((seconds % 3600) / 60)} min`;
 }
 
 // ---------------------------------------------------------------------------

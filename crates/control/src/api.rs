@@ -1,6 +1,7 @@
 //! The connector routes of SPEC section 6, their request and response bodies.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -10,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_runtime::backlog::{self, Backlog, Connectors};
 use sluice_runtime::startup::Bus;
 use sluice_runtime::store;
 use sluice_runtime::token::{NewToken, TokenKind};
@@ -152,6 +154,37 @@ pub(crate) struct StatsView {
     /// Records kept as rejected (partial mode).
     rejected: i64,
     last_received_at: Option<DateTime<Utc>>,
+    /// Records accepted and not yet stored; null when NATS cannot tell
+    /// right now.
+    backlog: Option<BacklogView>,
+}
+
+/// What a connector has on the records stream, waiting for the read API.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BacklogView {
+    /// Messages (chunks of accepted requests) not yet stored; exact.
+    messages: u64,
+    /// Records in them, estimated from the oldest and the newest message
+    /// alone: exact for one or two messages, and when requests are alike.
+    records_estimate: u64,
+    /// When the oldest of them was accepted; null when none waits.
+    oldest_at: Option<DateTime<Utc>>,
+    /// How long the oldest has waited, in seconds; 0 when none waits.
+    seconds_behind: f64,
+}
+
+impl BacklogView {
+    /// Connector `id`'s view in `measured`, where a connector without a
+    /// backlog is absent; `None` when nothing was measured.
+    fn of(measured: Option<&HashMap<Uuid, Backlog>>, id: Uuid) -> Option<BacklogView> {
+        let backlog = measured?.get(&id).copied().unwrap_or_default();
+        Some(BacklogView {
+            messages: backlog.messages,
+            records_estimate: backlog.records_estimate,
+            oldest_at: backlog.oldest_at,
+            seconds_behind: backlog.seconds_behind(Utc::now()),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -207,7 +240,11 @@ pub(crate) struct ListParams {
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 1000;
 
-fn connector_view(state: &AppState, row: &ConnectorRow) -> ConnectorView {
+fn connector_view(
+    state: &AppState,
+    row: &ConnectorRow,
+    backlog: Option<BacklogView>,
+) -> ConnectorView {
     ConnectorView {
         id: row.id,
         name: row.name.clone(),
@@ -235,6 +272,7 @@ fn connector_view(state: &AppState, row: &ConnectorRow) -> ConnectorView {
             records: row.records,
             rejected: row.rejected,
             last_received_at: row.last_received_at,
+            backlog,
         },
     }
 }
@@ -280,7 +318,37 @@ async fn fetch_view(state: &AppState, id: Uuid) -> Result<ConnectorView, Control
     let row = db::fetch_connector(&state.pool, id)
         .await?
         .ok_or(ControlError::NotFound)?;
-    Ok(connector_view(state, &row))
+    Ok(measured_view(state, &row).await)
+}
+
+/// `row`'s view with its backlog measured now.
+async fn measured_view(state: &AppState, row: &ConnectorRow) -> ConnectorView {
+    let measured = measure_backlog(state, Connectors::One(row.id)).await;
+    connector_view(state, row, BacklogView::of(measured.as_ref(), row.id))
+}
+
+/// How long a connector's stats wait for its backlog to be measured.
+const BACKLOG_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The backlog of `which` connectors, or `None` when NATS cannot tell
+/// within [`BACKLOG_PATIENCE`]: stats never fail, nor wait long, for it.
+async fn measure_backlog(
+    state: &AppState,
+    which: Connectors<'_>,
+) -> Option<HashMap<Uuid, Backlog>> {
+    let bus = state.bus.get().filter(|bus| bus.is_connected())?;
+    let measuring = backlog::measure(&bus.js, &state.settings.namespace, which);
+    match tokio::time::timeout(BACKLOG_PATIENCE, measuring).await {
+        Ok(Ok(measured)) => Some(measured),
+        Ok(Err(error)) => {
+            tracing::warn!(error = format!("{error:#}"), "measuring the backlog failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("measuring the backlog took longer than {BACKLOG_PATIENCE:?}");
+            None
+        }
+    }
 }
 
 /// Creates a connector in one transaction: its row, its stats row and its
@@ -415,8 +483,13 @@ pub(crate) async fn list_connectors(
     let next_cursor = more
         .then(|| rows.last().map(|r| encode_cursor(r.id)))
         .flatten();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let measured = measure_backlog(&state, Connectors::Among(&ids)).await;
     Ok(Json(ConnectorPage {
-        connectors: rows.iter().map(|r| connector_view(&state, r)).collect(),
+        connectors: rows
+            .iter()
+            .map(|r| connector_view(&state, r, BacklogView::of(measured.as_ref(), r.id)))
+            .collect(),
         next_cursor,
     }))
 }
@@ -531,7 +604,7 @@ pub(crate) async fn edit_connector(
     let anything_changed =
         validation_changed || name != row.name || description != row.description.as_deref();
     if !anything_changed {
-        return Ok(Json(connector_view(&state, &row)));
+        return Ok(Json(measured_view(&state, &row).await));
     }
     if let Some(change) = &change {
         store::apply_change(&mut tx, id, change).await?;

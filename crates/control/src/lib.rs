@@ -8,7 +8,9 @@
 //!
 //! It must never store a token (only hashes), never put user text into SQL
 //! other than as a bound value or through `store::quote_ident`, and never
-//! touch the records stream: storing and serving records is the read API's.
+//! publish to or consume from the records stream: storing and serving
+//! records is the read API's (it only reads how much the stream holds of a
+//! connector, for the connector's stats).
 
 mod api;
 mod db;

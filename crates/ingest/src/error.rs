@@ -12,6 +12,10 @@ use crate::budget::Refusal;
 
 /// Seconds a client is asked to wait before retrying after a 503.
 const RETRY_AFTER_SECS: u32 = 2;
+/// Seconds a client is asked to wait when the records stream is full: it
+/// empties only as fast as the read API stores, so a quick retry would
+/// only be refused again.
+const STREAM_FULL_RETRY_AFTER_SECS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
@@ -78,9 +82,14 @@ pub(crate) enum IngestError {
     #[error("the gateway is busy")]
     GatewayBusy,
 
-    /// NATS is down, slow, or refused the messages (a full stream included).
+    /// NATS is down, slow, or refused the messages.
     #[error("bus unavailable: {0}")]
     BusUnavailable(String),
+
+    /// The records stream holds `SLUICE_STREAM_MAX_BYTES` of records not yet
+    /// stored, and refuses more until the read API has stored some.
+    #[error("the records stream is full")]
+    StreamFull,
 
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -109,7 +118,7 @@ impl IngestError {
             IngestError::PayloadTooLarge { .. }
             | IngestError::RecordTooLarge { .. }
             | IngestError::ExpandsTooMuch { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::BusUnavailable(_) | IngestError::GatewayBusy => {
+            IngestError::BusUnavailable(_) | IngestError::StreamFull | IngestError::GatewayBusy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -253,6 +262,15 @@ impl IntoResponse for IngestError {
                     "the message bus cannot take records right now; retry later, with the \
                      same Idempotency-Key so that nothing is stored twice",
                     RETRY_AFTER_SECS,
+                )
+            }
+            IngestError::StreamFull => {
+                tracing::warn!("answering 503: the records stream is full");
+                Problem::unavailable(
+                    "stream_full",
+                    "more records are waiting to be stored than the stream holds; retry \
+                     later, with the same Idempotency-Key so that nothing is stored twice",
+                    STREAM_FULL_RETRY_AFTER_SECS,
                 )
             }
             IngestError::Internal(error) => Problem::internal(error.as_ref()),

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::{self, ErrorCode, message::PublishMessage};
 use futures::StreamExt;
 use sluice_runtime::bus::{StoredNotice, headers};
 use tokio_util::sync::CancellationToken;
@@ -77,9 +78,13 @@ pub(crate) async fn publish_chunks(
         }
         let (mut new, mut duplicates) = (0usize, 0usize);
         for ack in acks {
-            let ack = ack
-                .await
-                .map_err(|e| IngestError::BusUnavailable(format!("publish ack: {e}")))?;
+            let ack = ack.await.map_err(|e| {
+                if stream_is_full(&e) {
+                    IngestError::StreamFull
+                } else {
+                    IngestError::BusUnavailable(format!("publish ack: {e}"))
+                }
+            })?;
             if ack.duplicate {
                 duplicates += 1;
             } else {
@@ -112,6 +117,18 @@ pub(crate) async fn publish_chunks(
     metrics::histogram!("sluice_ingest_publish_duration_seconds", "result" => result)
         .record(started.elapsed().as_secs_f64());
     outcome
+}
+
+/// Whether JetStream refused a message because the stream is at its
+/// `max_bytes`: a stream that discards new messages answers "maximum bytes
+/// exceeded" as a store failure.
+fn stream_is_full(error: &PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|error| {
+            error.error_code() == ErrorCode::STREAM_STORE_FAILED
+                && error.to_string().contains("maximum bytes")
+        })
 }
 
 /// How often a request waiting for acks looks at the connection.

@@ -156,7 +156,7 @@ impl Params {
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
         (status = 422, description = "Records failed validation (all_or_nothing), or too many to keep (partial, `too_many_rejected`): `errors` and `error_count`", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
-        (status = 503, description = "The bus cannot take records now, or the gateway's memory is taken (`gateway_busy`); retry after Retry-After", content_type = "application/problem+json"),
+        (status = 503, description = "The bus cannot take records now (`bus_unavailable`), the records stream holds SLUICE_STREAM_MAX_BYTES not yet stored (`stream_full`), or the gateway's memory is taken (`gateway_busy`); nothing of the request was accepted (but see Idempotency-Key for a request of many chunks): retry after Retry-After with the same Idempotency-Key", content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]

@@ -12,14 +12,15 @@ use sluice_runtime::store::{
     ID_COLUMN, RECEIVED_AT_COLUMN, convert_sql, quote_ident, records_table,
 };
 use sluice_schema::{FieldType, Schema};
-use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::postgres::{PgArguments, PgConnection, PgCopyIn};
 use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
 
+use crate::copy;
 use crate::plan::{Bind, PagePlan};
-use crate::rows::{ArrayBind, ArrayRows, RecordInsert};
+use crate::rows::{ArrayBind, ArrayRows};
 
 /// A statement built for one connector, schema and request. It is not kept
 /// prepared: the cache would fill with one-off texts, and a statement
@@ -107,50 +108,65 @@ pub(crate) async fn lock_counters(
     }))
 }
 
-/// Writes a batch's rows into its connector's records table.
-#[tracing::instrument(skip_all)]
-pub(crate) async fn insert_records(
-    conn: &mut PgConnection,
-    connector: Uuid,
-    rows: RecordInsert,
-) -> sqlx::Result<()> {
-    match rows {
-        RecordInsert::Nothing => Ok(()),
-        RecordInsert::Copy { columns, data } => copy_rows(conn, connector, &columns, data).await,
-        RecordInsert::Insert(rows) => insert_arrays(conn, connector, rows).await,
-    }
+/// A `COPY … FROM STDIN (FORMAT binary)` into a connector's records table
+/// of rows that hold `_id`, `_received_at`, then the fields `columns`
+/// names. It stays open for the rows of every message with those columns
+/// that follows: PostgreSQL then pays one statement's start for a group
+/// instead of one a message.
+pub(crate) struct RecordsCopy<'c> {
+    columns: Vec<String>,
+    copy: PgCopyIn<&'c mut PgConnection>,
 }
 
-/// One `COPY … FROM STDIN (FORMAT binary)` of rows that hold `_id`,
-/// `_received_at`, then the fields `columns` names.
-async fn copy_rows(
-    conn: &mut PgConnection,
-    connector: Uuid,
-    columns: &[String],
-    data: Vec<u8>,
-) -> sqlx::Result<()> {
-    let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
-        .into_iter()
-        .chain(columns.iter().map(String::as_str))
-        .map(quote_ident)
-        .collect();
-    let statement = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        records_table(connector),
-        names.join(", ")
-    );
-    let mut copy = conn.copy_in_raw(&statement).await?;
-    if let Err(error) = copy.send(data).await {
-        let _ = copy.abort("sending the rows failed").await;
-        return Err(error);
+impl<'c> RecordsCopy<'c> {
+    pub(crate) async fn start(
+        conn: &'c mut PgConnection,
+        connector: Uuid,
+        columns: Vec<String>,
+    ) -> sqlx::Result<RecordsCopy<'c>> {
+        let names: Vec<String> = [ID_COLUMN, RECEIVED_AT_COLUMN]
+            .into_iter()
+            .chain(columns.iter().map(String::as_str))
+            .map(quote_ident)
+            .collect();
+        let statement = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            records_table(connector),
+            names.join(", ")
+        );
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        copy.send(copy::HEADER).await?;
+        Ok(RecordsCopy { columns, copy })
     }
-    copy.finish().await?;
-    Ok(())
+
+    /// Whether rows of `columns` can be sent into this statement.
+    pub(crate) fn takes(&self, columns: &[String]) -> bool {
+        self.columns == columns
+    }
+
+    /// Sends rows framed by [`crate::copy::BinaryRows`], of this statement's
+    /// columns.
+    pub(crate) async fn send(&mut self, rows: Vec<u8>) -> sqlx::Result<()> {
+        self.copy.send(rows).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn finish(mut self) -> sqlx::Result<()> {
+        self.copy.send(copy::TRAILER).await?;
+        self.copy.finish().await?;
+        Ok(())
+    }
+
+    /// Ends the statement without storing its rows, leaving the connection
+    /// usable (only to roll the transaction back).
+    pub(crate) async fn abort(self) {
+        let _ = self.copy.abort("storing the group failed").await;
+    }
 }
 
 /// One `INSERT … SELECT … FROM UNNEST`: every column bound as one typed
 /// array, converted in SQL.
-async fn insert_arrays(
+pub(crate) async fn insert_arrays(
     conn: &mut PgConnection,
     connector: Uuid,
     rows: ArrayRows,
@@ -217,31 +233,54 @@ fn element_cast(ty: FieldType) -> &'static str {
     }
 }
 
-/// Keeps refused records for `/rejected`, ids from `first_id` on.
-#[tracing::instrument(skip_all, fields(count = rejected.len()))]
+/// Refused records of a group, in id order, as they are kept for
+/// `/rejected`.
+#[derive(Default)]
+pub(crate) struct RejectedRows {
+    ids: Vec<i64>,
+    received_at: Vec<DateTime<Utc>>,
+    records: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl RejectedRows {
+    /// Adds a message's refused records, ids from `first_id` on.
+    pub(crate) fn extend(
+        &mut self,
+        first_id: i64,
+        received_at: DateTime<Utc>,
+        rejected: &[RejectedRecord],
+    ) {
+        for (id, rejected) in (first_id..).zip(rejected) {
+            self.ids.push(id);
+            self.received_at.push(received_at);
+            self.records.push(rejected.record.to_string());
+            self.errors.push(rejected.errors.to_string());
+        }
+    }
+}
+
+/// Keeps a group's refused records for `/rejected`.
+#[tracing::instrument(skip_all, fields(count = rejected.ids.len()))]
 pub(crate) async fn insert_rejected(
     conn: &mut PgConnection,
     connector: Uuid,
-    received_at: DateTime<Utc>,
-    rejected: &[RejectedRecord],
-    first_id: i64,
+    rejected: RejectedRows,
 ) -> sqlx::Result<()> {
-    if rejected.is_empty() {
+    if rejected.ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = (first_id..).take(rejected.len()).collect();
-    let records: Vec<String> = rejected.iter().map(|r| r.record.to_string()).collect();
-    let errors: Vec<String> = rejected.iter().map(|r| r.errors.to_string()).collect();
     sqlx::query(
         "INSERT INTO rejected_records (connector_id, id, received_at, record, errors) \
-         SELECT $1, u.id, $2, u.record::jsonb, u.errors::jsonb \
-         FROM UNNEST($3::bigint[], $4::text[], $5::text[]) AS u(id, record, errors)",
+         SELECT $1, u.id, u.received_at, u.record::jsonb, u.errors::jsonb \
+         FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[]) \
+         AS u(id, received_at, record, errors)",
     )
     .bind(connector)
-    .bind(received_at)
-    .bind(ids)
-    .bind(records)
-    .bind(errors)
+    .bind(rejected.ids)
+    .bind(rejected.received_at)
+    .bind(rejected.records)
+    .bind(rejected.errors)
     .execute(conn)
     .await?;
     Ok(())
@@ -371,7 +410,6 @@ pub(crate) fn bind_page<'q>(
             Bind::Boolean(v) => query.bind(*v),
             Bind::Date(v) => query.bind(*v),
             Bind::Timestamp(v) => query.bind(*v),
-            Bind::Uuid(v) => query.bind(*v),
         };
     }
     query

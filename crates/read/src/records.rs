@@ -27,7 +27,10 @@
 //! body, and the rows are streamed from PostgreSQL into the body in chunks
 //! as they arrive, in the same REPEATABLE READ snapshot, never held as a
 //! whole page in memory. A slow client holds one pooled connection while
-//! its page streams.
+//! its page streams. An unfiltered page comes as one binary `COPY (SELECT
+//! …) TO STDOUT`, rendered straight from its bytes; a filtered one by a
+//! query that binds the filters' values (COPY takes no parameters), whose
+//! binary results are rendered by the same code.
 
 use std::convert::Infallible;
 
@@ -44,13 +47,15 @@ use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
 use sluice_runtime::store::records_table;
 use sluice_runtime::throttle::AuthAttempt;
 use sluice_runtime::token::TokenKind;
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::PgConnection;
+use sqlx::{Postgres, Row, Transaction, ValueRef};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::copy::{CopyOutRows, Malformed};
 use crate::db;
 use crate::error::ReadError;
 use crate::params::{CursorKind, OutputFormat, PageParams, RecordCursor, query_pairs};
@@ -425,7 +430,29 @@ enum StreamError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
+    Malformed(#[from] Malformed),
+    #[error(transparent)]
     Write(#[from] std::io::Error),
+}
+
+/// A page's body on its way out: rows are written into `buffer`, which is
+/// sent off whenever it holds a chunk.
+struct PageBody<'s> {
+    writer: PageWriter,
+    buffer: Vec<u8>,
+    sender: &'s mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// False once the client has gone: nothing more is written.
+    open: bool,
+}
+
+impl PageBody<'_> {
+    /// Sends the buffer off if it holds a chunk.
+    async fn send_full_chunk(&mut self) {
+        if self.buffer.len() >= CHUNK_BYTES {
+            let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+            self.open = self.sender.send(Ok(Bytes::from(chunk))).await.is_ok();
+        }
+    }
 }
 
 /// Writes the rows of `(after, end]` to `sender` in `format`, in chunks.
@@ -441,32 +468,84 @@ async fn stream_rows(
     has_more: bool,
     sender: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), StreamError> {
-    let mut writer = PageWriter::new(format, plan.columns.clone());
-    let mut buffer = Vec::with_capacity(CHUNK_BYTES);
-    writer.begin(&mut buffer)?;
+    let mut body = PageBody {
+        writer: PageWriter::new(format, plan.columns.clone()),
+        buffer: Vec::with_capacity(CHUNK_BYTES),
+        sender,
+        open: true,
+    };
+    body.writer.begin(&mut body.buffer)?;
     if end > after {
-        let sql = plan.rows_sql();
-        let mut rows = db::bind_page(db::dynamic(&sql), after, end, &plan.binds).fetch(&mut *tx);
-        while let Some(row) = rows.try_next().await? {
-            writer.row(&mut buffer, |index, kind| {
-                Cell::read(&row, index, kind).map_err(StreamError::from)
-            })?;
-            if buffer.len() >= CHUNK_BYTES {
-                let chunk = Bytes::from(std::mem::replace(
-                    &mut buffer,
-                    Vec::with_capacity(CHUNK_BYTES),
-                ));
-                if sender.send(Ok(chunk)).await.is_err() {
-                    return Ok(());
-                }
-            }
+        match plan.copy_sql(after, end) {
+            Some(copy) => copy_rows(&mut tx, &copy, &mut body).await?,
+            None => query_rows(&mut tx, plan, after, end, &mut body).await?,
         }
     }
-    writer.end(&mut buffer, next_cursor, has_more)?;
+    if !body.open {
+        return Ok(());
+    }
+    body.writer.end(&mut body.buffer, next_cursor, has_more)?;
     // Read-only: ending the transaction either way releases the table lock.
     tx.rollback().await?;
-    if !buffer.is_empty() {
-        let _ = sender.send(Ok(Bytes::from(buffer))).await;
+    if !body.buffer.is_empty() {
+        let _ = sender.send(Ok(Bytes::from(body.buffer))).await;
+    }
+    Ok(())
+}
+
+/// The rows of an unfiltered page, by binary COPY: rendered straight from
+/// the data, with none of a query's per-row decoding.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    sql: &str,
+    body: &mut PageBody<'_>,
+) -> Result<(), StreamError> {
+    let mut rows = CopyOutRows::new(body.writer.columns());
+    let mut data = conn.copy_out_raw(sql).await?;
+    let mut rendered = Ok(());
+    while let Some(chunk) = data.try_next().await? {
+        // After a failure, or once the client has gone, the rest is read
+        // and dropped: sqlx's COPY must be read to its end before the
+        // connection can run anything else, the rollback included.
+        if rendered.is_ok() && body.open {
+            let PageBody { writer, buffer, .. } = &mut *body;
+            rendered = rows.feed(&chunk, |mut row| {
+                writer.row(buffer, |_, kind| {
+                    Ok::<_, StreamError>(Cell::decode(kind, row.next_value())?)
+                })
+            });
+            body.send_full_chunk().await;
+        }
+    }
+    rendered?;
+    Ok(rows.finish()?)
+}
+
+/// The rows of a filtered page, by a query that binds the filters' values.
+async fn query_rows(
+    conn: &mut PgConnection,
+    plan: &PagePlan,
+    after: i64,
+    end: i64,
+    body: &mut PageBody<'_>,
+) -> Result<(), StreamError> {
+    let sql = plan.rows_sql();
+    let mut rows = db::bind_page(db::dynamic(&sql), after, end, &plan.binds).fetch(conn);
+    while let Some(row) = rows.try_next().await? {
+        body.writer.row(&mut body.buffer, |index, kind| {
+            let value = row.try_get_raw(index)?;
+            let bytes = if value.is_null() {
+                None
+            } else {
+                // sqlx asks for every result in binary.
+                Some(value.as_bytes().map_err(|_| Malformed("text result"))?)
+            };
+            Ok::<_, StreamError>(Cell::decode(kind, bytes)?)
+        })?;
+        body.send_full_chunk().await;
+        if !body.open {
+            break;
+        }
     }
     Ok(())
 }

@@ -176,7 +176,7 @@ impl Rows {
                 write_value(&mut out, &column.values, row)?;
             }
         }
-        Ok(out.finish())
+        Ok(out.into_bytes())
     }
 
     fn arrays(self) -> Result<ArrayRows, Unstorable> {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, stream};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,21 @@ impl Namespace {
 
     pub fn records_subject(&self, connector: Uuid) -> String {
         format!("{}.records.{connector}", self.0)
+    }
+
+    /// Every connector's [`Namespace::records_subject`]: the records
+    /// stream's subjects.
+    pub fn records_subjects(&self) -> String {
+        format!("{}.records.>", self.0)
+    }
+
+    /// The connector whose [`Namespace::records_subject`] `subject` is.
+    pub fn connector_of_records_subject(&self, subject: &str) -> Option<Uuid> {
+        subject
+            .strip_prefix(self.0.as_str())?
+            .strip_prefix(".records.")?
+            .parse()
+            .ok()
     }
 
     /// The durable consumer that every read-API replica pulls from.
@@ -289,6 +305,12 @@ impl EpochDays {
     pub fn since_postgres_epoch(self) -> Option<i32> {
         self.0.checked_sub(POSTGRES_EPOCH_DAYS)
     }
+
+    /// From days since 2000-01-01, as PostgreSQL's binary `date` holds
+    /// them; `None` beyond `i32`.
+    pub fn from_postgres_epoch(days: i32) -> Option<EpochDays> {
+        days.checked_add(POSTGRES_EPOCH_DAYS).map(EpochDays)
+    }
 }
 
 /// A timestamp on the wire: microseconds since 1970-01-01T00:00:00Z, the
@@ -322,6 +344,12 @@ impl EpochMicros {
     /// holds them; `None` beyond `i64`.
     pub fn since_postgres_epoch(self) -> Option<i64> {
         self.0.checked_sub(POSTGRES_EPOCH_MICROS)
+    }
+
+    /// From microseconds since 2000-01-01, as PostgreSQL's binary
+    /// `timestamptz` holds them; `None` beyond `i64`.
+    pub fn from_postgres_epoch(micros: i64) -> Option<EpochMicros> {
+        micros.checked_add(POSTGRES_EPOCH_MICROS).map(EpochMicros)
     }
 }
 
@@ -709,6 +737,11 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
 
 /// Creates the records stream and the dead-letter stream if missing, and
 /// brings their settings up to date if they exist.
+///
+/// A new `max_bytes` applies to a stream that exists too, also one that
+/// already holds more: JetStream drops nothing of a stream that discards
+/// new messages, it only refuses new ones until the backlog is below the
+/// bound (tested in the read API's `backlog` tests).
 pub async fn ensure_streams(
     js: &jetstream::Context,
     ns: &Namespace,
@@ -716,7 +749,7 @@ pub async fn ensure_streams(
 ) -> anyhow::Result<()> {
     js.create_or_update_stream(stream::Config {
         name: ns.records_stream(),
-        subjects: vec![format!("{}.records.>", ns.as_str())],
+        subjects: vec![ns.records_subjects()],
         storage: stream::StorageType::File,
         // A message leaves the stream once the read API has stored and acked
         // it; until then it is kept, however long the readers are away.
@@ -726,9 +759,20 @@ pub async fn ensure_streams(
         discard: stream::DiscardPolicy::New,
         duplicate_window: DUPLICATE_WINDOW,
         max_bytes: max_bytes.unwrap_or(-1),
+        // Lets the backlog be measured (see `backlog`) by reading a
+        // connector's oldest and newest message without a consumer, which
+        // a work queue would not allow beside the store's.
+        allow_direct: true,
         ..Default::default()
     })
-    .await?;
+    .await
+    .with_context(|| match max_bytes {
+        // JetStream reserves the bound on its disk when it makes the stream.
+        Some(bytes) => format!(
+            "creating the records stream of at most {bytes} bytes (SLUICE_STREAM_MAX_BYTES)"
+        ),
+        None => "creating the records stream".to_owned(),
+    })?;
     js.create_or_update_stream(stream::Config {
         name: ns.dead_letter_stream(),
         subjects: vec![format!("{}.dead.>", ns.as_str())],
@@ -985,5 +1029,11 @@ mod tests {
         let day = NaiveDate::from_ymd_opt(2000, 1, 2).unwrap();
         assert_eq!(EpochDays::of(day).since_postgres_epoch(), Some(1));
         assert_eq!(EpochDays::of(day).date(), Some(day));
+        assert_eq!(EpochDays::from_postgres_epoch(1), Some(EpochDays::of(day)));
+        assert_eq!(
+            EpochMicros::from_postgres_epoch(-946_684_800_000_000),
+            Some(EpochMicros(0))
+        );
+        assert_eq!(EpochDays::from_postgres_epoch(i32::MAX), None);
     }
 }

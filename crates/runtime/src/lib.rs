@@ -3,6 +3,8 @@
 //! - [`bus`]: NATS names derived from the namespace, message headers, the
 //!   key-value document of a connector, the record batch on the stream, and
 //!   the set-up of the stream and bucket.
+//! - [`backlog`]: what is accepted and not yet stored, per connector, read
+//!   from the records stream.
 //! - [`catalog`]: a live copy of every connector's definition, loaded from
 //!   the bucket and kept current by watching it, which decides who may use
 //!   a connector's routes.
@@ -20,6 +22,7 @@
 //! It knows nothing of any one service's routes; services decide what to
 //! serve, this crate only makes sure they agree on names and formats.
 
+pub mod backlog;
 pub mod bus;
 pub mod catalog;
 pub mod http;

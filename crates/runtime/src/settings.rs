@@ -28,8 +28,9 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     pub public_url: String,
     pub max_body_bytes: usize,
-    /// Size limit of the records stream (`SLUICE_STREAM_MAX_BYTES`); when it
-    /// is full, ingest answers 503. `None`: limited only by the server.
+    /// Size limit of the records stream (`SLUICE_STREAM_MAX_BYTES`, default
+    /// [`DEFAULT_STREAM_MAX_BYTES`]); when it is full, ingest answers 503
+    /// `stream_full`. `None` (`unlimited`): limited only by the server.
     pub stream_max_bytes: Option<i64>,
     pub http: HttpLimits,
     /// How failed authentication is throttled per client address.
@@ -70,6 +71,12 @@ impl std::fmt::Debug for Settings {
             .finish()
     }
 }
+
+/// The records stream's default size limit: 1 GiB. A backlog at the store's
+/// full rate fills it in minutes, an ordinary load in hours, and a small
+/// disk holds it; JetStream reserves it on the NATS server's disk when the
+/// stream is made.
+pub const DEFAULT_STREAM_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 
 /// What replaces a secret in [`redact_url`]'s output.
 const REDACTED: &str = "[REDACTED]";
@@ -195,13 +202,16 @@ impl Settings {
             }
         };
         let stream_max_bytes = match lookup("SLUICE_STREAM_MAX_BYTES").filter(|v| !v.is_empty()) {
-            None => None,
+            None => Some(DEFAULT_STREAM_MAX_BYTES),
+            Some(v) if v == "unlimited" => None,
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
                     return Err(SettingsError {
                         variable: "SLUICE_STREAM_MAX_BYTES",
-                        reason: format!("{v:?} is not a positive number of bytes"),
+                        reason: format!(
+                            "{v:?} is not a positive number of bytes, nor \"unlimited\""
+                        ),
                     });
                 }
             },
@@ -372,6 +382,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 16 * 1024 * 1024);
         assert!(s.admin_token.is_none());
         assert_eq!(s.http, HttpLimits::default());
+        assert_eq!(s.stream_max_bytes, Some(1024 * 1024 * 1024));
 
         let err = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_MAX_BODY_BYTES").then(|| "lots".to_owned())
@@ -400,6 +411,18 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.variable, "SLUICE_INGEST_MEMORY_BYTES");
+        let stream_bound = |value: &str| {
+            Settings::from_lookup("0.0.0.0:8081", |n| {
+                (n == "SLUICE_STREAM_MAX_BYTES").then(|| value.to_owned())
+            })
+            .map(|s| s.stream_max_bytes)
+            .map_err(|e| e.variable)
+        };
+        assert_eq!(stream_bound("unlimited"), Ok(None));
+        assert_eq!(stream_bound("65536"), Ok(Some(65_536)));
+        for bad in ["0", "-1", "1GiB"] {
+            assert_eq!(stream_bound(bad), Err("SLUICE_STREAM_MAX_BYTES"), "{bad}");
+        }
 
         let s = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_ADMIN_TOKEN").then(|| "hunter2".to_owned())

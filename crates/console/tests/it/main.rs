@@ -4,6 +4,7 @@
 //! PostgreSQL and NATS, one database and namespace per test.
 
 mod assets;
+mod backlog;
 mod browser;
 mod keyboard;
 mod screenshots;
@@ -26,7 +27,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     // The server stops when the environment is dropped.
-    _env: TestEnv,
+    pub env: TestEnv,
 }
 
 /// The three services and the console merged on one port, like the
@@ -76,7 +77,7 @@ pub async fn spawn_app_behind(public_url: Option<&str>) -> TestApp {
     TestApp {
         address,
         client: reqwest::Client::new(),
-        _env: env,
+        env,
     }
 }
 

@@ -42,7 +42,9 @@ async fn create_answers_the_connector_with_its_tokens_once() {
     );
     assert_eq!(
         created["stats"],
-        json!({"records": 0, "rejected": 0, "last_received_at": null})
+        json!({"records": 0, "rejected": 0, "last_received_at": null, "backlog": {
+            "messages": 0, "records_estimate": 0, "oldest_at": null, "seconds_behind": 0.0
+        }})
     );
     assert_eq!(created["created_at"], created["updated_at"]);
     let write = created["write_token"].as_str().unwrap();
@@ -338,7 +340,8 @@ async fn stats_come_from_what_the_read_api_keeps() {
     let got = app.get(&id).await.body;
     assert_eq!(
         got["stats"],
-        json!({"records": 12, "rejected": 3, "last_received_at": "2026-11-29T13:00:00Z"})
+        json!({"records": 12, "rejected": 3, "last_received_at": "2026-11-29T13:00:00Z",
+            "backlog": {"messages": 0, "records_estimate": 0, "oldest_at": null, "seconds_behind": 0.0}})
     );
     let listed = app.admin(Method::GET, "/v1/connectors", None).await.body;
     assert_eq!(listed["connectors"][0]["stats"]["records"], 12);

@@ -347,6 +347,15 @@ async fn operational_routes_answer() {
     }
     assert!(paths["/v1/connectors/{id}"]["patch"].is_object());
     assert!(openapi["components"]["schemas"]["ConnectorView"].is_object());
+    let backlog = &openapi["components"]["schemas"]["BacklogView"]["properties"];
+    for field in [
+        "messages",
+        "records_estimate",
+        "oldest_at",
+        "seconds_behind",
+    ] {
+        assert!(backlog[field].is_object(), "{field} in {backlog}");
+    }
     assert!(openapi["components"]["schemas"]["ProblemDoc"].is_object());
     assert!(openapi["components"]["securitySchemes"]["bearer"].is_object());
 }

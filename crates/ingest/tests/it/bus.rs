@@ -30,8 +30,9 @@ async fn a_full_stream_is_503_with_retry_after() {
         StatusCode::SERVICE_UNAVAILABLE,
         "{refused:?}"
     );
-    assert_eq!(refused.code(), "bus_unavailable");
-    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(refused.code(), "stream_full");
+    assert_eq!(refused.headers["retry-after"], "10");
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
     assert_eq!(
         app.published().await.len(),
         accepted,

@@ -3,18 +3,19 @@
 //! under ids allocated from the connector's stats row, and its counters
 //! moved on, all committed together or not at all.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sluice_runtime::bus::{ChunkId, RecordBatch, RejectedRecord};
 use sluice_schema::Schema;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::db::{self, IdCounters};
+use crate::db::{self, IdCounters, RejectedRows};
 use crate::rows::{RecordInsert, Unstorable};
 
 /// The messages of one connector taken from a pull together, in stream
@@ -161,13 +162,37 @@ struct Written {
     /// The ids last handed out, after the written messages.
     counters: IdCounters,
     last_received_at: Option<DateTime<Utc>>,
+    rejected: RejectedRows,
+}
+
+impl Written {
+    /// Counts a prepared message in, and hands back the rows it is to
+    /// write.
+    fn add(&mut self, prepared: Prepared) -> RecordInsert {
+        let Prepared {
+            index,
+            ids,
+            decoded,
+        } = prepared;
+        self.rejected
+            .extend(ids.first_rejected, decoded.received_at, &decoded.rejected);
+        self.counters = ids.after;
+        self.last_received_at = self.last_received_at.max(Some(decoded.received_at));
+        self.stored[index] = Some(Stored {
+            last_id: (decoded.records > 0).then_some(ids.after.last_record_id),
+            records: decoded.records,
+            rejected: decoded.rejected.len(),
+        });
+        decoded.insert
+    }
 }
 
 /// Writes the group's messages at `fresh`, their ids following `counters`.
 ///
-/// Each message is decoded and encoded on a blocking thread while the one
-/// before it is written, so the CPU and PostgreSQL work side by side. A
-/// message's first id follows from the one before it.
+/// The messages are decoded and encoded one after the other on a blocking
+/// thread while the ones before them are written, so the CPU and PostgreSQL
+/// work side by side. Rows of consecutive messages with the same columns
+/// go into one `COPY`.
 async fn write_fresh(
     tx: &mut PgConnection,
     group: &Group,
@@ -175,58 +200,130 @@ async fn write_fresh(
     counters: IdCounters,
     fresh: &[usize],
 ) -> Result<Written, StoreError> {
-    let schema = Arc::new(schema);
-    let start_preparing = |index: usize, first_id: i64| {
-        let delivered = &group.messages[index];
-        let (payload, id) = (delivered.message.payload.clone(), delivered.id);
-        let schema = Arc::clone(&schema);
-        tokio::task::spawn_blocking(move || prepare(&schema, &payload, id, first_id))
-    };
+    let messages: Vec<_> = fresh
+        .iter()
+        .map(|&index| {
+            let delivered = &group.messages[index];
+            (index, delivered.message.payload.clone(), delivered.id)
+        })
+        .collect();
+    // One message ahead: the thread never holds more than two decoded.
+    let (sender, mut prepared) = tokio::sync::mpsc::channel(1);
+    let preparer =
+        tokio::task::spawn_blocking(move || prepare_all(&schema, messages, counters, &sender));
     let mut written = Written {
         stored: group.messages.iter().map(|_| None).collect(),
         counters,
         last_received_at: None,
+        rejected: RejectedRows::default(),
     };
-    let mut preparing = fresh
-        .first()
-        .map(|&index| start_preparing(index, counters.last_record_id + 1));
-    for (k, &index) in fresh.iter().enumerate() {
-        let handle = preparing
-            .take()
-            .expect("each fresh message is being prepared");
-        // A panic there would recur on every delivery: dead-letter it.
-        let prepared = handle
-            .await
-            .map_err(|e| StoreError::Unstorable(format!("preparing the batch failed: {e}")))??;
-        let next = &mut written.counters;
-        let first_rejected = next.last_rejected_id + 1;
-        next.last_record_id += prepared.records as i64;
-        next.last_rejected_id += prepared.rejected.len() as i64;
-        if let Some(&following) = fresh.get(k + 1) {
-            preparing = Some(start_preparing(following, next.last_record_id + 1));
+    let mut next = prepared.recv().await;
+    while let Some(result) = next.take() {
+        match written.add(result?) {
+            RecordInsert::Nothing => {}
+            RecordInsert::Insert(rows) => {
+                db::insert_arrays(&mut *tx, group.connector, rows).await?
+            }
+            RecordInsert::Copy { columns, data } => {
+                let mut copy = db::RecordsCopy::start(&mut *tx, group.connector, columns).await?;
+                match copy_following(&mut copy, data, &mut prepared, &mut written).await {
+                    Ok(following) => {
+                        copy.finish().await?;
+                        next = following;
+                        continue;
+                    }
+                    Err(error) => {
+                        copy.abort().await;
+                        return Err(error);
+                    }
+                }
+            }
         }
-        let last_id = (prepared.records > 0).then_some(next.last_record_id);
-        db::insert_records(&mut *tx, group.connector, prepared.insert).await?;
-        db::insert_rejected(
-            &mut *tx,
-            group.connector,
-            prepared.received_at,
-            &prepared.rejected,
-            first_rejected,
-        )
-        .await?;
-        written.last_received_at = written.last_received_at.max(Some(prepared.received_at));
-        written.stored[index] = Some(Stored {
-            last_id,
-            records: prepared.records,
-            rejected: prepared.rejected.len(),
-        });
+        next = prepared.recv().await;
     }
+    // The thread stops early only if preparing a message panicked, which
+    // would recur on every delivery: dead-letter it.
+    preparer
+        .await
+        .map_err(|e| StoreError::Unstorable(format!("preparing the batch failed: {e}")))?;
+    let rejected = std::mem::take(&mut written.rejected);
+    db::insert_rejected(&mut *tx, group.connector, rejected).await?;
     Ok(written)
+}
+
+/// Sends `rows` into `copy`, then the rows of the messages that follow as
+/// long as they have its columns. Returns the first message it did not
+/// take, for the caller, once `copy` is to be finished.
+async fn copy_following(
+    copy: &mut db::RecordsCopy<'_>,
+    rows: Vec<u8>,
+    prepared: &mut mpsc::Receiver<Result<Prepared, Unstorable>>,
+    written: &mut Written,
+) -> Result<Option<Result<Prepared, Unstorable>>, StoreError> {
+    copy.send(rows).await?;
+    loop {
+        let next = match prepared.recv().await {
+            Some(Ok(next)) => next,
+            other => return Ok(other),
+        };
+        match &next.decoded.insert {
+            RecordInsert::Copy { columns, .. } if copy.takes(columns) => {}
+            _ => return Ok(Some(Ok(next))),
+        }
+        let RecordInsert::Copy { data, .. } = written.add(next) else {
+            unreachable!("matched above")
+        };
+        copy.send(data).await?;
+    }
 }
 
 /// A message decoded and laid out for the records table.
 struct Prepared {
+    /// Its place in the group.
+    index: usize,
+    ids: PreparedIds,
+    decoded: Decoded,
+}
+
+/// The ids a prepared message takes.
+struct PreparedIds {
+    first_rejected: i64,
+    /// The ids last handed out once it is written.
+    after: IdCounters,
+}
+
+/// Prepares `messages` (place in the group, payload, identity) one after
+/// the other, their ids following `counters`, and sends each to the writer;
+/// stops at the first that cannot be stored, or when the writer stops.
+fn prepare_all(
+    schema: &Schema,
+    messages: Vec<(usize, Bytes, ChunkId)>,
+    mut counters: IdCounters,
+    out: &mpsc::Sender<Result<Prepared, Unstorable>>,
+) {
+    for (index, payload, id) in messages {
+        let prepared = prepare(schema, &payload, id, counters.last_record_id + 1).map(|decoded| {
+            let first_rejected = counters.last_rejected_id + 1;
+            counters.last_record_id += decoded.records as i64;
+            counters.last_rejected_id += decoded.rejected.len() as i64;
+            Prepared {
+                index,
+                ids: PreparedIds {
+                    first_rejected,
+                    after: counters,
+                },
+                decoded,
+            }
+        });
+        let failed = prepared.is_err();
+        if out.blocking_send(prepared).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// A message decoded and laid out, its rows' ids from the first one given.
+struct Decoded {
     insert: RecordInsert,
     records: usize,
     rejected: Vec<RejectedRecord>,
@@ -240,7 +337,7 @@ fn prepare(
     payload: &[u8],
     id: ChunkId,
     first_id: i64,
-) -> Result<Prepared, Unstorable> {
+) -> Result<Decoded, Unstorable> {
     let mut batch = serde_json::from_slice::<RecordBatch>(payload)
         .map_err(|e| Unstorable(format!("the payload is not a record batch: {e}")))?;
     if (ChunkId {
@@ -256,7 +353,7 @@ fn prepare(
     }
     let rejected = std::mem::take(&mut batch.rejected);
     let (records, received_at) = (batch.rows, batch.received_at);
-    Ok(Prepared {
+    Ok(Decoded {
         insert: RecordInsert::plan(schema, batch, first_id)?,
         records,
         rejected,

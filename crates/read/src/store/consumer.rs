@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use sluice_runtime::bus::{ChunkId, Namespace, StoredNotice, headers};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,17 +26,33 @@ mod dead_letter_headers {
 }
 
 pub(super) struct Store {
-    pub stream: stream::Stream,
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub namespace: Namespace,
-    pub consumer: PullConsumer,
     pub ack_wait: Duration,
     pub hooks: StoreHooks,
 }
 
-/// What the loop does after a group; the most severe of a pull's wins.
+/// Pulls from the shared consumer, one pull ahead of the store, so that
+/// PostgreSQL is not left idle while a pull comes.
+pub(super) struct Puller {
+    pub stream: stream::Stream,
+    pub namespace: Namespace,
+    pub consumer: PullConsumer,
+    pub ack_wait: Duration,
+}
+
+/// Messages that arrived together from one pull.
+struct Pulled {
+    /// Which pull brought them, counted from 1.
+    pull: u64,
+    /// When that pull was asked for: before JetStream delivered them.
+    pulled_at: Instant,
+    messages: Vec<jetstream::Message>,
+}
+
+/// What the loop does after a group; the most severe of a chunk's wins.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Flow {
     Next,
@@ -45,16 +62,24 @@ enum Flow {
     Crash,
 }
 
-impl Store {
-    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+impl Puller {
+    /// Pulls until shutdown, or until the store stops taking what it pulls.
+    /// What a pull brings is passed on even once shutdown has begun: the
+    /// pull ends by itself within `PULL_EXPIRES`.
+    async fn run(mut self, store: mpsc::Sender<Pulled>, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
+        let mut pull = 0;
         while !shutdown.is_cancelled() {
+            pull += 1;
             let pulled_at = Instant::now();
-            let pull = tokio::select! {
+            // At most a quarter of the ack wait, so that what a pull brings
+            // is well within its ack wait when storing it begins.
+            let expires = PULL_EXPIRES.min(self.ack_wait / 4);
+            let messages = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                pull = self.consumer.batch().max_messages(PULL_BATCH).expires(self.pull_expires()).messages() => pull,
+                messages = self.consumer.batch().max_messages(PULL_BATCH).expires(expires).messages() => messages,
             };
-            let messages = match pull {
+            let messages = match messages {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(%error, "pulling from the records stream failed");
@@ -63,53 +88,42 @@ impl Store {
                     continue;
                 }
             };
-            // What this pull brings is stored even once shutdown has begun:
-            // the pull ends by itself within PULL_EXPIRES. Messages are
-            // taken as they come, all those already here at once, so a busy
-            // stream is stored many messages per transaction and a quiet one
-            // without waiting for the pull to fill.
-            let mut pull_failed = false;
+            // Messages are passed on as they come, all those already here
+            // at once, so a busy stream is stored many messages per
+            // transaction and a quiet one without waiting for the pull to
+            // fill.
+            let mut failed = false;
             let mut chunks = messages
                 .filter_map(|next| {
                     let message = match next {
                         Ok(message) => Some(message),
                         Err(error) => {
                             tracing::warn!(%error, "the records stream answered a pull with an error");
-                            pull_failed = true;
+                            failed = true;
                             None
                         }
                     };
                     std::future::ready(message)
                 })
                 .ready_chunks(PULL_BATCH);
-            let mut flow = Flow::Next;
-            let mut stored_any = false;
-            while let Some(chunk) = chunks.next().await {
-                if flow != Flow::Next {
-                    // Hand it straight back for another replica, or for us
-                    // after the pause.
-                    for message in chunk {
-                        hand_back(&message, &backoff).await;
-                    }
-                    continue;
+            while let Some(messages) = chunks.next().await {
+                let pulled = Pulled {
+                    pull,
+                    pulled_at,
+                    messages,
+                };
+                if store.send(pulled).await.is_err() {
+                    return;
                 }
-                flow = self.store_chunk(chunk, pulled_at, &backoff).await;
-                stored_any |= flow == Flow::Next;
             }
             drop(chunks);
-            match flow {
-                Flow::Crash => break,
-                Flow::Next if stored_any => backoff.reset(),
-                _ => {}
-            }
-            if flow == Flow::Retry || pull_failed {
+            if failed {
                 backoff.pause(&shutdown).await;
-            }
-            if pull_failed {
                 self.reattach().await;
+            } else {
+                backoff.reset();
             }
         }
-        tracing::info!("store loop stopped");
     }
 
     /// Gets the consumer again, creating it if it is gone (deleted by hand,
@@ -121,12 +135,48 @@ impl Store {
             Err(error) => tracing::warn!(%error, "the store consumer is unavailable"),
         }
     }
+}
 
-    /// A pull waits at most a quarter of the ack wait, so that a message it
-    /// brings is always well within its ack wait when storing begins (see
-    /// `StoreError::Late`).
-    fn pull_expires(&self) -> Duration {
-        PULL_EXPIRES.min(self.ack_wait / 4)
+impl Store {
+    /// Stores what `puller` pulls until it stops (at shutdown), or the
+    /// crash hook fires.
+    pub(super) async fn run(self, puller: Puller, shutdown: CancellationToken) {
+        // One chunk waiting, one being pulled, one being stored: each is
+        // within its ack wait when storing it begins (see
+        // `StoreError::Late`), and a transient failure holds back little.
+        let (sender, mut pulled) = mpsc::channel(1);
+        let pulling = tokio::spawn(puller.run(sender, shutdown.clone()));
+        let mut backoff = Backoff::default();
+        let mut failed_pull = None;
+        while let Some(Pulled {
+            pull,
+            pulled_at,
+            messages,
+        }) = pulled.recv().await
+        {
+            if let Some(failed) = failed_pull {
+                if pull == failed {
+                    // Straight back, for another replica or for us after
+                    // the pause.
+                    for message in messages {
+                        hand_back(&message, &backoff).await;
+                    }
+                    continue;
+                }
+                failed_pull = None;
+                backoff.pause(&shutdown).await;
+            }
+            match self.store_chunk(messages, pulled_at, &backoff).await {
+                Flow::Next => backoff.reset(),
+                Flow::Retry => failed_pull = Some(pull),
+                Flow::Crash => break,
+            }
+        }
+        // After a crash, what was pulled is left unacked, as a dead
+        // process would leave it.
+        drop(pulled);
+        let _ = pulling.await;
+        tracing::info!("store loop stopped");
     }
 
     /// Stores the messages that arrived together: one group per connector,

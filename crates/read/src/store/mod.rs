@@ -21,21 +21,24 @@
 mod commit;
 mod consumer;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, stream};
 use chrono::{DateTime, Utc};
+use sluice_runtime::backlog::{self, Backlog, Connectors};
 use sluice_runtime::bus::Namespace;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use crate::db;
-use consumer::Store;
+use consumer::{Puller, Store};
 
 /// How long a delivered message may stay unacked before JetStream gives it
 /// to another replica: far above the time one message takes to store.
@@ -51,7 +54,8 @@ const STORE_CONCURRENCY: usize = 4;
 /// The store loop's own connections, apart from the GET pool: one per
 /// connector in flight, and one for the sampler.
 const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
-/// How often consumer lag is sampled and old applied chunks forgotten.
+/// How often consumer lag and the backlog are sampled and old applied
+/// chunks forgotten.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Knobs for tests that simulate crashes; production uses the defaults.
@@ -85,18 +89,29 @@ pub(crate) async fn start(
     let ack_wait = hooks.ack_wait.unwrap_or(ACK_WAIT);
     let consumer_name = namespace.store_consumer();
     let consumer = attach_consumer(&stream, &namespace, ack_wait).await?;
-    let store = Store {
+    let sampler = Sampler {
         stream: stream.clone(),
+        consumer: consumer_name,
+        js: js.clone(),
+        namespace: namespace.clone(),
         pool: pool.clone(),
+    };
+    let puller = Puller {
+        stream,
+        namespace: namespace.clone(),
+        consumer,
+        ack_wait,
+    };
+    let store = Store {
+        pool,
         nats,
         js,
         namespace,
-        consumer,
         ack_wait,
         hooks,
     };
-    tasks.spawn(store.run(shutdown.clone()));
-    tasks.spawn(sample_consumer(stream, consumer_name, pool, shutdown));
+    tasks.spawn(store.run(puller, shutdown.clone()));
+    tasks.spawn(sampler.run(shutdown));
     Ok(())
 }
 
@@ -127,46 +142,108 @@ async fn attach_consumer(
     Ok(stream.get_or_create_consumer(&name, config).await?)
 }
 
-/// Publishes the consumer's lag as metrics, and forgets applied chunks of
-/// which no copy can come any more, so `applied_chunks` stays small. Every
-/// replica does it; both are idempotent.
-async fn sample_consumer(
-    mut stream: stream::Stream,
+/// What the sampler reads: the consumer, the stream and its connectors'
+/// backlog, and `applied_chunks`.
+struct Sampler {
+    stream: stream::Stream,
     consumer: String,
+    js: jetstream::Context,
+    namespace: Namespace,
     pool: PgPool,
-    shutdown: CancellationToken,
-) {
-    let mut every = tokio::time::interval(SAMPLE_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let info = match stream.consumer_info(&consumer).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, "sampling the store consumer failed");
-                continue;
+}
+
+impl Sampler {
+    /// Publishes the consumer's lag and the backlog as metrics, and forgets
+    /// applied chunks of which no copy can come any more, so
+    /// `applied_chunks` stays small. Every replica does it; all of it is
+    /// idempotent.
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        // Connectors whose backlog series are not 0, to set them to 0 once
+        // they have none.
+        let mut behind = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
             }
-        };
-        metrics::gauge!("sluice_read_consumer_pending").set(info.num_pending as f64);
-        metrics::gauge!("sluice_read_consumer_ack_pending").set(info.num_ack_pending as f64);
-        // A work queue deletes what is acked: its first message is the
-        // oldest one not yet stored.
-        let oldest_held = match stream.info().await {
-            Ok(info) if info.state.messages > 0 => {
-                let first = info.state.first_timestamp;
+            match self.stream.consumer_info(&self.consumer).await {
+                Ok(info) => {
+                    metrics::gauge!("sluice_read_consumer_pending").set(info.num_pending as f64);
+                    metrics::gauge!("sluice_read_consumer_ack_pending")
+                        .set(info.num_ack_pending as f64);
+                }
+                Err(error) => tracing::debug!(%error, "sampling the store consumer failed"),
+            }
+            let (messages, first) = match self.stream.info().await {
+                Ok(info) => (info.state.messages, info.state.first_timestamp),
+                Err(error) => {
+                    tracing::debug!(%error, "reading the records stream's state failed");
+                    continue;
+                }
+            };
+            // A work queue deletes what is acked: its first message is the
+            // oldest one not yet stored.
+            let oldest_held = (messages > 0).then(|| {
                 DateTime::from_timestamp(first.unix_timestamp(), first.nanosecond())
                     .unwrap_or_else(Utc::now)
+            });
+            self.sample_backlog(messages, oldest_held, &mut behind)
+                .await;
+            let oldest_held = oldest_held.unwrap_or_else(Utc::now);
+            if let Err(error) = db::forget_applied(&self.pool, oldest_held).await {
+                tracing::debug!(%error, "forgetting applied chunks failed");
             }
-            Ok(_) => Utc::now(),
-            Err(error) => {
-                tracing::debug!(%error, "reading the records stream's state failed");
-                continue;
-            }
-        };
-        if let Err(error) = db::forget_applied(&pool, oldest_held).await {
-            tracing::debug!(%error, "forgetting applied chunks failed");
         }
     }
+
+    /// The backlog as gauges: the stream's in all (`messages`, the oldest
+    /// held since `oldest`), and each connector's, one series per connector
+    /// that has had a backlog since this process started.
+    async fn sample_backlog(
+        &self,
+        messages: u64,
+        oldest: Option<DateTime<Utc>>,
+        behind: &mut HashSet<Uuid>,
+    ) {
+        let now = Utc::now();
+        let mut overall = Backlog {
+            messages,
+            records_estimate: 0,
+            oldest_at: oldest,
+        };
+        metrics::gauge!("sluice_read_backlog_messages").set(messages as f64);
+        metrics::gauge!("sluice_read_backlog_seconds").set(overall.seconds_behind(now));
+        let connectors = match backlog::measure(&self.js, &self.namespace, Connectors::All).await {
+            Ok(connectors) => connectors,
+            Err(error) => {
+                tracing::debug!(error = format!("{error:#}"), "measuring the backlog failed");
+                return;
+            }
+        };
+        overall.records_estimate = connectors.values().map(|b| b.records_estimate).sum();
+        metrics::gauge!("sluice_read_backlog_records_estimate")
+            .set(overall.records_estimate as f64);
+        behind.retain(|&id| {
+            let still = connectors.contains_key(&id);
+            if !still {
+                set_connector_gauges(id, &Backlog::default(), now);
+            }
+            still
+        });
+        for (&id, backlog) in &connectors {
+            set_connector_gauges(id, backlog, now);
+            behind.insert(id);
+        }
+    }
+}
+
+fn set_connector_gauges(id: Uuid, backlog: &Backlog, now: DateTime<Utc>) {
+    let connector = id.to_string();
+    metrics::gauge!("sluice_read_connector_backlog_messages", "connector" => connector.clone())
+        .set(backlog.messages as f64);
+    metrics::gauge!("sluice_read_connector_backlog_records_estimate", "connector" => connector.clone())
+        .set(backlog.records_estimate as f64);
+    metrics::gauge!("sluice_read_connector_backlog_seconds", "connector" => connector)
+        .set(backlog.seconds_behind(now));
 }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sluice_read::{Application, StoreHooks};
+use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, ColumnsOf, RecordBatch, RejectedRecord, headers};
 use sluice_schema::{ExtraFields, Format, Schema};
 use sluice_testkit::TestEnv;
@@ -82,15 +83,24 @@ pub async fn spawn_control_only() -> TestApp {
 impl TestApp {
     /// Starts one more read-API instance on this deployment.
     pub async fn start_reader(&mut self, hooks: StoreHooks) -> usize {
-        let reader = self.new_reader(hooks).await;
+        self.start_reader_with(self.env.settings(), hooks).await
+    }
+
+    /// [`TestApp::start_reader`] with settings of the test's own.
+    pub async fn start_reader_with(&mut self, settings: Settings, hooks: StoreHooks) -> usize {
+        let reader = self.new_reader_with(settings, hooks).await;
         self.readers.push(reader);
         self.readers.len() - 1
     }
 
     /// A read-API instance that the test owns (to stop it).
     pub async fn new_reader(&self, hooks: StoreHooks) -> Reader {
+        self.new_reader_with(self.env.settings(), hooks).await
+    }
+
+    async fn new_reader_with(&self, settings: Settings, hooks: StoreHooks) -> Reader {
         let shutdown = self.env.shutdown_token().child_token();
-        let app = Application::build_with_hooks(self.env.settings(), shutdown.clone(), hooks)
+        let app = Application::build_with_hooks(settings, shutdown.clone(), hooks)
             .await
             .unwrap_or_else(|e| panic!("the read API does not start: {e:#}"));
         let address: SocketAddr = app.local_addr();

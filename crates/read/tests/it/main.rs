@@ -1,7 +1,9 @@
 mod auth;
+mod backlog;
 mod guarantees;
 mod helpers;
 mod hostile_values;
 mod reading;
+mod rendering;
 mod startup;
 mod storing;

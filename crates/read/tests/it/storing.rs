@@ -580,3 +580,149 @@ async fn dates_and_timestamps_in_the_older_text_form_are_stored() {
     }
     assert!(dead.get_raw_message(4).await.is_err(), "three dead letters");
 }
+
+/// Messages stored together share one `COPY` while their columns agree: a
+/// message validated under a newer schema, between two of the older one,
+/// ends one statement and starts another, and the refused records of every
+/// message are kept under their own ids, in order.
+#[tokio::test]
+async fn a_group_whose_messages_change_columns_is_stored_whole_and_in_order() {
+    let mut app = spawn_control_only().await;
+    let connector = app
+        .create_connector(
+            "shifting",
+            json!([
+                {"name": "n", "type": "integer"},
+                {"name": "s", "type": "string", "nullable": true},
+            ]),
+        )
+        .await;
+    let older = app
+        .batch_of(
+            connector.id,
+            &json!([{"n": 6, "s": "f"}, {"n": "bad-2"}]).to_string(),
+        )
+        .await;
+    app.publish(connector.id, json!([{"n": 1, "s": "a"}, {"n": 2}]))
+        .await;
+    app.publish(connector.id, json!([{"n": "bad-1"}, {"n": 3, "s": "c"}]))
+        .await;
+    app.patch_connector(
+        connector.id,
+        json!({"fields": [
+            {"name": "n", "type": "integer"},
+            {"name": "s", "type": "string", "nullable": true},
+            {"name": "flag", "type": "boolean", "nullable": true},
+        ]}),
+    )
+    .await;
+    app.publish(
+        connector.id,
+        json!([{"n": 4, "flag": true}, {"n": 5, "s": "e", "flag": false}]),
+    )
+    .await;
+    // Validated before the edit, published after the newer one.
+    app.publish_batch(connector.id, &older).await;
+    app.start_reader(StoreHooks::default()).await;
+    app.wait_stored(connector.id, 6).await;
+    app.wait_visible(&connector).await;
+
+    assert_stored_once_in_order(&app, &connector, 6).await;
+    let records = app.all_records(&connector).await;
+    let column = |key: &str| -> Vec<Value> { records.iter().map(|r| r[key].clone()).collect() };
+    assert_eq!(
+        column("s"),
+        [
+            json!("a"),
+            Value::Null,
+            json!("c"),
+            Value::Null,
+            json!("e"),
+            json!("f")
+        ]
+    );
+    assert_eq!(
+        column("flag"),
+        [
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            json!(true),
+            json!(false),
+            Value::Null
+        ]
+    );
+    let rejected: Value = app
+        .get(
+            &format!("/v1/connectors/{}/rejected", connector.id),
+            &connector.read_token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rejected: Vec<(Value, Value)> = rejected["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["_id"].clone(), r["record"]["n"].clone()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [(json!("1"), json!("bad-1")), (json!("2"), json!("bad-2"))]
+    );
+}
+
+/// PostgreSQL ending the store's connection in the middle of a group's
+/// `COPY` (a crash, a failover, an operator's `pg_terminate_backend`): the
+/// transaction is lost whole, its messages come again, and every record is
+/// stored once under ids without holes. (Messages handed back after a
+/// failure may be stored after later ones.)
+#[tokio::test]
+async fn a_connection_lost_in_the_middle_of_a_copy_stores_nothing_twice() {
+    const MESSAGES: i64 = 20;
+    const PER_MESSAGE: i64 = 1_000;
+    let mut app = spawn_control_only().await;
+    let connector = app.integer_connector("cut").await;
+    for m in 0..MESSAGES {
+        let records = (1..=PER_MESSAGE)
+            .map(|i| json!({"n": m * PER_MESSAGE + i}))
+            .collect();
+        app.publish(connector.id, Value::Array(records)).await;
+    }
+    // Ends the store's connection whenever it is seen copying, three times.
+    let db = app.db.clone();
+    let ending = tokio::spawn(async move {
+        let mut ended = 0;
+        while ended < 3 {
+            ended += sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS ended \
+                 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'COPY %') t \
+                 WHERE ended",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    app.start_reader(StoreHooks::default()).await;
+    tokio::time::timeout(Duration::from_secs(60), ending)
+        .await
+        .expect("the store was seen copying three times")
+        .unwrap();
+    app.wait_stored(connector.id, MESSAGES * PER_MESSAGE).await;
+    app.wait_consumer_idle().await;
+    app.wait_visible(&connector).await;
+
+    let records = app.all_records(&connector).await;
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|r| r["_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=MESSAGES * PER_MESSAGE).collect::<Vec<_>>());
+    let mut ns: Vec<i64> = records.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (1..=MESSAGES * PER_MESSAGE).collect::<Vec<_>>());
+}
