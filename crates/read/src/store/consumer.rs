@@ -2,6 +2,8 @@
 //! connector, has each group committed (`commit`), then acks, announces,
 //! hands back or sets aside its messages as the commit went.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -11,12 +13,15 @@ use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use sluice_runtime::bus::{ChunkId, Namespace, StoredNotice, headers};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::commit::{self, Delivered, Group, Outcome, StoreError, Stored};
-use super::{PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks, attach_consumer};
+use super::{
+    GROUPS_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks, attach_consumer,
+};
 
 /// Headers added to a message sent to the dead-letter stream.
 mod dead_letter_headers {
@@ -140,20 +145,45 @@ impl Puller {
 impl Store {
     /// Stores what `puller` pulls until it stops (at shutdown), or the
     /// crash hook fires.
+    ///
+    /// Each connector's groups are stored one after the other, in stream
+    /// order, in a lane of their own: a connector never waits for another
+    /// one's commit, only for its own previous one.
     pub(super) async fn run(self, puller: Puller, shutdown: CancellationToken) {
-        // One chunk waiting, one being pulled, one being stored: each is
-        // within its ack wait when storing it begins (see
-        // `StoreError::Late`), and a transient failure holds back little.
+        // One chunk waiting and one being pulled, besides the groups the
+        // lanes hold: each is within its ack wait when storing it begins
+        // (see `StoreError::Late`), and a transient failure holds back
+        // little.
         let (sender, mut pulled) = mpsc::channel(1);
         let pulling = tokio::spawn(puller.run(sender, shutdown.clone()));
+        let store = Arc::new(self);
+        let mut lanes = Lanes::new();
         let mut backoff = Backoff::default();
         let mut failed_pull = None;
-        while let Some(Pulled {
-            pull,
-            pulled_at,
-            messages,
-        }) = pulled.recv().await
-        {
+        let mut last_pull = 0;
+        loop {
+            let Pulled {
+                pull,
+                pulled_at,
+                messages,
+            } = tokio::select! {
+                biased;
+                Some(flow) = lanes.flows.recv() => {
+                    match flow {
+                        Flow::Next => backoff.reset(),
+                        // Hand back what is left of the latest pull, then
+                        // pause.
+                        Flow::Retry => failed_pull = Some(last_pull),
+                        Flow::Crash => break,
+                    }
+                    continue;
+                }
+                pulled = pulled.recv() => match pulled {
+                    Some(pulled) => pulled,
+                    None => break,
+                },
+            };
+            last_pull = pull;
             if let Some(failed) = failed_pull {
                 if pull == failed {
                     // Straight back, for another replica or for us after
@@ -166,27 +196,25 @@ impl Store {
                 failed_pull = None;
                 backoff.pause(&shutdown).await;
             }
-            match self.store_chunk(messages, pulled_at, &backoff).await {
-                Flow::Next => backoff.reset(),
-                Flow::Retry => failed_pull = Some(pull),
-                Flow::Crash => break,
+            let (groups, flow) = store.group(messages, &backoff).await;
+            if flow == Flow::Retry {
+                failed_pull = Some(pull);
+            }
+            for group in groups {
+                lanes.push(&store, group, pulled_at, backoff).await;
             }
         }
         // After a crash, what was pulled is left unacked, as a dead
         // process would leave it.
         drop(pulled);
+        lanes.finish().await;
         let _ = pulling.await;
         tracing::info!("store loop stopped");
     }
 
-    /// Stores the messages that arrived together: one group per connector,
-    /// in stream order, the groups of different connectors side by side.
-    async fn store_chunk(
-        &self,
-        chunk: Vec<jetstream::Message>,
-        pulled_at: Instant,
-        backoff: &Backoff,
-    ) -> Flow {
+    /// Sorts messages that arrived together into one group per connector,
+    /// in stream order; sets aside those that name no connector or chunk.
+    async fn group(&self, chunk: Vec<jetstream::Message>, backoff: &Backoff) -> (Vec<Group>, Flow) {
         let mut worst = Flow::Next;
         let mut groups: Vec<Group> = Vec::new();
         for message in chunk {
@@ -230,11 +258,7 @@ impl Store {
                 }),
             }
         }
-        futures::stream::iter(groups)
-            .map(|group| self.handle(group, pulled_at, backoff))
-            .buffer_unordered(STORE_CONCURRENCY)
-            .fold(worst, |worst, flow| std::future::ready(worst.max(flow)))
-            .await
+        (groups, worst)
     }
 
     #[tracing::instrument(skip_all, fields(
@@ -442,6 +466,94 @@ impl Store {
     }
 }
 
+/// Groups of messages waiting or being stored, one lane per connector: a
+/// group starts once the one before it in its lane is done, and only while
+/// fewer than `STORE_CONCURRENCY` groups are being stored.
+struct Lanes {
+    /// Each connector's latest group; it waits for the one before it.
+    latest: HashMap<Uuid, JoinHandle<Flow>>,
+    /// Bounds the groups held, waiting or being stored.
+    held: Arc<Semaphore>,
+    /// Bounds the groups being stored, one connection each.
+    storing: Arc<Semaphore>,
+    /// How each group went, for the loop to pause after a failure or stop
+    /// after a crash.
+    flows: mpsc::UnboundedReceiver<Flow>,
+    report: mpsc::UnboundedSender<Flow>,
+    /// Set once a group crashed: the groups after it are left unacked.
+    crashed: CancellationToken,
+}
+
+impl Lanes {
+    fn new() -> Lanes {
+        let (report, flows) = mpsc::unbounded_channel();
+        Lanes {
+            latest: HashMap::new(),
+            held: Arc::new(Semaphore::new(GROUPS_HELD)),
+            storing: Arc::new(Semaphore::new(STORE_CONCURRENCY)),
+            flows,
+            report,
+            crashed: CancellationToken::new(),
+        }
+    }
+
+    /// Queues `group` in its connector's lane, once fewer than
+    /// `GROUPS_HELD` are held.
+    async fn push(
+        &mut self,
+        store: &Arc<Store>,
+        group: Group,
+        pulled_at: Instant,
+        backoff: Backoff,
+    ) {
+        let held = Arc::clone(&self.held)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.latest.retain(|_, lane| !lane.is_finished());
+        let before = self.latest.remove(&group.connector);
+        let connector = group.connector;
+        let (store, storing) = (Arc::clone(store), Arc::clone(&self.storing));
+        let (report, crashed) = (self.report.clone(), self.crashed.clone());
+        let lane = tokio::spawn(async move {
+            let before = match before {
+                Some(before) => before.await.unwrap_or(Flow::Retry),
+                None => Flow::Next,
+            };
+            let flow = match before {
+                _ if crashed.is_cancelled() => Flow::Crash,
+                Flow::Next => {
+                    let _storing = storing.acquire().await.expect("never closed");
+                    store.handle(group, pulled_at, &backoff).await
+                }
+                // The one before was handed back: so is this one, to keep
+                // the connector's order.
+                Flow::Retry => {
+                    for delivered in &group.messages {
+                        hand_back(&delivered.message, &backoff).await;
+                    }
+                    Flow::Retry
+                }
+                Flow::Crash => Flow::Crash,
+            };
+            if flow == Flow::Crash {
+                crashed.cancel();
+            }
+            drop(held);
+            let _ = report.send(flow);
+            flow
+        });
+        self.latest.insert(connector, lane);
+    }
+
+    /// Waits for every group held to be done.
+    async fn finish(self) {
+        for (_, lane) in self.latest {
+            let _ = lane.await;
+        }
+    }
+}
+
 /// Naks `message` so that it comes again after the backoff's delay, to
 /// another replica or to this one after its pause.
 async fn hand_back(message: &jetstream::Message, backoff: &Backoff) {
@@ -492,7 +604,7 @@ fn header_text(text: &str) -> String {
 }
 
 /// The pause after a transient failure: 250 ms doubling to 5 s.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Backoff {
     failures: u32,
 }

@@ -50,6 +50,20 @@ impl Reader {
     }
 }
 
+/// Fields of every type, all nullable.
+pub fn all_types() -> Value {
+    json!([
+        {"name": "s", "type": "string", "nullable": true},
+        {"name": "i", "type": "integer", "nullable": true},
+        {"name": "n", "type": "number", "nullable": true},
+        {"name": "d", "type": "decimal", "nullable": true},
+        {"name": "b", "type": "boolean", "nullable": true},
+        {"name": "day", "type": "date", "nullable": true},
+        {"name": "at", "type": "timestamp", "nullable": true},
+        {"name": "j", "type": "json", "nullable": true},
+    ])
+}
+
 /// Control plane plus one reader.
 pub async fn spawn_app() -> TestApp {
     let mut app = spawn_control_only().await;

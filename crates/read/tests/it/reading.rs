@@ -3,20 +3,7 @@
 use serde_json::{Value, json};
 use sluice_testkit::api;
 
-use crate::helpers::{Connector, TestApp, spawn_app};
-
-fn all_types() -> Value {
-    json!([
-        {"name": "s", "type": "string", "nullable": true},
-        {"name": "i", "type": "integer", "nullable": true},
-        {"name": "n", "type": "number", "nullable": true},
-        {"name": "d", "type": "decimal", "nullable": true},
-        {"name": "b", "type": "boolean", "nullable": true},
-        {"name": "day", "type": "date", "nullable": true},
-        {"name": "at", "type": "timestamp", "nullable": true},
-        {"name": "j", "type": "json", "nullable": true},
-    ])
-}
+use crate::helpers::{Connector, TestApp, all_types, spawn_app};
 
 /// A connector with `count` records whose `n` runs 1..=count.
 async fn numbered(app: &TestApp, count: usize) -> Connector {

@@ -6,20 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sluice_runtime::store::records_table;
 
-use crate::helpers::{Connector, TestApp, spawn_app};
-
-fn all_types() -> Value {
-    json!([
-        {"name": "s", "type": "string", "nullable": true},
-        {"name": "i", "type": "integer", "nullable": true},
-        {"name": "n", "type": "number", "nullable": true},
-        {"name": "d", "type": "decimal", "nullable": true},
-        {"name": "b", "type": "boolean", "nullable": true},
-        {"name": "day", "type": "date", "nullable": true},
-        {"name": "at", "type": "timestamp", "nullable": true},
-        {"name": "j", "type": "json", "nullable": true},
-    ])
-}
+use crate::helpers::{Connector, TestApp, all_types, spawn_app};
 
 /// Publishes `body` as one batch received at `received_at`, and waits
 /// until its `count` records can be read.
