@@ -3,7 +3,7 @@
 //! hands back or sets aside its messages as the commit went.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use super::commit::{self, Delivered, Group, Outcome, StoreError, Stored};
 use super::{
-    GROUPS_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks, attach_consumer,
+    GROUP_MAX_MESSAGES, GROUPS_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks,
+    attach_consumer,
 };
 
 /// Headers added to a message sent to the dead-letter stream.
@@ -468,10 +469,12 @@ impl Store {
 
 /// Groups of messages waiting or being stored, one lane per connector: a
 /// group starts once the one before it in its lane is done, and only while
-/// fewer than `STORE_CONCURRENCY` groups are being stored.
+/// fewer than `STORE_CONCURRENCY` groups are being stored. Messages that
+/// come while their connector's next group still waits join it, so a
+/// connector that is behind is stored in large transactions.
 struct Lanes {
-    /// Each connector's latest group; it waits for the one before it.
-    latest: HashMap<Uuid, JoinHandle<Flow>>,
+    /// Each connector's latest group.
+    latest: HashMap<Uuid, Lane>,
     /// Bounds the groups held, waiting or being stored.
     held: Arc<Semaphore>,
     /// Bounds the groups being stored, one connection each.
@@ -482,6 +485,13 @@ struct Lanes {
     report: mpsc::UnboundedSender<Flow>,
     /// Set once a group crashed: the groups after it are left unacked.
     crashed: CancellationToken,
+}
+
+/// A connector's latest group: the task that stores it once the one before
+/// is done, and the group itself until that task takes it.
+struct Lane {
+    task: JoinHandle<Flow>,
+    waiting: Arc<Mutex<Option<Group>>>,
 }
 
 impl Lanes {
@@ -497,7 +507,8 @@ impl Lanes {
         }
     }
 
-    /// Queues `group` in its connector's lane, once fewer than
+    /// Adds `group` to its connector's lane: to the group waiting there if
+    /// it has room, or else as a group of its own once fewer than
     /// `GROUPS_HELD` are held.
     async fn push(
         &mut self,
@@ -506,26 +517,39 @@ impl Lanes {
         pulled_at: Instant,
         backoff: Backoff,
     ) {
+        self.latest.retain(|_, lane| !lane.task.is_finished());
+        let Some(group) = self.join_waiting(group) else {
+            return;
+        };
         let held = Arc::clone(&self.held)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        self.latest.retain(|_, lane| !lane.is_finished());
-        let before = self.latest.remove(&group.connector);
+        let before = self.latest.remove(&group.connector).map(|lane| lane.task);
         let connector = group.connector;
+        let waiting = Arc::new(Mutex::new(Some(group)));
         let (store, storing) = (Arc::clone(store), Arc::clone(&self.storing));
         let (report, crashed) = (self.report.clone(), self.crashed.clone());
-        let lane = tokio::spawn(async move {
+        let taken = Arc::clone(&waiting);
+        let task = tokio::spawn(async move {
             let before = match before {
                 Some(before) => before.await.unwrap_or(Flow::Retry),
                 None => Flow::Next,
             };
+            let storing = match before {
+                Flow::Next => Some(storing.acquire().await.expect("never closed")),
+                Flow::Retry | Flow::Crash => None,
+            };
+            // From here on the group is closed to newcomers. The earliest
+            // pull in it is the one it was made from: `pulled_at` holds.
+            let group = taken
+                .lock()
+                .expect("never poisoned")
+                .take()
+                .expect("taken once");
             let flow = match before {
                 _ if crashed.is_cancelled() => Flow::Crash,
-                Flow::Next => {
-                    let _storing = storing.acquire().await.expect("never closed");
-                    store.handle(group, pulled_at, &backoff).await
-                }
+                Flow::Next => store.handle(group, pulled_at, &backoff).await,
                 // The one before was handed back: so is this one, to keep
                 // the connector's order.
                 Flow::Retry => {
@@ -536,6 +560,7 @@ impl Lanes {
                 }
                 Flow::Crash => Flow::Crash,
             };
+            drop(storing);
             if flow == Flow::Crash {
                 crashed.cancel();
             }
@@ -543,13 +568,29 @@ impl Lanes {
             let _ = report.send(flow);
             flow
         });
-        self.latest.insert(connector, lane);
+        self.latest.insert(connector, Lane { task, waiting });
+    }
+
+    /// Adds `group`'s messages to the group waiting in its lane, if there is
+    /// one with room for them; hands `group` back otherwise.
+    fn join_waiting(&self, group: Group) -> Option<Group> {
+        let Some(lane) = self.latest.get(&group.connector) else {
+            return Some(group);
+        };
+        let mut waiting = lane.waiting.lock().expect("never poisoned");
+        match waiting.as_mut() {
+            Some(next) if next.messages.len() + group.messages.len() <= GROUP_MAX_MESSAGES => {
+                next.messages.extend(group.messages);
+                None
+            }
+            _ => Some(group),
+        }
     }
 
     /// Waits for every group held to be done.
     async fn finish(self) {
         for (_, lane) in self.latest {
-            let _ = lane.await;
+            let _ = lane.task.await;
         }
     }
 }

@@ -55,6 +55,9 @@ const STORE_CONCURRENCY: usize = 4;
 /// before them of their connector: enough for every connector stored at
 /// once to have its next group ready.
 const GROUPS_HELD: usize = 2 * STORE_CONCURRENCY;
+/// Messages a group waiting for its turn may gather, from several pulls:
+/// a bound on one transaction's size.
+const GROUP_MAX_MESSAGES: usize = 2 * PULL_BATCH;
 /// The store loop's own connections, apart from the GET pool: one per
 /// connector in flight, and one for the sampler.
 const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
