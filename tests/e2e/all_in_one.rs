@@ -99,7 +99,12 @@ async fn sluice_serve_answers_every_route_on_one_port() {
     assert!(paths.contains_key("/v1/connectors/{id}/rejected"));
     assert!(paths.contains_key("/v1/connectors/{id}/rejected/replay"));
     let records = &paths["/v1/connectors/{id}/records"];
-    assert!(["get", "post", "delete"].iter().all(|m| records.get(m).is_some()), "{records}");
+    assert!(
+        ["get", "post", "delete"]
+            .iter()
+            .all(|m| records.get(m).is_some()),
+        "{records}"
+    );
 }
 
 #[tokio::test]

@@ -327,11 +327,8 @@ async fn read_request(
         Some(key) => {
             let mode = params.mode;
             let (bytes, digest) = tokio::task::spawn_blocking(move || {
-                let digest = request_digest(&[
-                    format.name().as_bytes(),
-                    mode.as_str().as_bytes(),
-                    &bytes,
-                ]);
+                let digest =
+                    request_digest(&[format.name().as_bytes(), mode.as_str().as_bytes(), &bytes]);
                 (bytes, digest)
             })
             .await

@@ -11,9 +11,7 @@ use async_nats::jetstream::{self, kv, stream};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_schema::{
-    ExtraFields, FieldId, FieldType, Format, Record, RecordError, Schema, Value,
-};
+use sluice_schema::{ExtraFields, FieldId, FieldType, Format, Record, RecordError, Schema, Value};
 use uuid::Uuid;
 
 use crate::settings::redact_url;

@@ -79,7 +79,9 @@ async fn the_connector_page_replays_and_clears_rejected_records() {
     browser
         .until_text("dialog[open]", "cannot be recovered")
         .await;
-    browser.press("dialog[open] button:not([data-confirm])").await;
+    browser
+        .press("dialog[open] button:not([data-confirm])")
+        .await;
     let (_, connector) = app
         .operator(Method::GET, &format!("/v1/connectors/{id}"), None)
         .await;
@@ -97,7 +99,10 @@ async fn the_connector_page_replays_and_clears_rejected_records() {
         .operator(Method::GET, &format!("/v1/connectors/{id}"), None)
         .await;
     assert_eq!(
-        (&connector["stats"]["records"], &connector["stats"]["rejected"]),
+        (
+            &connector["stats"]["records"],
+            &connector["stats"]["rejected"]
+        ),
         (&json!(2), &json!(0))
     );
     browser.close().await;

@@ -47,10 +47,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/connectors/{id}/records", delete(delete_records))
         .route("/v1/connectors/{id}/rejected", delete(delete_rejected))
-        .route(
-            "/v1/connectors/{id}/rejected/replay",
-            post(replay_rejected),
-        )
+        .route("/v1/connectors/{id}/rejected/replay", post(replay_rejected))
 }
 
 #[derive(OpenApi)]

@@ -63,12 +63,11 @@ pub(super) async fn share_connector_settings(
     conn: &mut PgConnection,
     connector: Uuid,
 ) -> sqlx::Result<Option<(sluice_schema::Schema, String)>> {
-    let row: Option<(Json<sluice_schema::Schema>, String)> = sqlx::query_as(
-        "SELECT schema, extra_fields FROM connectors WHERE id = $1 FOR SHARE",
-    )
-    .bind(connector)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<(Json<sluice_schema::Schema>, String)> =
+        sqlx::query_as("SELECT schema, extra_fields FROM connectors WHERE id = $1 FOR SHARE")
+            .bind(connector)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(|(schema, extra)| (schema.0, extra)))
 }
 

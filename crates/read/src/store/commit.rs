@@ -174,8 +174,7 @@ impl Written {
             ids,
             decoded,
         } = prepared;
-        self.rejected
-            .extend(
+        self.rejected.extend(
             ids.first_rejected,
             decoded.received_at,
             decoded.format,

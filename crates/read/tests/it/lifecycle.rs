@@ -18,7 +18,13 @@ use uuid::Uuid;
 use crate::helpers::{Connector, TestApp, spawn_app};
 
 /// `method` on a lifecycle route of the reader at `base`.
-async fn call(app: &TestApp, base: &str, method: Method, path: &str, token: Option<&str>) -> Answer {
+async fn call(
+    app: &TestApp,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> Answer {
     let url = format!("{base}{path}");
     Answer::of(api::request(&app.client, method, &url, token, None)).await
 }
@@ -26,7 +32,14 @@ async fn call(app: &TestApp, base: &str, method: Method, path: &str, token: Opti
 /// DELETE `/records?query` on the first reader as the operator.
 async fn delete_records(app: &TestApp, connector: &Connector, query: &str) -> Answer {
     let path = format!("/v1/connectors/{}/records?{query}", connector.id);
-    call(app, app.read_url(), Method::DELETE, &path, Some(ADMIN_TOKEN)).await
+    call(
+        app,
+        app.read_url(),
+        Method::DELETE,
+        &path,
+        Some(ADMIN_TOKEN),
+    )
+    .await
 }
 
 async fn replay(app: &TestApp, base: &str, connector: &Connector, token: &str) -> Answer {
@@ -67,7 +80,9 @@ async fn a_delete_by_filter_removes_exactly_the_matching_records() {
         )
         .await;
     app.wait_visible(&connector).await;
-    let records: Vec<Value> = (0..30).map(|n| json!({"n": n, "keep": n % 3 == 0})).collect();
+    let records: Vec<Value> = (0..30)
+        .map(|n| json!({"n": n, "keep": n % 3 == 0}))
+        .collect();
     app.publish(connector.id, Value::Array(records)).await;
     app.wait_stored(connector.id, 30).await;
 
@@ -84,7 +99,12 @@ async fn a_delete_by_filter_removes_exactly_the_matching_records() {
     ];
     for (query, code) in refused {
         let answer = delete_records(&app, &connector, query).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}: {:?}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {:?}",
+            answer.body
+        );
         assert_eq!(answer.code(), code, "{query}");
     }
     let unknown = delete_records(&app, &connector, "nope=eq.1").await;
@@ -100,9 +120,20 @@ async fn a_delete_by_filter_removes_exactly_the_matching_records() {
         assert_eq!(answer.status, status, "{token:?}");
     }
     let other = format!("/v1/connectors/{}/records?all=true", Uuid::now_v7());
-    let answer = call(&app, app.read_url(), Method::DELETE, &other, Some(ADMIN_TOKEN)).await;
+    let answer = call(
+        &app,
+        app.read_url(),
+        Method::DELETE,
+        &other,
+        Some(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert_eq!(stats(&app, connector.id).await, (30, 0), "nothing deleted yet");
+    assert_eq!(
+        stats(&app, connector.id).await,
+        (30, 0),
+        "nothing deleted yet"
+    );
 
     // n >= 5 and not kept: 5, 7, 8, 10, 11, ... 29 but multiples of 3.
     let answer = delete_records(&app, &connector, "keep=eq.false&n=gte.5").await;
@@ -118,7 +149,10 @@ async fn a_delete_by_filter_removes_exactly_the_matching_records() {
     assert_eq!(ns(page["records"].as_array().unwrap()), &expected[..4]);
     assert_eq!(page["has_more"], true);
     let page = app
-        .page(&connector, &format!("limit=100&cursor={}", page["next_cursor"].as_str().unwrap()))
+        .page(
+            &connector,
+            &format!("limit=100&cursor={}", page["next_cursor"].as_str().unwrap()),
+        )
         .await;
     assert_eq!(ns(page["records"].as_array().unwrap()), &expected[4..]);
     assert_eq!(page["has_more"], false);
@@ -129,7 +163,8 @@ async fn a_delete_by_filter_removes_exactly_the_matching_records() {
     let answer = delete_records(&app, &connector, "all=true").await;
     assert_eq!(answer.body, json!({"deleted": expected.len()}));
     assert_eq!(stats(&app, connector.id).await, (0, 0));
-    app.publish(connector.id, json!([{"n": 100, "keep": true}])).await;
+    app.publish(connector.id, json!([{"n": 100, "keep": true}]))
+        .await;
     app.wait_stored(connector.id, 1).await;
     let records = app.all_records(&connector).await;
     assert_eq!(ns(&records), [100]);
@@ -157,7 +192,10 @@ async fn a_reader_following_the_tail_misses_no_record_that_remains_while_records
                 json!({"n": n, "keep": n % 2 == 0})
             })
             .collect();
-        batches.push(app.batch_of(connector.id, &Value::Array(records).to_string()).await);
+        batches.push(
+            app.batch_of(connector.id, &Value::Array(records).to_string())
+                .await,
+        );
     }
     // The producer stores batches one after the other; the eraser deletes
     // the records not kept every few milliseconds meanwhile.
@@ -211,7 +249,10 @@ async fn a_reader_following_the_tail_misses_no_record_that_remains_while_records
     let seen_ns: HashSet<i64> = seen.iter().map(|(_, n)| *n).collect();
     let remaining = ns(&app.all_records(&connector).await);
     for n in &remaining {
-        assert!(seen_ns.contains(n), "record {n} remains but the tail missed it");
+        assert!(
+            seen_ns.contains(n),
+            "record {n} remains but the tail missed it"
+        );
     }
     // Every kept record remains; what went was not kept, and is counted.
     let kept: Vec<i64> = (0..BATCHES * PER_BATCH).filter(|n| n % 2 == 0).collect();
@@ -232,7 +273,9 @@ async fn connector_with_rejected(app: &TestApp) -> Connector {
         )
         .await;
     app.wait_visible(&connector).await;
-    let mut body: Vec<Value> = (0..10).map(|i| json!({"n": i, "color": format!("c{i}")})).collect();
+    let mut body: Vec<Value> = (0..10)
+        .map(|i| json!({"n": i, "color": format!("c{i}")}))
+        .collect();
     body.push(json!({"n": "x"}));
     body.extend((0..3).map(|i| json!({"n": 20 + i})));
     body.push(json!({"n": "y", "color": "red"}));
@@ -281,7 +324,15 @@ async fn a_replay_after_a_schema_fix_stores_the_records_that_now_pass_once() {
         );
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let page: Value = client.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            let page: Value = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             (page, started.elapsed())
         })
     };
@@ -315,7 +366,10 @@ async fn a_replay_after_a_schema_fix_stores_the_records_that_now_pass_once() {
         .map(|e| e["code"].as_str().unwrap())
         .collect();
     assert_eq!(codes, ["type_mismatch"], "no unknown_field any more");
-    assert_eq!(still[1]["errors"][0]["record"], before[11]["errors"][0]["record"]);
+    assert_eq!(
+        still[1]["errors"][0]["record"],
+        before[11]["errors"][0]["record"]
+    );
     assert_eq!(stats(&app, connector.id).await, (13, 2));
 
     // Again: nothing more to replay.
@@ -325,9 +379,23 @@ async fn a_replay_after_a_schema_fix_stores_the_records_that_now_pass_once() {
 
     // Clearing: the operator only; counts follow.
     let path = format!("/v1/connectors/{}/rejected", connector.id);
-    let answer = call(&app, app.read_url(), Method::DELETE, &path, Some(&connector.write_token)).await;
+    let answer = call(
+        &app,
+        app.read_url(),
+        Method::DELETE,
+        &path,
+        Some(&connector.write_token),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    let answer = call(&app, app.read_url(), Method::DELETE, &path, Some(ADMIN_TOKEN)).await;
+    let answer = call(
+        &app,
+        app.read_url(),
+        Method::DELETE,
+        &path,
+        Some(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(answer.body, json!({"deleted": 2}));
     assert_eq!(all_rejected(&app, &connector).await, Vec::<Value>::new());
     assert_eq!(stats(&app, connector.id).await, (13, 0));
@@ -358,7 +426,10 @@ async fn a_replay_killed_after_its_first_batch_and_run_again_stores_every_record
     // The first batch (4 rejected records, all passing) is in, the rest
     // untouched.
     assert_eq!(stats(&app, connector.id).await, (7, 8));
-    assert_eq!(ns(&app.all_records(&connector).await), [20, 21, 22, 0, 1, 2, 3]);
+    assert_eq!(
+        ns(&app.all_records(&connector).await),
+        [20, 21, 22, 0, 1, 2, 3]
+    );
 
     let base = app.reader_url(small_batches).to_owned();
     let answer = replay(&app, &base, &connector, &connector.write_token).await;
@@ -367,7 +438,10 @@ async fn a_replay_killed_after_its_first_batch_and_run_again_stores_every_record
     assert_eq!(answer.body, json!({"replayed": 0, "still_rejected": 2}));
     let records = app.all_records(&connector).await;
     assert_eq!(ns(&records), [20, 21, 22, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    let ids: Vec<i64> = records.iter().map(|r| r["_id"].as_str().unwrap().parse().unwrap()).collect();
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|r| r["_id"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(ids, (1..=13).collect::<Vec<_>>());
     assert_eq!(all_rejected(&app, &connector).await.len(), 2);
     assert_eq!(stats(&app, connector.id).await, (13, 2));
@@ -386,7 +460,8 @@ async fn rejected_csv_rows_are_replayed_by_the_grammar_of_csv() {
     let (schema, version) = app.schema(connector.id).await;
     let body = "n,when,extra\n5,2026-12-01,a\n6,,b\n";
     let validation =
-        sluice_schema::validate(&schema, ExtraFields::Reject, Format::Csv, body.as_bytes()).unwrap();
+        sluice_schema::validate(&schema, ExtraFields::Reject, Format::Csv, body.as_bytes())
+            .unwrap();
     assert_eq!(validation.rejected.len(), 2);
     let batch = RecordBatch {
         batch_id: Uuid::now_v7(),
@@ -411,7 +486,8 @@ async fn rejected_csv_rows_are_replayed_by_the_grammar_of_csv() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    app.patch_connector(connector.id, json!({"extra_fields": "ignore"})).await;
+    app.patch_connector(connector.id, json!({"extra_fields": "ignore"}))
+        .await;
 
     // "5" is an integer in CSV; the empty cell is a null, which `when`
     // does not allow.
