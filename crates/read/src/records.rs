@@ -24,8 +24,7 @@
 //! filters it is arithmetic on the cursor and `bound` (ids of one
 //! connector are dense until records are deleted, which the stats row
 //! tells: `records = last_record_id`); with filters, or gaps, a probe
-//! reads at most `limit + 1`
-//! matching ids. The header `Sluice-Next-Cursor` is then known before the
+//! reads at most `limit + 1` matching ids. The header `Sluice-Next-Cursor` is then known before the
 //! body, and the rows are streamed from PostgreSQL into the body in chunks
 //! as they arrive, in the same REPEATABLE READ snapshot, never held as a
 //! whole page in memory. A slow client holds one pooled connection while

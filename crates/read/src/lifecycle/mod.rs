@@ -139,7 +139,8 @@ async fn delete_records(
 }
 
 /// Deletes the connector's rejected records: all of them, or those that
-/// `_received_at` filters match.
+/// `_received_at` filters match. `all=true` may be given, and changes
+/// nothing.
 #[utoipa::path(
     delete,
     path = "/v1/connectors/{id}/rejected",
@@ -280,7 +281,7 @@ fn filters_only(kind: CursorKind, query: Option<&str>) -> Result<(PageParams, bo
                 format!("{name} does not apply to DELETE, which takes filters only"),
             ));
         }
-        if name == "all" && kind == CursorKind::Records {
+        if name == "all" {
             if all.is_some() {
                 return Err(ReadError::bad_parameter(
                     "duplicate_parameter",
@@ -301,8 +302,6 @@ fn filters_only(kind: CursorKind, query: Option<&str>) -> Result<(PageParams, bo
             });
         }
     }
-    pairs.retain(|(name, value)| {
-        !(name == "all" && kind == CursorKind::Records && FilterOp::parse(value).is_none())
-    });
+    pairs.retain(|(name, value)| !(name == "all" && FilterOp::parse(value).is_none()));
     Ok((PageParams::parse(kind, &pairs, None)?, all == Some(true)))
 }
