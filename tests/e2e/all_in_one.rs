@@ -35,6 +35,59 @@ async fn sluice_serve_answers_every_route_on_one_port() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[0]["at"], "2026-02-28");
 
+    // The data lifecycle (issue 18) on the same port. A CSV row refused for
+    // a column the schema lacks is replayed by CSV's grammar (the empty
+    // cell is a null) once extra fields are ignored.
+    let (write, read) = (
+        created["write_token"].as_str().unwrap(),
+        created["read_token"].as_str().unwrap(),
+    );
+    let partial = client
+        .request(
+            Method::POST,
+            &format!("/v1/connectors/{id}/records?wait=true&mode=partial"),
+            write,
+        )
+        .header("content-type", "text/csv")
+        .body("email,at,source\nz@example.com,,web\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), StatusCode::OK);
+    let patched = client
+        .admin(Method::PATCH, &format!("/v1/connectors/{id}"))
+        .json(&json!({"extra_fields": "ignore"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let replayed = api::fetch_json(client.request(
+        Method::POST,
+        &format!("/v1/connectors/{id}/rejected/replay"),
+        write,
+    ))
+    .await;
+    assert_eq!(replayed, json!({"replayed": 1, "still_rejected": 0}));
+    let deleted = api::fetch_json(client.admin(
+        Method::DELETE,
+        &format!("/v1/connectors/{id}/records?email=eq.y@example.com"),
+    ))
+    .await;
+    assert_eq!(deleted, json!({"deleted": 1}));
+    let emails: Vec<_> = client
+        .read_all(id, read)
+        .await
+        .iter()
+        .map(|r| (r["email"].clone(), r["at"].clone()))
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            (json!("x@example.com"), json!("2026-02-28")),
+            (json!("z@example.com"), json!(null))
+        ]
+    );
+
     for path in ["/", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let response = client.admin(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -44,6 +97,14 @@ async fn sluice_serve_answers_every_route_on_one_port() {
     assert!(paths.contains_key("/v1/connectors"));
     assert!(paths.contains_key("/v1/connectors/{id}/records"));
     assert!(paths.contains_key("/v1/connectors/{id}/rejected"));
+    assert!(paths.contains_key("/v1/connectors/{id}/rejected/replay"));
+    let records = &paths["/v1/connectors/{id}/records"];
+    assert!(
+        ["get", "post", "delete"]
+            .iter()
+            .all(|m| records.get(m).is_some()),
+        "{records}"
+    );
 }
 
 #[tokio::test]

@@ -144,9 +144,11 @@ impl Client {
 
     pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let records_or_rejected = path.contains("/records") || path.contains("/rejected");
         let base = if method == Method::POST && path.contains("/records") {
             &self.ingest[turn % self.ingest.len()]
-        } else if method == Method::GET && (path.contains("/records") || path.contains("/rejected"))
+        } else if (method == Method::GET || method == Method::DELETE) && records_or_rejected
+            || method == Method::POST && path.contains("/rejected/replay")
         {
             &self.read[turn % self.read.len()]
         } else {

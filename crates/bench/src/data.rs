@@ -96,6 +96,7 @@ pub(crate) fn record_batch_message(doc: &ConnectorDoc, body: &[u8]) -> anyhow::R
         rows: validation.records.len(),
         columns: ColumnsOf::new(&doc.schema, &validation.records),
         rejected: Vec::<sluice_runtime::bus::RejectedRecord>::new(),
+        format: None,
     };
     Ok(serde_json::to_vec(&batch)?)
 }

@@ -85,6 +85,10 @@ export const connectors = {
   remove: (id) => api('DELETE', `/v1/connectors/${enc(id)}`),
   duplicate: (id, name) => api('POST', `/v1/connectors/${enc(id)}/duplicate`, { name }),
   rotate: (id, kind) => api('POST', `/v1/connectors/${enc(id)}/tokens/${enc(kind)}`),
+  /** Stores the rejected records that the current schema accepts: {replayed, still_rejected}. */
+  replayRejected: (id) => api('POST', `/v1/connectors/${enc(id)}/rejected/replay`),
+  /** Deletes every rejected record: {deleted}. */
+  clearRejected: (id) => api('DELETE', `/v1/connectors/${enc(id)}/rejected`),
 };
 
 const PREVIEW_PAGE = 1000;

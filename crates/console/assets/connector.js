@@ -142,6 +142,7 @@ function previewSection(c, source) {
   const body = h('div', { 'data-testid': `${source}-preview` });
   const refresh = h('button', { type: 'button', class: 'button secondary', 'data-testid': `refresh-${source}`, onclick: () => load() },
     isRecords ? 'Refresh records' : 'Refresh rejected records');
+  const lifecycle = isRecords ? null : rejectedActions(c, () => load());
 
   const load = () => whileBusy(refresh, async () => {
     replace(body, h('p', { class: 'muted' }, 'Loading…'));
@@ -169,9 +170,78 @@ function previewSection(c, source) {
       h('p', { class: 'hint' }, isRecords
         ? `The ${PREVIEW_ROWS} most recent records, newest first.`
         : `The ${PREVIEW_ROWS} most recent rejected records, newest first, with why they were refused.`),
+      lifecycle,
       body),
     load,
   };
+}
+
+// Replaying validates the rejected records against the schema of now and
+// stores those that pass; clearing deletes them all. Both update the stats
+// shown above and reload the preview.
+function rejectedActions(c, reload) {
+  // Announced by `announce`; shown here too, next to the buttons.
+  const output = h('p', { class: 'notice', hidden: true, 'data-testid': 'rejected-result' });
+  const show = (text, isError = false) => {
+    output.className = isError ? 'error' : 'notice';
+    replace(output, text);
+    output.hidden = false;
+  };
+  const afterwards = async (text) => {
+    show(text);
+    announce(text);
+    try {
+      const fresh = await connectors.get(c.id);
+      c.stats = fresh.stats;
+      for (const [testId, value] of [['stat-records', fresh.stats.records], ['stat-rejected', fresh.stats.rejected]]) {
+        const shown = document.querySelector(`[data-testid=${testId}]`);
+        if (shown) replace(shown, value.toLocaleString());
+      }
+    } catch {
+      // The numbers stay as they were; the result above is what counts.
+    }
+    reload();
+  };
+  const plural = (n, one, many) => `${n.toLocaleString()} ${n === 1 ? one : many}`;
+  const replay = h('button', {
+    type: 'button',
+    class: 'button secondary',
+    'data-testid': 'replay-rejected',
+    onclick: () => whileBusy(replay, async () => {
+      try {
+        const { replayed, still_rejected: still } = await connectors.replayRejected(c.id);
+        await afterwards(`${plural(replayed, 'record', 'records')} replayed and stored; ${plural(still, 'stays', 'stay')} rejected.`);
+      } catch (error) {
+        show(error.message, true);
+      }
+    }),
+  }, 'Replay rejected');
+  const clear = h('button', {
+    type: 'button',
+    class: 'button danger',
+    'data-testid': 'clear-rejected',
+    onclick: async () => {
+      const ok = await confirmDialog({
+        title: `Clear the rejected records of “${c.name}”?`,
+        body: ['Every rejected record and its errors are deleted. They cannot be recovered or replayed afterwards. Stored records are not touched.'],
+        confirmLabel: 'Clear rejected records',
+        danger: true,
+      });
+      if (!ok) return;
+      await whileBusy(clear, async () => {
+        try {
+          const { deleted } = await connectors.clearRejected(c.id);
+          await afterwards(`${plural(deleted, 'rejected record', 'rejected records')} deleted.`);
+        } catch (error) {
+          show(error.message, true);
+        }
+      });
+    },
+  }, 'Clear rejected…');
+  return h('div', {},
+    h('p', { class: 'hint' }, 'After fixing the schema, replay the rejected records: those that pass now are stored as new records (keeping when they were received), the others stay here with their new errors.'),
+    h('div', { class: 'actions' }, replay, clear),
+    output);
 }
 
 function recordsTable(c, records) {

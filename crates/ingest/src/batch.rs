@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use sluice_runtime::bus::{ColumnsOf, RecordBatch, RejectedRecordOf};
-use sluice_schema::{Record, Rejected, Schema};
+use sluice_schema::{Format, Record, Rejected, Schema};
 use uuid::Uuid;
 
 /// What every chunk of one request shares.
@@ -23,6 +23,7 @@ pub(crate) struct BatchHeader<'a> {
     pub schema: &'a Schema,
     pub schema_version: i64,
     pub received_at: DateTime<Utc>,
+    pub format: Format,
 }
 
 /// Room left in every message for the headers and for the final chunk
@@ -173,6 +174,8 @@ fn encode(
             .iter()
             .map(|r| RejectedRecordOf::new(&r.raw, &r.errors))
             .collect(),
+        // Only refused records are ever read again.
+        format: (!rejected.is_empty()).then_some(header.format),
     };
     let mut bytes = serde_json::to_vec(&batch)?;
     // Doubling leaves up to half of it unused, for as long as it is queued.
@@ -205,6 +208,7 @@ mod tests {
             schema,
             schema_version: 3,
             received_at: Utc::now(),
+            format: Format::Ndjson,
         }
     }
 

@@ -327,11 +327,8 @@ async fn read_request(
         Some(key) => {
             let mode = params.mode;
             let (bytes, digest) = tokio::task::spawn_blocking(move || {
-                let digest = request_digest(&[
-                    format_name(format).as_bytes(),
-                    mode.as_str().as_bytes(),
-                    &bytes,
-                ]);
+                let digest =
+                    request_digest(&[format.name().as_bytes(), mode.as_str().as_bytes(), &bytes]);
                 (bytes, digest)
             })
             .await
@@ -447,14 +444,6 @@ async fn publish_and_wait(
     Ok(status)
 }
 
-fn format_name(format: Format) -> &'static str {
-    match format {
-        Format::Json => "json",
-        Format::Ndjson => "ndjson",
-        Format::Csv => "csv",
-    }
-}
-
 /// A request's memory as validation and encoding ask for it, from their
 /// blocking thread; the first refusal says why they stopped.
 struct Holding<'m> {
@@ -564,6 +553,7 @@ fn prepare(
         schema: &doc.schema,
         schema_version: doc.schema_version,
         received_at: Utc::now(),
+        format,
     };
     let chunks = encode_chunks(
         &header,

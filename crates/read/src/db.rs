@@ -11,7 +11,7 @@ use sluice_runtime::bus::{ChunkId, RejectedRecord};
 use sluice_runtime::store::{
     ID_COLUMN, RECEIVED_AT_COLUMN, convert_sql, quote_ident, records_table,
 };
-use sluice_schema::{FieldType, Schema};
+use sluice_schema::{FieldType, Format, Schema};
 use sqlx::postgres::{PgArguments, PgConnection, PgCopyIn};
 use sqlx::query::Query;
 use sqlx::types::Json;
@@ -241,6 +241,7 @@ pub(crate) struct RejectedRows {
     received_at: Vec<DateTime<Utc>>,
     records: Vec<String>,
     errors: Vec<String>,
+    formats: Vec<Option<&'static str>>,
 }
 
 impl RejectedRows {
@@ -249,6 +250,7 @@ impl RejectedRows {
         &mut self,
         first_id: i64,
         received_at: DateTime<Utc>,
+        format: Option<Format>,
         rejected: &[RejectedRecord],
     ) {
         for (id, rejected) in (first_id..).zip(rejected) {
@@ -256,6 +258,7 @@ impl RejectedRows {
             self.received_at.push(received_at);
             self.records.push(rejected.record.to_string());
             self.errors.push(rejected.errors.to_string());
+            self.formats.push(format.map(Format::name));
         }
     }
 }
@@ -271,16 +274,17 @@ pub(crate) async fn insert_rejected(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO rejected_records (connector_id, id, received_at, record, errors) \
-         SELECT $1, u.id, u.received_at, u.record::jsonb, u.errors::jsonb \
-         FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[]) \
-         AS u(id, received_at, record, errors)",
+        "INSERT INTO rejected_records (connector_id, id, received_at, record, errors, format) \
+         SELECT $1, u.id, u.received_at, u.record::jsonb, u.errors::jsonb, u.format \
+         FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[]) \
+         AS u(id, received_at, record, errors, format)",
     )
     .bind(connector)
     .bind(rejected.ids)
     .bind(rejected.received_at)
     .bind(rejected.records)
     .bind(rejected.errors)
+    .bind(rejected.formats)
     .execute(conn)
     .await?;
     Ok(())
@@ -359,6 +363,9 @@ pub(crate) async fn begin_snapshot(
 pub(crate) struct ReadableConnector {
     pub schema: Schema,
     pub last_record_id: i64,
+    /// Whether every id up to `last_record_id` is a record: the store hands
+    /// ids out densely, and only deletions leave gaps.
+    pub dense: bool,
 }
 
 /// Takes the records table's ACCESS SHARE lock (so no schema edit can alter
@@ -379,7 +386,8 @@ pub(crate) async fn open_connector(
     .execute(&mut *conn)
     .await?;
     let row = sqlx::query(
-        "SELECT c.schema, COALESCE(s.last_record_id, 0) \
+        "SELECT c.schema, COALESCE(s.last_record_id, 0), \
+         COALESCE(s.records = s.last_record_id, true) \
          FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
     )
     .bind(connector)
@@ -389,6 +397,7 @@ pub(crate) async fn open_connector(
         Ok(ReadableConnector {
             schema: row.try_get::<Json<Schema>, _>(0)?.0,
             last_record_id: row.try_get(1)?,
+            dense: row.try_get(2)?,
         })
     })
     .transpose()
@@ -441,18 +450,19 @@ pub(crate) async fn probe_page(
     Ok((count, last_of_page))
 }
 
-/// The bound of `/rejected`: whether the connector exists, and its last id.
+/// The bound of `/rejected`: whether the connector exists, its last id,
+/// and whether every id up to it is still a rejected record (replays and
+/// clearing leave gaps).
 #[tracing::instrument(skip(conn))]
 pub(crate) async fn rejected_bound(
     conn: &mut PgConnection,
     connector: Uuid,
-) -> sqlx::Result<Option<i64>> {
-    let row: Option<(i64,)> = sqlx::query_as(
-        "SELECT COALESCE(s.last_rejected_id, 0) \
+) -> sqlx::Result<Option<(i64, bool)>> {
+    sqlx::query_as(
+        "SELECT COALESCE(s.last_rejected_id, 0), COALESCE(s.rejected = s.last_rejected_id, true) \
          FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
     )
     .bind(connector)
     .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(id,)| id))
+    .await
 }

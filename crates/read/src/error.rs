@@ -35,6 +35,12 @@ pub(crate) enum ReadError {
     DatabaseUnavailable,
     #[error(transparent)]
     Database(sqlx::Error),
+    /// Something that cannot happen unless the code is wrong.
+    #[error("{0}")]
+    Internal(String),
+    /// A test hook stopped the work as if the process had died.
+    #[error("interrupted by a test hook")]
+    Interrupted,
 }
 
 impl ReadError {
@@ -109,6 +115,7 @@ impl IntoResponse for ReadError {
                 2,
             ),
             ReadError::Database(error) => Problem::internal(&error),
+            error @ (ReadError::Internal(_) | ReadError::Interrupted) => Problem::internal(&error),
         };
         problem.into_response()
     }

@@ -1,7 +1,7 @@
 //! Sluice's read API: the half of a connector's endpoint that stores records
 //! and gives them back (SPEC sections 8 and 9).
 //!
-//! It owns two things:
+//! It owns three things:
 //!
 //! - `store`: a durable pull consumer on the records stream, shared by every
 //!   replica, that writes each message's records into its connector's table
@@ -12,14 +12,19 @@
 //! - `records`: `GET /v1/connectors/{id}/records` and `/rejected`, cursor
 //!   pages in JSON, NDJSON or CSV, streamed from PostgreSQL, with filters,
 //!   projection and long-polling.
+//! - `lifecycle`: deleting records by filter, and replaying or clearing
+//!   rejected records, each under the stats row lock as the store writes.
 //!
 //! It must never change a connector's definition or its table's layout (the
 //! control plane's), never validate records (the gateway did, against the
-//! version it held), and never ack a message before its rows are committed.
+//! version it held; a replay of rejected records validates them with the
+//! schema crate, as the gateway would now), and never ack a message before
+//! its rows are committed.
 
 mod copy;
 mod db;
 mod error;
+mod lifecycle;
 mod params;
 mod plan;
 mod records;
@@ -64,6 +69,7 @@ pub(crate) struct AppState {
     pub throttle: Arc<AuthThrottle>,
     /// Ends long-polls early when the process shuts down.
     pub shutdown: CancellationToken,
+    pub hooks: StoreHooks,
 }
 
 impl FromRef<AppState> for Arc<AuthThrottle> {
@@ -109,7 +115,7 @@ impl Service {
             pool.clone(),
             settings.namespace.clone(),
             shutdown.clone(),
-            hooks,
+            hooks.clone(),
         );
         let bus =
             startup::start_bus(&settings, "sluice-read", shutdown.clone(), start_store).await?; // BusError names the URL and, for an old server, the fix
@@ -123,6 +129,7 @@ impl Service {
             admin_hash: admin_hash(&settings).map(Arc::new),
             throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
             shutdown,
+            hooks,
         };
         Ok(Service { state, tasks })
     }
@@ -131,11 +138,15 @@ impl Service {
 impl sluice_runtime::http::Served for Service {
     /// `GET /v1/connectors/{id}/records` and `/rejected`, state applied.
     fn router(&self) -> axum::Router {
-        records::router().with_state(self.state.clone())
+        records::router()
+            .merge(lifecycle::router())
+            .with_state(self.state.clone())
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        records::ApiDoc::openapi()
+        let mut doc = records::ApiDoc::openapi();
+        doc.merge(lifecycle::ApiDoc::openapi());
+        doc
     }
 
     /// PostgreSQL answers a query, and NATS is set up (the store loop

@@ -21,7 +21,7 @@ pub(crate) const MAX_WAIT_SECS: u64 = 30;
 pub(crate) const MAX_FILTERS: usize = 100;
 
 /// Parameters with a meaning of their own; any other name is a filter.
-const RESERVED: [&str; 5] = ["limit", "cursor", "fields", "format", "wait"];
+pub(crate) const RESERVED: [&str; 5] = ["limit", "cursor", "fields", "format", "wait"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OutputFormat {
@@ -126,7 +126,7 @@ pub(crate) enum FilterOp {
 
 impl FilterOp {
     /// Splits `op.value`; `is.null` and `not.null` take no value.
-    fn parse(text: &str) -> Option<(FilterOp, Option<&str>)> {
+    pub(crate) fn parse(text: &str) -> Option<(FilterOp, Option<&str>)> {
         match text {
             "is.null" => return Some((FilterOp::IsNull, None)),
             "not.null" => return Some((FilterOp::NotNull, None)),

@@ -249,6 +249,11 @@ impl PagePlan {
         })
     }
 
+    /// Deletes the matching rows of `($1, $2]`; the binds as for the rows.
+    pub(crate) fn delete_sql(&self) -> String {
+        format!("DELETE FROM {} WHERE {}", self.from, self.range_condition())
+    }
+
     /// The ids of up to `$n` matching rows, where `$n` follows the binds:
     /// enough to learn where a filtered page ends and whether more follow.
     pub(crate) fn probe_sql(&self) -> String {

@@ -22,8 +22,9 @@
 //!
 //! The page's extent (its `end` and `has_more`) is settled first: without
 //! filters it is arithmetic on the cursor and `bound` (ids of one
-//! connector are dense); with filters a probe reads at most `limit + 1`
-//! matching ids. The header `Sluice-Next-Cursor` is then known before the
+//! connector are dense until records are deleted, which the stats row
+//! tells: `records = last_record_id`); with filters, or gaps, a probe
+//! reads at most `limit + 1` matching ids. The header `Sluice-Next-Cursor` is then known before the
 //! body, and the rows are streamed from PostgreSQL into the body in chunks
 //! as they arrive, in the same REPEATABLE READ snapshot, never held as a
 //! whole page in memory. A slow client holds one pooled connection while
@@ -202,7 +203,7 @@ async fn get_rejected(
 /// no UUID or not even UTF-8 once percent-decoded. Never a rejection of its
 /// own, so that such an id is answered like any unknown one, after the
 /// token is checked.
-struct ConnectorPath(Option<Uuid>);
+pub(crate) struct ConnectorPath(pub Option<Uuid>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
     type Rejection = Infallible;
@@ -280,22 +281,27 @@ async fn serve_page(
     let mut notices: Option<async_nats::Subscriber> = None;
     loop {
         let mut tx = db::begin_snapshot(&state.pool).await?;
-        let (plan, bound) = match source {
+        let (plan, bound, dense) = match source {
             Source::Records => {
                 let found = db::open_connector(&mut tx, connector)
                     .await?
                     .ok_or(ReadError::NotFound)?;
                 let plan = PagePlan::records(records_table(connector), &found.schema, &params)?;
-                (plan, found.last_record_id)
+                (plan, found.last_record_id, found.dense)
             }
             Source::Rejected => {
-                let bound = db::rejected_bound(&mut tx, connector)
+                let (bound, dense) = db::rejected_bound(&mut tx, connector)
                     .await?
                     .ok_or(ReadError::NotFound)?;
-                (PagePlan::rejected(connector, &params)?, bound)
+                (PagePlan::rejected(connector, &params)?, bound, dense)
             }
         };
-        let extent = page_extent(&mut tx, &plan, params.cursor.after, bound, params.limit).await?;
+        let range = Range {
+            after: params.cursor.after,
+            bound,
+            dense,
+        };
+        let extent = page_extent(&mut tx, &plan, range, params.limit).await?;
         let waiting = extent.empty
             && !state.shutdown.is_cancelled()
             && tokio::time::Instant::now() < deadline;
@@ -330,14 +336,26 @@ async fn serve_page(
     }
 }
 
-/// Where the page after `after` ends, given the snapshot's `bound`.
+/// The ids a page may cover: after the cursor, up to the snapshot's bound.
+struct Range {
+    after: i64,
+    bound: i64,
+    /// Whether every id in it is a row (nothing was deleted).
+    dense: bool,
+}
+
+/// Where the page of `range` ends.
 async fn page_extent(
     tx: &mut Transaction<'static, Postgres>,
     plan: &PagePlan,
-    after: i64,
-    bound: i64,
+    range: Range,
     limit: i64,
 ) -> Result<Extent, ReadError> {
+    let Range {
+        after,
+        bound,
+        dense,
+    } = range;
     if after >= bound {
         return Ok(Extent {
             end: after,
@@ -345,8 +363,10 @@ async fn page_extent(
             empty: true,
         });
     }
-    if !plan.filtered {
-        // Ids are dense: the page is the next `limit` of them.
+    if !plan.filtered && dense {
+        // The page is the next `limit` ids. With gaps, the probe below
+        // finds where `limit` rows end instead, so that deleted records
+        // never make short or empty pages.
         let end = after.saturating_add(limit).min(bound);
         return Ok(Extent {
             end,

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, kv, stream};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_schema::{ExtraFields, FieldId, FieldType, Record, RecordError, Schema, Value};
+use sluice_schema::{ExtraFields, FieldId, FieldType, Format, Record, RecordError, Schema, Value};
 use uuid::Uuid;
 
 use crate::settings::redact_url;
@@ -181,6 +181,11 @@ pub struct RecordBatch<C = Vec<Column>, R = RejectedRecord> {
     pub columns: C,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<R>,
+    /// The format the request body was in, kept with its refused records
+    /// so that a replay reads them by its grammar again. Absent from
+    /// batches of gateways before it, and where nothing was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
 }
 
 /// On the wire: `{"field": 3, "type": "integer", "values": [...]}`.
@@ -930,6 +935,7 @@ mod tests {
             rows: 2,
             columns: ColumnsOf::new(&schema, &validation.records),
             rejected: Vec::<RejectedRecordOf<'_>>::new(),
+            format: None,
         };
         let text = serde_json::to_string(&batch).unwrap();
         let back: RecordBatch = serde_json::from_str(&text).unwrap();

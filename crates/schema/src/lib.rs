@@ -22,7 +22,8 @@ pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_des
 pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{
-    DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, SyntaxError,
-    Validation, Value, ValueError, parse_value, snippet, validate, validate_with,
+    DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, Revalidated,
+    SyntaxError, Validation, Value, ValueError, parse_value, revalidate, snippet, validate,
+    validate_with,
 };
 pub use schema::{FieldSpec, Schema};

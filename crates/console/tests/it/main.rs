@@ -7,6 +7,7 @@ mod assets;
 mod backlog;
 mod browser;
 mod keyboard;
+mod lifecycle;
 mod screenshots;
 mod walk;
 

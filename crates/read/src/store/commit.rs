@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sluice_runtime::bus::{ChunkId, RecordBatch, RejectedRecord};
-use sluice_schema::Schema;
+use sluice_schema::{Format, Schema};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 use tokio::sync::mpsc;
@@ -174,8 +174,12 @@ impl Written {
             ids,
             decoded,
         } = prepared;
-        self.rejected
-            .extend(ids.first_rejected, decoded.received_at, &decoded.rejected);
+        self.rejected.extend(
+            ids.first_rejected,
+            decoded.received_at,
+            decoded.format,
+            &decoded.rejected,
+        );
         self.counters = ids.after;
         self.last_received_at = self.last_received_at.max(Some(decoded.received_at));
         self.stored[index] = Some(Stored {
@@ -328,6 +332,7 @@ struct Decoded {
     records: usize,
     rejected: Vec<RejectedRecord>,
     received_at: DateTime<Utc>,
+    format: Option<Format>,
 }
 
 /// The CPU work of storing a message known as `id`, with its rows' ids from
@@ -352,11 +357,12 @@ fn prepare(
         )));
     }
     let rejected = std::mem::take(&mut batch.rejected);
-    let (records, received_at) = (batch.rows, batch.received_at);
+    let (records, received_at, format) = (batch.rows, batch.received_at, batch.format);
     Ok(Decoded {
         insert: RecordInsert::plan(schema, batch, first_id)?,
         records,
         rejected,
         received_at,
+        format,
     })
 }

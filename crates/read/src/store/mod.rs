@@ -75,6 +75,12 @@ pub struct StoreHooks {
     /// When set, the loop behaves as if the process died right after its
     /// first commit: it notifies this, acks nothing, and stops consuming.
     pub crash_after_commit: Option<Arc<Notify>>,
+    /// Rejected records that a replay takes per transaction (default
+    /// 1000), so a test can replay in several batches with few records.
+    pub replay_batch: Option<usize>,
+    /// When set, a replay stops right after its first batch commits, as
+    /// if the process died there, and answers 500.
+    pub interrupt_replay: bool,
 }
 
 /// Starts the store loop and the consumer sampler on `tasks`.

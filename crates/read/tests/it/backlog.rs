@@ -110,6 +110,7 @@ async fn the_backlog_shows_in_stats_and_metrics_until_it_is_stored() {
         .new_reader(StoreHooks {
             ack_wait: short_ack_wait,
             crash_after_commit: Some(crashed.clone()),
+            ..StoreHooks::default()
         })
         .await;
     crashed.notified().await;
@@ -145,7 +146,7 @@ async fn the_backlog_shows_in_stats_and_metrics_until_it_is_stored() {
     let index = app
         .start_reader(StoreHooks {
             ack_wait: short_ack_wait,
-            crash_after_commit: None,
+            ..StoreHooks::default()
         })
         .await;
     app.wait_stored(lagging.id, 9).await;

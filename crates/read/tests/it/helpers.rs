@@ -215,6 +215,7 @@ impl TestApp {
                 .iter()
                 .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
                 .collect(),
+            format: Some(Format::Json),
         };
         // Through the wire form, as the reader will see it.
         serde_json::from_slice(&serde_json::to_vec(&batch).unwrap()).unwrap()

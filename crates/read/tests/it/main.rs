@@ -3,6 +3,7 @@ mod backlog;
 mod guarantees;
 mod helpers;
 mod hostile_values;
+mod lifecycle;
 mod reading;
 mod rendering;
 mod startup;

@@ -42,6 +42,7 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
         .new_reader(StoreHooks {
             ack_wait: short_ack_wait,
             crash_after_commit: Some(crashed.clone()),
+            ..StoreHooks::default()
         })
         .await;
     crashed.notified().await;
@@ -53,7 +54,7 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     // ack wait, and must recognise it.
     app.start_reader(StoreHooks {
         ack_wait: short_ack_wait,
-        crash_after_commit: None,
+        ..StoreHooks::default()
     })
     .await;
     let info = app.wait_consumer_idle().await;

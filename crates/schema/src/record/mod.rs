@@ -53,8 +53,10 @@
 
 mod csv;
 mod json;
+mod revalidate;
 mod values;
 
+pub use revalidate::{Revalidated, revalidate};
 pub use values::{DecimalParts, ValueError, parse_value, snippet};
 
 use std::borrow::Cow;
@@ -81,8 +83,10 @@ pub const MAX_HELD_BYTES: usize = 512 * 1024 * 1024;
 /// Deepest nesting of arrays and objects in a `json` value.
 pub const MAX_JSON_DEPTH: usize = 100;
 
-/// The body formats producers may send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The body formats producers may send. Named in lowercase where it is
+/// stored (`json`, `ndjson`, `csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One JSON object, or an array of objects.
     Json,
@@ -90,6 +94,26 @@ pub enum Format {
     Ndjson,
     /// A header row naming fields, then one record per row.
     Csv,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// The format [`Format::name`] names.
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "json" => Some(Format::Json),
+            "ndjson" => Some(Format::Ndjson),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
 }
 
 /// A value in normalised form: checked against its field's type and ready to
