@@ -13,14 +13,14 @@ use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use sluice_runtime::bus::{ChunkId, Namespace, StoredNotice, headers};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::commit::{self, Delivered, Group, Outcome, StoreError, Stored};
 use super::{
-    GROUP_MAX_MESSAGES, GROUPS_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks,
+    GROUP_MAX_MESSAGES, MESSAGES_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks,
     attach_consumer,
 };
 
@@ -475,7 +475,7 @@ impl Store {
 struct Lanes {
     /// Each connector's latest group.
     latest: HashMap<Uuid, Lane>,
-    /// Bounds the groups held, waiting or being stored.
+    /// Bounds the messages held, waiting or being stored: a permit each.
     held: Arc<Semaphore>,
     /// Bounds the groups being stored, one connection each.
     storing: Arc<Semaphore>,
@@ -488,10 +488,11 @@ struct Lanes {
 }
 
 /// A connector's latest group: the task that stores it once the one before
-/// is done, and the group itself until that task takes it.
+/// is done, and the group itself, with its messages' permits, until that
+/// task takes it.
 struct Lane {
     task: JoinHandle<Flow>,
-    waiting: Arc<Mutex<Option<Group>>>,
+    waiting: Arc<Mutex<Option<(Group, OwnedSemaphorePermit)>>>,
 }
 
 impl Lanes {
@@ -499,7 +500,7 @@ impl Lanes {
         let (report, flows) = mpsc::unbounded_channel();
         Lanes {
             latest: HashMap::new(),
-            held: Arc::new(Semaphore::new(GROUPS_HELD)),
+            held: Arc::new(Semaphore::new(MESSAGES_HELD)),
             storing: Arc::new(Semaphore::new(STORE_CONCURRENCY)),
             flows,
             report,
@@ -507,9 +508,9 @@ impl Lanes {
         }
     }
 
-    /// Adds `group` to its connector's lane: to the group waiting there if
-    /// it has room, or else as a group of its own once fewer than
-    /// `GROUPS_HELD` are held.
+    /// Adds `group` to its connector's lane, once fewer than
+    /// `MESSAGES_HELD` messages are held: to the group waiting there if it
+    /// has room, or else as a group of its own.
     async fn push(
         &mut self,
         store: &Arc<Store>,
@@ -517,17 +518,18 @@ impl Lanes {
         pulled_at: Instant,
         backoff: Backoff,
     ) {
-        self.latest.retain(|_, lane| !lane.task.is_finished());
-        let Some(group) = self.join_waiting(group) else {
-            return;
-        };
+        let count = u32::try_from(group.messages.len()).expect("a pull's worth");
         let held = Arc::clone(&self.held)
-            .acquire_owned()
+            .acquire_many_owned(count)
             .await
             .expect("the semaphore is never closed");
+        self.latest.retain(|_, lane| !lane.task.is_finished());
+        let Some((group, held)) = self.join_waiting(group, held) else {
+            return;
+        };
         let before = self.latest.remove(&group.connector).map(|lane| lane.task);
         let connector = group.connector;
-        let waiting = Arc::new(Mutex::new(Some(group)));
+        let waiting = Arc::new(Mutex::new(Some((group, held))));
         let (store, storing) = (Arc::clone(store), Arc::clone(&self.storing));
         let (report, crashed) = (self.report.clone(), self.crashed.clone());
         let taken = Arc::clone(&waiting);
@@ -542,7 +544,7 @@ impl Lanes {
             };
             // From here on the group is closed to newcomers. The earliest
             // pull in it is the one it was made from: `pulled_at` holds.
-            let group = taken
+            let (group, held) = taken
                 .lock()
                 .expect("never poisoned")
                 .take()
@@ -571,19 +573,27 @@ impl Lanes {
         self.latest.insert(connector, Lane { task, waiting });
     }
 
-    /// Adds `group`'s messages to the group waiting in its lane, if there is
-    /// one with room for them; hands `group` back otherwise.
-    fn join_waiting(&self, group: Group) -> Option<Group> {
+    /// Adds `group`'s messages, and their permits, to the group waiting in
+    /// its lane, if there is one with room for them; hands them back
+    /// otherwise.
+    fn join_waiting(
+        &self,
+        group: Group,
+        held: OwnedSemaphorePermit,
+    ) -> Option<(Group, OwnedSemaphorePermit)> {
         let Some(lane) = self.latest.get(&group.connector) else {
-            return Some(group);
+            return Some((group, held));
         };
         let mut waiting = lane.waiting.lock().expect("never poisoned");
         match waiting.as_mut() {
-            Some(next) if next.messages.len() + group.messages.len() <= GROUP_MAX_MESSAGES => {
+            Some((next, next_held))
+                if next.messages.len() + group.messages.len() <= GROUP_MAX_MESSAGES =>
+            {
                 next.messages.extend(group.messages);
+                next_held.merge(held);
                 None
             }
-            _ => Some(group),
+            _ => Some((group, held)),
         }
     }
 

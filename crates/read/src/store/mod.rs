@@ -51,13 +51,13 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Connectors whose messages are stored at once, each in its own
 /// transaction.
 const STORE_CONCURRENCY: usize = 4;
-/// Groups of messages held at once, being stored or waiting for the one
-/// before them of their connector: enough for every connector stored at
-/// once to have its next group ready.
-const GROUPS_HELD: usize = 2 * STORE_CONCURRENCY;
 /// Messages a group waiting for its turn may gather, from several pulls:
 /// a bound on one transaction's size.
 const GROUP_MAX_MESSAGES: usize = 2 * PULL_BATCH;
+/// Messages held at once, being stored or waiting for the group before
+/// them of their connector (about 170 KiB each at 1 000 records): room for
+/// a connector's group being stored and its next one full.
+const MESSAGES_HELD: usize = 2 * GROUP_MAX_MESSAGES;
 /// The store loop's own connections, apart from the GET pool: one per
 /// connector in flight, and one for the sampler.
 const STORE_POOL_SIZE: u32 = STORE_CONCURRENCY as u32 + 1;
