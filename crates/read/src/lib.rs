@@ -12,15 +12,20 @@
 //! - `records`: `GET /v1/connectors/{id}/records` and `/rejected`, cursor
 //!   pages in JSON, NDJSON or CSV, streamed from PostgreSQL, with filters,
 //!   projection and long-polling.
+//! - `maintenance`: the time partitions of records tables, made ahead and
+//!   dropped by retention (with rejected records past retention), and the
+//!   online partitioning of tables made before partitioning existed.
 //!
-//! It must never change a connector's definition or its table's layout (the
-//! control plane's), never validate records (the gateway did, against the
+//! It must never change a connector's definition or its table's columns
+//! (the control plane's), never validate records (the gateway did, against the
 //! version it held), and never ack a message before its rows are committed.
 
 mod copy;
 mod db;
 mod error;
+mod maintenance;
 mod params;
+mod partitions;
 mod plan;
 mod records;
 mod render;
@@ -104,12 +109,20 @@ impl Service {
             .await
             .context("connecting to PostgreSQL")?;
         let tasks = TaskTracker::new();
+        let partitions = Arc::new(partitions::PartitionCache::new(settings.partition_span));
+        let maintenance = maintenance::Maintenance {
+            pool: pool.clone(),
+            partitions: Arc::clone(&partitions),
+            interval: settings.maintenance_interval,
+        };
+        tasks.spawn(maintenance.run(shutdown.clone()));
         let start_store = store_starter(
             tasks.clone(),
             pool.clone(),
             settings.namespace.clone(),
             shutdown.clone(),
             hooks,
+            partitions,
         );
         let bus =
             startup::start_bus(&settings, "sluice-read", shutdown.clone(), start_store).await?; // BusError names the URL and, for an old server, the fix
@@ -200,16 +213,16 @@ fn store_starter(
     namespace: Namespace,
     shutdown: CancellationToken,
     hooks: StoreHooks,
+    partitions: Arc<partitions::PartitionCache>,
 ) -> LastStep {
     Box::new(move |bus: Bus| {
         let (tasks, pool, namespace) = (tasks.clone(), pool.clone(), namespace.clone());
         let (shutdown, hooks) = (shutdown.clone(), hooks.clone());
+        let partitions = Arc::clone(&partitions);
         async move {
-            store::start(
-                &tasks, &pool, bus.client, bus.js, namespace, shutdown, hooks,
-            )
-            .await
-            .context("starting the store consumer")
+            store::start(&tasks, &pool, &bus, namespace, shutdown, hooks, partitions)
+                .await
+                .context("starting the store consumer")
         }
         .boxed()
     })

@@ -286,7 +286,7 @@ async fn serve_page(
                     .await?
                     .ok_or(ReadError::NotFound)?;
                 let plan = PagePlan::records(records_table(connector), &found.schema, &params)?;
-                (plan, found.last_record_id)
+                (plan, found.bound)
             }
             Source::Rejected => {
                 let bound = db::rejected_bound(&mut tx, connector)
@@ -335,9 +335,13 @@ async fn page_extent(
     tx: &mut Transaction<'static, Postgres>,
     plan: &PagePlan,
     after: i64,
-    bound: i64,
+    bound: db::PageBound,
     limit: i64,
 ) -> Result<Extent, ReadError> {
+    let db::PageBound {
+        last_id: bound,
+        dense,
+    } = bound;
     if after >= bound {
         return Ok(Extent {
             end: after,
@@ -345,8 +349,10 @@ async fn page_extent(
             empty: true,
         });
     }
-    if !plan.filtered {
-        // Ids are dense: the page is the next `limit` of them.
+    if !plan.filtered && dense {
+        // Ids are dense: the page is the next `limit` of them. Once
+        // retention has dropped some, the probe below finds where the page
+        // ends, so a page is never short of records that exist.
         let end = after.saturating_add(limit).min(bound);
         return Ok(Extent {
             end,

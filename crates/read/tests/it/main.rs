@@ -5,5 +5,6 @@ mod helpers;
 mod hostile_values;
 mod reading;
 mod rendering;
+mod retention;
 mod startup;
 mod storing;
