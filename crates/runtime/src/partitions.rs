@@ -28,7 +28,7 @@ use crate::store::{ID_COLUMN, RECEIVED_AT_COLUMN, quote_ident, records_table};
 
 /// One partition of a records table: `[from, to)`, where `None` is
 /// PostgreSQL's MINVALUE or MAXVALUE.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Partition {
     /// Its table's name, unquoted.
     pub name: String,
@@ -163,22 +163,18 @@ pub async fn layout(conn: &mut PgConnection, connector: Uuid) -> sqlx::Result<La
 pub async fn list(conn: &mut PgConnection, connector: Uuid) -> sqlx::Result<Vec<Partition>> {
     // PostgreSQL keeps a partition's bounds as an expression; its text,
     // `FOR VALUES FROM ('…') TO ('…')`, is read back as timestamps.
-    let rows: Vec<(String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT c.relname::text, \
-           CASE WHEN b[1] = 'MINVALUE' THEN NULL ELSE btrim(b[1], '''')::timestamptz END AS lower, \
-           CASE WHEN b[2] = 'MAXVALUE' THEN NULL ELSE btrim(b[2], '''')::timestamptz END \
+    sqlx::query_as(
+        "SELECT c.relname::text AS name, \
+           CASE WHEN b[1] = 'MINVALUE' THEN NULL ELSE btrim(b[1], '''')::timestamptz END AS \"from\", \
+           CASE WHEN b[2] = 'MAXVALUE' THEN NULL ELSE btrim(b[2], '''')::timestamptz END AS \"to\" \
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), \
            'FROM \\((.+)\\) TO \\((.+)\\)') AS b \
-         WHERE i.inhparent = to_regclass($1) ORDER BY lower NULLS FIRST",
+         WHERE i.inhparent = to_regclass($1) ORDER BY 2 NULLS FIRST",
     )
     .bind(records_table(connector))
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(name, from, to)| Partition { name, from, to })
-        .collect())
+    .await
 }
 
 /// Makes sure a partition holds `at`, making one (`span` long, cut to fit)

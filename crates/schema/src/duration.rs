@@ -50,7 +50,7 @@ pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis() as u64;
     let (unit, length) = UNITS
         .iter()
-        .find(|(_, length)| millis % length == 0)
+        .find(|(_, length)| millis.is_multiple_of(*length))
         .copied()
         .unwrap_or(("ms", 1));
     format!("{}{unit}", millis / length)
