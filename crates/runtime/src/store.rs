@@ -153,65 +153,41 @@ pub struct TableUsage {
     pub oldest_received_at: Option<DateTime<Utc>>,
 }
 
-/// The [`TableUsage`] of each of `connectors`, in one statement. A
-/// connector whose table cannot be measured (deleted meanwhile) is left
-/// out.
+/// The [`TableUsage`] of each of `connectors`, one statement each: a
+/// statement locks every partition of the table it measures, so measuring
+/// many tables at once could outgrow PostgreSQL's lock table. A connector
+/// whose table cannot be measured (deleted meanwhile) is left out.
 pub async fn measure_tables(pool: &PgPool, connectors: &[Uuid]) -> HashMap<Uuid, TableUsage> {
-    if connectors.is_empty() {
-        return HashMap::new();
-    }
-    match measure_tables_at_once(pool, connectors).await {
-        Ok(usage) => usage,
-        // One table gone fails the statement: measure the others alone.
-        Err(_) => {
-            let mut usage = HashMap::new();
-            for &connector in connectors {
-                match measure_tables_at_once(pool, &[connector]).await {
-                    Ok(one) => usage.extend(one),
-                    Err(error) => {
-                        tracing::debug!(%connector, %error, "measuring a records table failed");
-                    }
-                }
+    let mut usage = HashMap::new();
+    for &connector in connectors {
+        match measure_table(pool, connector).await {
+            Ok(one) => {
+                usage.insert(connector, one);
             }
-            usage
+            Err(error) => {
+                tracing::debug!(%connector, %error, "measuring a records table failed");
+            }
         }
     }
+    usage
 }
 
-async fn measure_tables_at_once(
-    pool: &PgPool,
-    connectors: &[Uuid],
-) -> sqlx::Result<HashMap<Uuid, TableUsage>> {
-    // Table names derive from ids, never from user text: safe as literals.
-    let parts: Vec<String> = connectors
-        .iter()
-        .map(|&connector| {
-            let table = records_table(connector);
-            format!(
-                "SELECT '{connector}'::uuid, \
-                 (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint \
-                  FROM pg_partition_tree('{table}'::regclass)), \
-                 (SELECT min({}) FROM {table})",
-                quote_ident(RECEIVED_AT_COLUMN)
-            )
-        })
-        .collect();
-    let rows: Vec<(Uuid, i64, Option<DateTime<Utc>>)> = sqlx::query_as(&parts.join(" UNION ALL "))
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, bytes, oldest_received_at)| {
-            (
-                id,
-                TableUsage {
-                    bytes,
-                    oldest_received_at,
-                },
-            )
-        })
-        .collect())
+async fn measure_table(pool: &PgPool, connector: Uuid) -> sqlx::Result<TableUsage> {
+    // Table names derive from ids, never from user text: safe as a literal.
+    let table = records_table(connector);
+    let (bytes, oldest_received_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
+        "SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint \
+                 FROM pg_partition_tree('{table}'::regclass)), \
+                (SELECT min({}) FROM {table})",
+        quote_ident(RECEIVED_AT_COLUMN)
+    ))
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(TableUsage {
+        bytes,
+        oldest_received_at,
+    })
 }
 
 /// SQL converting `expr`, a value of type `from`, by `conversion`. The
