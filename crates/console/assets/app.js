@@ -213,7 +213,10 @@ function newConnectorView(view) {
       return whileBusy(create, async () => {
         clearProblems(definition.controls, summary);
         table.clearErrors();
-        const body = { name: definition.name(), fields: table.value(), extra_fields: definition.extraFields() };
+        const body = {
+          name: definition.name(), fields: table.value(), extra_fields: definition.extraFields(),
+          retention: definition.retention(),
+        };
         if (definition.description()) body.description = definition.description();
         try {
           const created = await connectors.create(body);
@@ -231,6 +234,7 @@ function newConnectorView(view) {
   definition.descriptionBlock,
   table.element,
   definition.extraBlock,
+  definition.retentionBlock,
   h('div', { class: 'actions' }, create, h('a', { href: '#/', class: 'button secondary' }, 'Cancel')));
 
   paint(view, h('h1', {}, 'New connector'),

@@ -37,6 +37,9 @@ function render(view, c, notice) {
         stat('Records', c.stats.records.toLocaleString(), 'stat-records'),
         stat('Rejected', c.stats.rejected.toLocaleString(), 'stat-rejected'),
         stat('Last received', when(c.stats.last_received_at)),
+        stat('Oldest record', when(c.stats.oldest_received_at), 'stat-oldest'),
+        stat('On disk', bytes(c.stats.bytes), 'stat-bytes'),
+        stat('Kept for', c.retention || 'forever', 'stat-retention'),
         stat('Waiting to be stored', backlog(c.stats.backlog), 'stat-backlog'),
         stat('Schema version', String(c.schema_version), 'stat-version'),
         stat('Fields', String(c.fields.length)),
@@ -70,6 +73,19 @@ function backlog(b) {
   return `${records}, the oldest waiting for ${duration(b.seconds_behind)}`;
 }
 
+// The records table's size on disk, in binary units.
+function bytes(n) {
+  if (n === null || n === undefined) return h('span', { class: 'muted' }, 'unknown');
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let size = n;
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${n.toLocaleString()} bytes` : `${size.toFixed(1)} ${units[unit]}`;
+}
+
 function duration(seconds) {
   if (seconds < 60) return `${Math.floor(seconds)} s`;
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.floor(seconds % 60)} s`;
@@ -80,7 +96,9 @@ function duration(seconds) {
 // Schema editor
 
 function schemaSection(view, c) {
-  const definition = definitionControls({ name: c.name, description: c.description, extraFields: c.extra_fields });
+  const definition = definitionControls({
+    name: c.name, description: c.description, extraFields: c.extra_fields, retention: c.retention,
+  });
   const table = fieldTable({ fields: c.fields, editing: true, legend: 'Fields' });
   const summary = summaryBox();
   const notice = h('p', { class: 'notice', role: 'status', tabindex: '-1', hidden: true, 'data-testid': 'saved' });
@@ -99,6 +117,7 @@ function schemaSection(view, c) {
             description: definition.description() || null,
             fields: table.value(),
             extra_fields: definition.extraFields(),
+            retention: definition.retention(),
           });
           announce(`Saved; schema version ${updated.schema_version}`);
           if (view.isCurrent()) render(view, updated, `Saved. Schema version ${updated.schema_version}.`);
@@ -115,6 +134,7 @@ function schemaSection(view, c) {
   definition.descriptionBlock,
   table.element,
   definition.extraBlock,
+  definition.retentionBlock,
   h('div', { class: 'actions' },
     save,
     h('button', {

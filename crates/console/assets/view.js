@@ -50,8 +50,8 @@ export function failure(view, error, what) {
 
 /** The name, description and extra-fields controls of the new-connector
  * form and of the connector page's editor. */
-export function definitionControls({ name = '', description = '', extraFields = 'reject' } = {}) {
-  const ids = { name: uid('connector-name'), description: uid('description') };
+export function definitionControls({ name = '', description = '', extraFields = 'reject', retention = null } = {}) {
+  const ids = { name: uid('connector-name'), description: uid('description'), retention: uid('retention') };
   const nameError = h('p', { class: 'error', id: `${ids.name}-error`, hidden: true });
   const nameInput = h('input', {
     id: ids.name, type: 'text', value: name, required: true, maxlength: '100', autocomplete: 'off',
@@ -76,6 +76,11 @@ export function definitionControls({ name = '', description = '', extraFields = 
     radio('ignore', 'Ignore those fields', 'Extra fields are dropped; the rest of the record is kept.'),
     extraError);
   const extraInput = extraSet.querySelector('input');
+  const retentionError = h('p', { class: 'error', id: `${ids.retention}-error`, hidden: true });
+  const retentionInput = h('input', {
+    id: ids.retention, type: 'text', value: retention || '', autocomplete: 'off', spellcheck: 'false',
+    placeholder: 'forever', 'data-testid': 'retention', 'aria-describedby': `${ids.retention}-error ${ids.retention}-hint`,
+  });
   return {
     nameBlock: h('div', { class: 'control' },
       h('label', { for: ids.name }, 'Name'),
@@ -85,14 +90,21 @@ export function definitionControls({ name = '', description = '', extraFields = 
       h('label', { for: ids.description }, 'Description (optional)'),
       descriptionInput, descriptionError),
     extraBlock: extraSet,
+    retentionBlock: h('div', { class: 'control' },
+      h('label', { for: ids.retention }, 'Keep records for (optional)'),
+      h('p', { class: 'hint', id: `${ids.retention}-hint` },
+        'A number and a unit, such as 90m, 12h or 30d; older records and rejected records are deleted. Empty keeps them forever.'),
+      retentionInput, retentionError),
     controls: {
       name: { input: nameInput, error: nameError },
       description: { input: descriptionInput, error: descriptionError },
       extra_fields: { input: extraInput, error: extraError },
+      retention: { input: retentionInput, error: retentionError },
     },
     name: () => nameInput.value.trim(),
     description: () => descriptionInput.value.trim(),
     extraFields: () => extraSet.querySelector('input:checked').value,
+    retention: () => retentionInput.value.trim() || null,
   };
 }
 

@@ -14,8 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sluice_runtime::backlog::{self, Backlog, Connectors};
 use sluice_runtime::startup::Bus;
 use sluice_runtime::store;
+use sluice_runtime::store::TableUsage;
 use sluice_runtime::token::{NewToken, TokenKind};
-use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Schema};
+use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Retention, Schema};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -89,6 +90,12 @@ pub(crate) struct CreateConnector {
     /// schema does not name.
     #[serde(default)]
     extra_fields: Option<String>,
+    /// How long records and rejected records are kept: a whole number and
+    /// one unit of `s`, `m`, `h`, `d` (`30d`), at least the partition span
+    /// (`SLUICE_PARTITION_SPAN`). Absent or null: forever.
+    #[serde(default)]
+    #[schema(example = "30d")]
+    retention: Option<String>,
 }
 
 /// An edit; members left out stay as they are. `fields` is the full new
@@ -105,6 +112,10 @@ pub(crate) struct EditConnector {
     fields: Option<Vec<FieldBody>>,
     #[serde(default)]
     extra_fields: Option<String>,
+    /// A new retention (`30d`), or null to keep records forever.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "30d")]
+    retention: Option<Option<String>>,
 }
 
 /// Tells `"description": null` (clear it) from no `description` (keep it).
@@ -117,6 +128,11 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 pub(crate) struct DuplicateConnector {
     /// The copy's name: 1 to 100 characters, unique.
     name: String,
+    /// The copy's retention (`30d`, or null: forever); absent: the
+    /// source's.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "30d")]
+    retention: Option<Option<String>>,
 }
 
 /// An error (RFC 9457 problem details).
@@ -154,6 +170,12 @@ pub(crate) struct StatsView {
     /// Records kept as rejected (partial mode).
     rejected: i64,
     last_received_at: Option<DateTime<Utc>>,
+    /// When the oldest stored record was received; null when none is.
+    oldest_received_at: Option<DateTime<Utc>>,
+    /// Bytes on disk of the stored records (every partition of the records
+    /// table, with indexes), measured now; rejected records are not
+    /// counted. Null if the table could not be measured.
+    bytes: Option<i64>,
     /// Records accepted and not yet stored; null when NATS cannot tell
     /// right now.
     backlog: Option<BacklogView>,
@@ -196,6 +218,10 @@ pub(crate) struct ConnectorView {
     fields: Vec<FieldView>,
     /// `reject` or `ignore`.
     extra_fields: String,
+    /// How long records are kept, in its largest exact unit (`30d`,
+    /// `36h`, `90m`); null: forever.
+    #[schema(example = "30d")]
+    retention: Option<String>,
     schema_version: i64,
     /// Where producers POST records and consumers GET them.
     endpoint: String,
@@ -243,6 +269,7 @@ const MAX_PAGE: i64 = 1000;
 fn connector_view(
     state: &AppState,
     row: &ConnectorRow,
+    usage: Option<TableUsage>,
     backlog: Option<BacklogView>,
 ) -> ConnectorView {
     ConnectorView {
@@ -261,6 +288,7 @@ fn connector_view(
             })
             .collect(),
         extra_fields: row.extra_fields().as_str().to_owned(),
+        retention: row.retention().map(|r| r.to_string()),
         schema_version: row.schema_version,
         endpoint: format!(
             "{}/v1/connectors/{}/records",
@@ -272,6 +300,8 @@ fn connector_view(
             records: row.records,
             rejected: row.rejected,
             last_received_at: row.last_received_at,
+            oldest_received_at: usage.and_then(|u| u.oldest_received_at),
+            bytes: usage.map(|u| u.bytes),
             backlog,
         },
     }
@@ -305,6 +335,22 @@ fn check_extra_fields(
     })
 }
 
+/// `retention` as given (`Some(None)`: null, forever), checked against
+/// the partition span; `None` when it is absent or invalid.
+fn check_retention(
+    state: &AppState,
+    retention: Option<Option<&str>>,
+    problems: &mut Vec<sluice_schema::Problem>,
+) -> Option<Option<Retention>> {
+    match retention? {
+        None => Some(None),
+        Some(text) => Retention::parse(text, state.settings.partition_span)
+            .map_err(|problem| problems.push(problem))
+            .ok()
+            .map(Some),
+    }
+}
+
 /// Mutations first make sure NATS answers, so that one made while the bus is
 /// down is refused whole rather than committed and left unpublished.
 fn connected_bus(state: &AppState) -> Result<&Bus, ControlError> {
@@ -321,10 +367,16 @@ async fn fetch_view(state: &AppState, id: Uuid) -> Result<ConnectorView, Control
     Ok(measured_view(state, &row).await)
 }
 
-/// `row`'s view with its backlog measured now.
+/// `row`'s view with its table and backlog measured now.
 async fn measured_view(state: &AppState, row: &ConnectorRow) -> ConnectorView {
+    let usage = store::measure_tables(&state.pool, &[row.id]).await;
     let measured = measure_backlog(state, Connectors::One(row.id)).await;
-    connector_view(state, row, BacklogView::of(measured.as_ref(), row.id))
+    connector_view(
+        state,
+        row,
+        usage.get(&row.id).copied(),
+        BacklogView::of(measured.as_ref(), row.id),
+    )
 }
 
 /// How long a connector's stats wait for its backlog to be measured.
@@ -359,6 +411,7 @@ async fn insert_new_connector(
     description: Option<&str>,
     schema: &Schema,
     extra_fields: ExtraFields,
+    retention: Option<Retention>,
 ) -> Result<CreatedConnector, ControlError> {
     let bus = connected_bus(state)?;
     let id = Uuid::now_v7();
@@ -373,6 +426,7 @@ async fn insert_new_connector(
             description,
             schema,
             extra_fields,
+            retention,
             write_token_hash: &write.hash,
             read_token_hash: &read.hash,
         },
@@ -416,6 +470,7 @@ pub(crate) async fn create_connector(
     let specs: Vec<FieldSpec> = body.fields.iter().map(FieldBody::spec).collect();
     let schema = Schema::define(&specs).map_err(|p| problems.extend(p)).ok();
     let extra = check_extra_fields(body.extra_fields.as_deref(), &mut problems);
+    let retention = check_retention(&state, Some(body.retention.as_deref()), &mut problems);
     let Some(schema) = schema.filter(|_| problems.is_empty()) else {
         return Err(ControlError::InvalidDefinition(problems));
     };
@@ -425,6 +480,7 @@ pub(crate) async fn create_connector(
         body.description.as_deref(),
         &schema,
         extra.unwrap_or_default(),
+        retention.flatten(),
     )
     .await?;
     tracing::info!(connector = %created.connector.id, "connector created");
@@ -484,11 +540,15 @@ pub(crate) async fn list_connectors(
         .then(|| rows.last().map(|r| encode_cursor(r.id)))
         .flatten();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let usage = store::measure_tables(&state.pool, &ids).await;
     let measured = measure_backlog(&state, Connectors::Among(&ids)).await;
     Ok(Json(ConnectorPage {
         connectors: rows
             .iter()
-            .map(|r| connector_view(&state, r, BacklogView::of(measured.as_ref(), r.id)))
+            .map(|r| {
+                let backlog = BacklogView::of(measured.as_ref(), r.id);
+                connector_view(&state, r, usage.get(&r.id).copied(), backlog)
+            })
             .collect(),
         next_cursor,
     }))
@@ -527,8 +587,8 @@ pub(crate) async fn get_connector(
     Ok(Json(fetch_view(&state, id.0).await?))
 }
 
-/// Edit a connector: name, description, fields (the full new list) and
-/// extra_fields. Applies completely or not at all.
+/// Edit a connector: name, description, fields (the full new list),
+/// extra_fields and retention. Applies completely or not at all.
 #[utoipa::path(
     patch, path = "/v1/connectors/{id}", tag = "connectors",
     params(("id" = Uuid, Path, description = "Connector id")),
@@ -559,6 +619,11 @@ pub(crate) async fn edit_connector(
         check_description(description.as_deref(), &mut problems);
     }
     let extra = check_extra_fields(body.extra_fields.as_deref(), &mut problems);
+    let retention = check_retention(
+        &state,
+        body.retention.as_ref().map(Option::as_deref),
+        &mut problems,
+    );
     if !problems.is_empty() && body.fields.is_none() {
         return Err(ControlError::InvalidDefinition(problems));
     }
@@ -597,12 +662,15 @@ pub(crate) async fn edit_connector(
         None => row.description.as_deref(),
     };
     let extra_fields = extra.unwrap_or(row.extra_fields());
+    let retention = retention.unwrap_or(row.retention());
     let schema_changed = change.as_ref().is_some_and(|c| !c.is_noop(&row.schema));
     // What records are checked against changed: gateways must tell the
     // versions apart. A rename or a new description changes no record.
     let validation_changed = schema_changed || extra_fields != row.extra_fields();
-    let anything_changed =
-        validation_changed || name != row.name || description != row.description.as_deref();
+    let anything_changed = validation_changed
+        || name != row.name
+        || description != row.description.as_deref()
+        || retention != row.retention();
     if !anything_changed {
         return Ok(Json(measured_view(&state, &row).await));
     }
@@ -619,6 +687,7 @@ pub(crate) async fn edit_connector(
             schema,
             schema_version: row.schema_version + i64::from(validation_changed),
             extra_fields,
+            retention,
         },
     )
     .await?;
@@ -671,7 +740,7 @@ pub(crate) async fn delete_connector(
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "invalid_schema (invalid_connector_name)", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_schema (invalid_connector_name, invalid_retention)", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -687,6 +756,11 @@ pub(crate) async fn duplicate_connector(
         .ok_or(ControlError::NotFound)?;
     let mut problems = Vec::new();
     check_name(&body.name, &mut problems);
+    let retention = check_retention(
+        &state,
+        body.retention.as_ref().map(Option::as_deref),
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(ControlError::InvalidDefinition(problems));
     }
@@ -696,6 +770,7 @@ pub(crate) async fn duplicate_connector(
         source.description.as_deref(),
         &source.schema,
         source.extra_fields(),
+        retention.unwrap_or(source.retention()),
     )
     .await?;
     tracing::info!(copy = %created.connector.id, "connector duplicated");

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::token::{TokenHash, TokenKind};
-use sluice_schema::{ExtraFields, Schema};
+use sluice_schema::{ExtraFields, Retention, Schema};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -23,6 +23,8 @@ pub(crate) struct ConnectorRow {
     pub schema: Json<Schema>,
     pub schema_version: i64,
     pub extra_fields: String,
+    /// How long records are kept, in seconds; `None`: forever.
+    pub retention_seconds: Option<i64>,
     pub write_token_hash: String,
     pub read_token_hash: String,
     pub created_at: DateTime<Utc>,
@@ -37,6 +39,13 @@ impl ConnectorRow {
         // Only `ExtraFields::as_str` ever writes the column; should it hold
         // anything else, the stricter policy is the safe reading.
         ExtraFields::parse(&self.extra_fields).unwrap_or(ExtraFields::Reject)
+    }
+
+    pub fn retention(&self) -> Option<Retention> {
+        // Only `Retention::as_secs` ever writes the column (positive, by
+        // its CHECK).
+        self.retention_seconds
+            .map(|secs| Retention::from_secs(secs.unsigned_abs()))
     }
 
     /// The definition gateways and readers work from.
@@ -54,7 +63,7 @@ impl ConnectorRow {
 }
 
 const SELECT_CONNECTOR: &str = "SELECT c.id, c.name, c.description, c.schema, c.schema_version, \
-     c.extra_fields, c.write_token_hash, c.read_token_hash, c.created_at, c.updated_at, \
+     c.extra_fields, c.retention_seconds, c.write_token_hash, c.read_token_hash, c.created_at, c.updated_at, \
      coalesce(s.records, 0) AS records, coalesce(s.rejected, 0) AS rejected, \
      s.last_received_at \
      FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id";
@@ -66,6 +75,7 @@ pub(crate) struct NewConnector<'a> {
     pub description: Option<&'a str>,
     pub schema: &'a Schema,
     pub extra_fields: ExtraFields,
+    pub retention: Option<Retention>,
     pub write_token_hash: &'a TokenHash,
     pub read_token_hash: &'a TokenHash,
 }
@@ -78,7 +88,8 @@ pub(crate) async fn insert_connector(
 ) -> Result<(), ControlError> {
     sqlx::query(
         "INSERT INTO connectors (id, name, description, schema, schema_version, extra_fields, \
-         write_token_hash, read_token_hash) VALUES ($1, $2, $3, $4, 1, $5, $6, $7)",
+         write_token_hash, read_token_hash, retention_seconds) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
     )
     .bind(new.id)
     .bind(new.name)
@@ -87,6 +98,7 @@ pub(crate) async fn insert_connector(
     .bind(new.extra_fields.as_str())
     .bind(new.write_token_hash.as_str())
     .bind(new.read_token_hash.as_str())
+    .bind(new.retention.map(retention_secs))
     .execute(&mut *conn)
     .await
     .map_err(|e| name_taken_or(e, new.name))?;
@@ -165,6 +177,11 @@ pub(crate) struct ConnectorUpdate<'a> {
     pub schema: &'a Schema,
     pub schema_version: i64,
     pub extra_fields: ExtraFields,
+    pub retention: Option<Retention>,
+}
+
+fn retention_secs(retention: Retention) -> i64 {
+    i64::try_from(retention.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[tracing::instrument(skip_all, fields(connector = %id))]
@@ -175,7 +192,7 @@ pub(crate) async fn update_connector(
 ) -> Result<(), ControlError> {
     sqlx::query(
         "UPDATE connectors SET name = $2, description = $3, schema = $4, schema_version = $5, \
-         extra_fields = $6, updated_at = now() WHERE id = $1",
+         extra_fields = $6, retention_seconds = $7, updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(update.name)
@@ -183,6 +200,7 @@ pub(crate) async fn update_connector(
     .bind(Json(update.schema))
     .bind(update.schema_version)
     .bind(update.extra_fields.as_str())
+    .bind(update.retention.map(retention_secs))
     .execute(conn)
     .await
     .map_err(|e| name_taken_or(e, update.name))?;

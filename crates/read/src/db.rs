@@ -108,6 +108,81 @@ pub(crate) async fn lock_counters(
     }))
 }
 
+/// Every connector with its retention (`None`: forever), for the
+/// maintenance task.
+pub(crate) async fn connector_retentions(
+    pool: &sqlx::PgPool,
+) -> sqlx::Result<Vec<(Uuid, Option<std::time::Duration>)>> {
+    let rows: Vec<(Uuid, Option<i64>)> =
+        sqlx::query_as("SELECT id, retention_seconds FROM connectors ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, secs)| {
+            let retention = secs.map(|s| std::time::Duration::from_secs(s.unsigned_abs()));
+            (id, retention)
+        })
+        .collect())
+}
+
+/// Takes what a store takes before it writes, in its order: the
+/// connector's row FOR SHARE (no schema edit or deletion meanwhile), then
+/// its stats row FOR UPDATE (no store meanwhile). `None`: it is gone.
+pub(crate) async fn lock_for_retention(
+    conn: &mut PgConnection,
+    connector: Uuid,
+) -> sqlx::Result<Option<IdCounters>> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM connectors WHERE id = $1 FOR SHARE")
+        .bind(connector)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    lock_counters(conn, connector).await
+}
+
+/// Takes rows that retention removed off the connector's counts.
+pub(crate) async fn subtract_counts(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    records: i64,
+    rejected: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE connector_stats SET records = records - $2, rejected = rejected - $3 \
+         WHERE connector_id = $1",
+    )
+    .bind(connector)
+    .bind(records)
+    .bind(rejected)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` of the connector's rejected records received
+/// before `cutoff`, oldest first; how many it deleted.
+pub(crate) async fn delete_rejected_before(
+    conn: &mut PgConnection,
+    connector: Uuid,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<i64> {
+    let deleted = sqlx::query(
+        "DELETE FROM rejected_records WHERE connector_id = $1 AND id IN ( \
+           SELECT id FROM rejected_records WHERE connector_id = $1 AND received_at < $2 \
+           ORDER BY received_at LIMIT $3)",
+    )
+    .bind(connector)
+    .bind(cutoff)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected() as i64)
+}
+
 /// A `COPY … FROM STDIN (FORMAT binary)` into a connector's records table
 /// of rows that hold `_id`, `_received_at`, then the fields `columns`
 /// names. It stays open for the rows of every message with those columns
@@ -362,9 +437,15 @@ pub(crate) async fn begin_snapshot(
 /// What a reader needs of its connector, read at the start of its snapshot.
 pub(crate) struct ReadableConnector {
     pub schema: Schema,
-    pub last_record_id: i64,
-    /// Whether every id up to `last_record_id` is a record: the store hands
-    /// ids out densely, and only deletions leave gaps.
+    pub bound: PageBound,
+}
+
+/// The last id a page may cover, read in the page's snapshot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageBound {
+    pub last_id: i64,
+    /// Whether every id up to `last_id` is still stored: the count equals
+    /// the ids handed out, so retention (or a deletion) took none.
     pub dense: bool,
 }
 
@@ -386,18 +467,20 @@ pub(crate) async fn open_connector(
     .execute(&mut *conn)
     .await?;
     let row = sqlx::query(
-        "SELECT c.schema, COALESCE(s.last_record_id, 0), \
-         COALESCE(s.records = s.last_record_id, true) \
+        "SELECT c.schema, COALESCE(s.last_record_id, 0), COALESCE(s.records, 0) \
          FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
     )
     .bind(connector)
     .fetch_optional(&mut *conn)
     .await?;
     row.map(|row| {
+        let last_id: i64 = row.try_get(1)?;
         Ok(ReadableConnector {
             schema: row.try_get::<Json<Schema>, _>(0)?.0,
-            last_record_id: row.try_get(1)?,
-            dense: row.try_get(2)?,
+            bound: PageBound {
+                last_id,
+                dense: row.try_get::<i64, _>(2)? == last_id,
+            },
         })
     })
     .transpose()
@@ -450,19 +533,21 @@ pub(crate) async fn probe_page(
     Ok((count, last_of_page))
 }
 
-/// The bound of `/rejected`: whether the connector exists, its last id,
-/// and whether every id up to it is still a rejected record (replays and
-/// clearing leave gaps).
+/// The bound of `/rejected`; `None`: the connector does not exist.
 #[tracing::instrument(skip(conn))]
 pub(crate) async fn rejected_bound(
     conn: &mut PgConnection,
     connector: Uuid,
-) -> sqlx::Result<Option<(i64, bool)>> {
-    sqlx::query_as(
-        "SELECT COALESCE(s.last_rejected_id, 0), COALESCE(s.rejected = s.last_rejected_id, true) \
+) -> sqlx::Result<Option<PageBound>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(s.last_rejected_id, 0), COALESCE(s.rejected, 0) \
          FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id WHERE c.id = $1",
     )
     .bind(connector)
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(|(last_id, count)| PageBound {
+        last_id,
+        dense: count == last_id,
+    }))
 }

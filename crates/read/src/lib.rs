@@ -14,18 +14,23 @@
 //!   projection and long-polling.
 //! - `lifecycle`: deleting records by filter, and replaying or clearing
 //!   rejected records, each under the stats row lock as the store writes.
+//! - `maintenance`: the time partitions of records tables, made ahead and
+//!   dropped by retention (with rejected records past retention), and the
+//!   online partitioning of tables made before partitioning existed.
 //!
-//! It must never change a connector's definition or its table's layout (the
-//! control plane's), never validate records (the gateway did, against the
-//! version it held; a replay of rejected records validates them with the
-//! schema crate, as the gateway would now), and never ack a message before
-//! its rows are committed.
+//! It must never change a connector's definition or its table's columns
+//! (the control plane's), never validate records (the gateway did, against
+//! the version it held; a replay of rejected records validates them with
+//! the schema crate, as the gateway would now), and never ack a message
+//! before its rows are committed.
 
 mod copy;
 mod db;
 mod error;
 mod lifecycle;
+mod maintenance;
 mod params;
+mod partitions;
 mod plan;
 mod records;
 mod render;
@@ -70,6 +75,9 @@ pub(crate) struct AppState {
     /// Ends long-polls early when the process shuts down.
     pub shutdown: CancellationToken,
     pub hooks: StoreHooks,
+    /// The partitions known to exist, shared with the store loop: a replay
+    /// writes records as the store does.
+    pub partitions: Arc<partitions::PartitionCache>,
 }
 
 impl FromRef<AppState> for Arc<AuthThrottle> {
@@ -110,12 +118,20 @@ impl Service {
             .await
             .context("connecting to PostgreSQL")?;
         let tasks = TaskTracker::new();
+        let partitions = Arc::new(partitions::PartitionCache::new(settings.partition_span));
+        let maintenance = maintenance::Maintenance {
+            pool: pool.clone(),
+            partitions: Arc::clone(&partitions),
+            interval: settings.maintenance_interval,
+        };
+        tasks.spawn(maintenance.run(shutdown.clone()));
         let start_store = store_starter(
             tasks.clone(),
             pool.clone(),
             settings.namespace.clone(),
             shutdown.clone(),
             hooks.clone(),
+            Arc::clone(&partitions),
         );
         let bus =
             startup::start_bus(&settings, "sluice-read", shutdown.clone(), start_store).await?; // BusError names the URL and, for an old server, the fix
@@ -130,6 +146,7 @@ impl Service {
             throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
             shutdown,
             hooks,
+            partitions,
         };
         Ok(Service { state, tasks })
     }
@@ -211,16 +228,16 @@ fn store_starter(
     namespace: Namespace,
     shutdown: CancellationToken,
     hooks: StoreHooks,
+    partitions: Arc<partitions::PartitionCache>,
 ) -> LastStep {
     Box::new(move |bus: Bus| {
         let (tasks, pool, namespace) = (tasks.clone(), pool.clone(), namespace.clone());
         let (shutdown, hooks) = (shutdown.clone(), hooks.clone());
+        let partitions = Arc::clone(&partitions);
         async move {
-            store::start(
-                &tasks, &pool, bus.client, bus.js, namespace, shutdown, hooks,
-            )
-            .await
-            .context("starting the store consumer")
+            store::start(&tasks, &pool, &bus, namespace, shutdown, hooks, partitions)
+                .await
+                .context("starting the store consumer")
         }
         .boxed()
     })

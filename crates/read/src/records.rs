@@ -281,27 +281,22 @@ async fn serve_page(
     let mut notices: Option<async_nats::Subscriber> = None;
     loop {
         let mut tx = db::begin_snapshot(&state.pool).await?;
-        let (plan, bound, dense) = match source {
+        let (plan, bound) = match source {
             Source::Records => {
                 let found = db::open_connector(&mut tx, connector)
                     .await?
                     .ok_or(ReadError::NotFound)?;
                 let plan = PagePlan::records(records_table(connector), &found.schema, &params)?;
-                (plan, found.last_record_id, found.dense)
+                (plan, found.bound)
             }
             Source::Rejected => {
-                let (bound, dense) = db::rejected_bound(&mut tx, connector)
+                let bound = db::rejected_bound(&mut tx, connector)
                     .await?
                     .ok_or(ReadError::NotFound)?;
-                (PagePlan::rejected(connector, &params)?, bound, dense)
+                (PagePlan::rejected(connector, &params)?, bound)
             }
         };
-        let range = Range {
-            after: params.cursor.after,
-            bound,
-            dense,
-        };
-        let extent = page_extent(&mut tx, &plan, range, params.limit).await?;
+        let extent = page_extent(&mut tx, &plan, params.cursor.after, bound, params.limit).await?;
         let waiting = extent.empty
             && !state.shutdown.is_cancelled()
             && tokio::time::Instant::now() < deadline;
@@ -336,26 +331,18 @@ async fn serve_page(
     }
 }
 
-/// The ids a page may cover: after the cursor, up to the snapshot's bound.
-struct Range {
-    after: i64,
-    bound: i64,
-    /// Whether every id in it is a row (nothing was deleted).
-    dense: bool,
-}
-
 /// Where the page of `range` ends.
 async fn page_extent(
     tx: &mut Transaction<'static, Postgres>,
     plan: &PagePlan,
-    range: Range,
+    after: i64,
+    bound: db::PageBound,
     limit: i64,
 ) -> Result<Extent, ReadError> {
-    let Range {
-        after,
-        bound,
+    let db::PageBound {
+        last_id: bound,
         dense,
-    } = range;
+    } = bound;
     if after >= bound {
         return Ok(Extent {
             end: after,
@@ -364,9 +351,10 @@ async fn page_extent(
         });
     }
     if !plan.filtered && dense {
-        // The page is the next `limit` ids. With gaps, the probe below
-        // finds where `limit` rows end instead, so that deleted records
-        // never make short or empty pages.
+        // Ids are dense: the page is the next `limit` of them. Once
+        // retention or a deletion has taken some, the probe below finds
+        // where the page ends, so a page is never short of records that
+        // exist.
         let end = after.saturating_add(limit).min(bound);
         return Ok(Extent {
             end,

@@ -12,6 +12,8 @@
 //!   answers, the same in every service.
 //! - [`store`]: the PostgreSQL side: connecting and migrating, the layout of
 //!   each connector's records table and the SQL that builds and converts it.
+//! - [`partitions`]: the time partitions of a records table, made ahead,
+//!   dropped by retention, and the online migration of tables made before.
 //! - [`token`]: connector tokens, their hashes, and constant-time checks.
 //! - [`http`]: problem+json errors, bearer tokens, health and metrics routes,
 //!   request ids, and serving with graceful shutdown.
@@ -27,6 +29,7 @@ pub mod bus;
 pub mod catalog;
 pub mod http;
 pub mod nats_server;
+pub mod partitions;
 pub mod settings;
 pub mod startup;
 pub mod store;

@@ -38,6 +38,12 @@ pub struct Settings {
     /// Memory the ingest gateway lets requests hold in all
     /// (`SLUICE_INGEST_MEMORY_BYTES`): bodies, validation, messages.
     pub ingest_memory_bytes: usize,
+    /// How much time each partition of a records table covers
+    /// (`SLUICE_PARTITION_SPAN`, default one day): whole seconds.
+    pub partition_span: Duration,
+    /// How often the read API premakes partitions and applies retention
+    /// (`SLUICE_MAINTENANCE_INTERVAL`, default 60 s).
+    pub maintenance_interval: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -55,6 +61,8 @@ impl std::fmt::Debug for Settings {
             http,
             auth_throttle,
             ingest_memory_bytes,
+            partition_span,
+            maintenance_interval,
         } = self;
         f.debug_struct("Settings")
             .field("listen", listen)
@@ -68,6 +76,8 @@ impl std::fmt::Debug for Settings {
             .field("http", http)
             .field("auth_throttle", auth_throttle)
             .field("ingest_memory_bytes", ingest_memory_bytes)
+            .field("partition_span", partition_span)
+            .field("maintenance_interval", maintenance_interval)
             .finish()
     }
 }
@@ -161,6 +171,8 @@ impl Default for HttpLimits {
 impl Settings {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_INGEST_MEMORY_BYTES: usize = 128 * 1024 * 1024;
+    pub const DEFAULT_PARTITION_SPAN: Duration = Duration::from_secs(86_400);
+    pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
     /// Reads the process environment; `default_listen` is the service's own.
     pub fn from_env(default_listen: &str) -> Result<Settings, SettingsError> {
@@ -270,6 +282,24 @@ impl Settings {
                 reason: format!("{public_url:?} must start with http:// or https://"),
             });
         }
+        let duration = |variable: &'static str, default: Duration| {
+            let Some(text) = lookup(variable).filter(|v| !v.is_empty()) else {
+                return Ok(default);
+            };
+            sluice_schema::parse_duration(text.trim())
+                .map_err(|reason| SettingsError { variable, reason })
+        };
+        let partition_span = duration("SLUICE_PARTITION_SPAN", Self::DEFAULT_PARTITION_SPAN)?;
+        if partition_span.subsec_nanos() != 0 {
+            return Err(SettingsError {
+                variable: "SLUICE_PARTITION_SPAN",
+                reason: "a partition span is a whole number of seconds".to_owned(),
+            });
+        }
+        let maintenance_interval = duration(
+            "SLUICE_MAINTENANCE_INTERVAL",
+            Self::DEFAULT_MAINTENANCE_INTERVAL,
+        )?;
         Ok(Settings {
             listen,
             nats_url: get("NATS_URL", "nats://127.0.0.1:4222"),
@@ -284,6 +314,8 @@ impl Settings {
             http,
             auth_throttle: AuthThrottleSettings::from_lookup(&lookup)?,
             ingest_memory_bytes,
+            partition_span,
+            maintenance_interval,
         })
     }
 }
@@ -418,6 +450,18 @@ mod tests {
             .map(|s| s.stream_max_bytes)
             .map_err(|e| e.variable)
         };
+        assert_eq!(s.partition_span, Duration::from_secs(86_400));
+        assert_eq!(s.maintenance_interval, Duration::from_secs(60));
+        for (variable, bad) in [
+            ("SLUICE_PARTITION_SPAN", "1500ms"),
+            ("SLUICE_PARTITION_SPAN", "1 day"),
+            ("SLUICE_MAINTENANCE_INTERVAL", "0s"),
+        ] {
+            let err =
+                Settings::from_lookup("0.0.0.0:8081", |n| (n == variable).then(|| bad.to_owned()))
+                    .unwrap_err();
+            assert_eq!(err.variable, variable, "{bad}");
+        }
         assert_eq!(stream_bound("unlimited"), Ok(None));
         assert_eq!(stream_bound("65536"), Ok(Some(65_536)));
         for bad in ["0", "-1", "1GiB"] {

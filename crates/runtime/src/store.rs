@@ -5,9 +5,11 @@
 //! Field names come from users. They reach SQL only through [`quote_ident`],
 //! and table names derive from connector ids, never from user text.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sluice_schema::{ChangeStep, Conversion, FieldType, IncompatibleChange, Schema, SchemaChange};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -82,6 +84,9 @@ pub fn pg_type(ty: FieldType) -> &'static str {
     }
 }
 
+/// Makes a connector's records table: partitioned by range of
+/// `_received_at` (see [`crate::partitions`]), with no partition yet; the
+/// read API makes them as records come.
 pub async fn create_records_table(
     conn: &mut PgConnection,
     connector: Uuid,
@@ -89,7 +94,7 @@ pub async fn create_records_table(
 ) -> sqlx::Result<()> {
     let table = records_table(connector);
     let mut columns = vec![
-        format!("{} bigint PRIMARY KEY", quote_ident(ID_COLUMN)),
+        format!("{} bigint NOT NULL", quote_ident(ID_COLUMN)),
         format!("{} timestamptz NOT NULL", quote_ident(RECEIVED_AT_COLUMN)),
     ];
     columns.extend(
@@ -98,16 +103,33 @@ pub async fn create_records_table(
             .iter()
             .map(|f| format!("{} {}", quote_ident(f.name.as_str()), pg_type(f.ty))),
     );
-    sqlx::query(&format!("CREATE TABLE {table} ({})", columns.join(", ")))
-        .execute(&mut *conn)
-        .await?;
-    let index = quote_ident(&format!("records_{}_received_at", connector.simple()));
     sqlx::query(&format!(
-        "CREATE INDEX {index} ON {table} ({})",
+        "CREATE TABLE {table} ({}) PARTITION BY RANGE ({})",
+        columns.join(", "),
         quote_ident(RECEIVED_AT_COLUMN)
     ))
     .execute(&mut *conn)
     .await?;
+    create_records_indexes(conn, connector).await
+}
+
+/// The partitioned indexes of a records table, which every partition gets
+/// its own copy of: `_id` for cursor pages and lookups, `_received_at` for
+/// its filters and the oldest record. A unique key of a partitioned table
+/// must hold the partition key, so `_id` has none: it is unique because it
+/// is allocated under the connector's stats row lock.
+pub async fn create_records_indexes(conn: &mut PgConnection, connector: Uuid) -> sqlx::Result<()> {
+    let table = records_table(connector);
+    let hex = connector.simple();
+    for (suffix, column) in [("id", ID_COLUMN), ("received_at", RECEIVED_AT_COLUMN)] {
+        let index = quote_ident(&format!("records_{hex}_{suffix}"));
+        sqlx::query(&format!(
+            "CREATE INDEX {index} ON {table} ({})",
+            quote_ident(column)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -119,6 +141,53 @@ pub async fn drop_records_table(conn: &mut PgConnection, connector: Uuid) -> sql
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What a connector's records take up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableUsage {
+    /// Bytes on disk of its records table: every partition with its
+    /// indexes and TOAST, as the files are now.
+    pub bytes: i64,
+    /// The `_received_at` of its oldest record (by the index: cheap).
+    pub oldest_received_at: Option<DateTime<Utc>>,
+}
+
+/// The [`TableUsage`] of each of `connectors`, one statement each: a
+/// statement locks every partition of the table it measures, so measuring
+/// many tables at once could outgrow PostgreSQL's lock table. A connector
+/// whose table cannot be measured (deleted meanwhile) is left out.
+pub async fn measure_tables(pool: &PgPool, connectors: &[Uuid]) -> HashMap<Uuid, TableUsage> {
+    let mut usage = HashMap::new();
+    for &connector in connectors {
+        match measure_table(pool, connector).await {
+            Ok(one) => {
+                usage.insert(connector, one);
+            }
+            Err(error) => {
+                tracing::debug!(%connector, %error, "measuring a records table failed");
+            }
+        }
+    }
+    usage
+}
+
+async fn measure_table(pool: &PgPool, connector: Uuid) -> sqlx::Result<TableUsage> {
+    // Table names derive from ids, never from user text: safe as a literal.
+    let table = records_table(connector);
+    let (bytes, oldest_received_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
+        "SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::bigint \
+                 FROM pg_partition_tree('{table}'::regclass)), \
+                (SELECT min({}) FROM {table})",
+        quote_ident(RECEIVED_AT_COLUMN)
+    ))
+    .persistent(false)
+    .fetch_one(pool)
+    .await?;
+    Ok(TableUsage {
+        bytes,
+        oldest_received_at,
+    })
 }
 
 /// SQL converting `expr`, a value of type `from`, by `conversion`. The

@@ -11,6 +11,7 @@
 
 pub mod change;
 pub mod connector;
+pub mod duration;
 pub mod field;
 pub mod json_schema;
 pub mod problem;
@@ -19,6 +20,7 @@ pub mod schema;
 
 pub use change::{ChangeError, ChangeStep, Conversion, IncompatibleChange, SchemaChange};
 pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_description};
+pub use duration::{Retention, format_duration, parse_duration};
 pub use field::{Field, FieldId, FieldName, FieldType};
 pub use problem::{Problem, ProblemCode};
 pub use record::{

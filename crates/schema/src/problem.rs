@@ -20,6 +20,7 @@ pub enum ProblemCode {
     UnknownPreviousName,
     DuplicatePreviousName,
     InvalidExtraFields,
+    InvalidRetention,
 }
 
 impl ProblemCode {
@@ -37,6 +38,7 @@ impl ProblemCode {
             ProblemCode::UnknownPreviousName => "unknown_previous_name",
             ProblemCode::DuplicatePreviousName => "duplicate_previous_name",
             ProblemCode::InvalidExtraFields => "invalid_extra_fields",
+            ProblemCode::InvalidRetention => "invalid_retention",
         }
     }
 }

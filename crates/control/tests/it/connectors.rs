@@ -35,6 +35,7 @@ async fn create_answers_the_connector_with_its_tokens_once() {
         ])
     );
     assert_eq!(created["extra_fields"], "ignore");
+    assert_eq!(created["retention"], Value::Null);
     assert_eq!(created["schema_version"], 1);
     assert_eq!(
         created["endpoint"],
@@ -42,7 +43,8 @@ async fn create_answers_the_connector_with_its_tokens_once() {
     );
     assert_eq!(
         created["stats"],
-        json!({"records": 0, "rejected": 0, "last_received_at": null, "backlog": {
+        json!({"records": 0, "rejected": 0, "last_received_at": null,
+            "oldest_received_at": null, "bytes": 0, "backlog": {
             "messages": 0, "records_estimate": 0, "oldest_at": null, "seconds_behind": 0.0
         }})
     );
@@ -341,6 +343,7 @@ async fn stats_come_from_what_the_read_api_keeps() {
     assert_eq!(
         got["stats"],
         json!({"records": 12, "rejected": 3, "last_received_at": "2026-11-29T13:00:00Z",
+            "oldest_received_at": null, "bytes": 0,
             "backlog": {"messages": 0, "records_estimate": 0, "oldest_at": null, "seconds_behind": 0.0}})
     );
     let listed = app.admin(Method::GET, "/v1/connectors", None).await.body;

@@ -8,6 +8,7 @@ mod connectors;
 mod edit;
 mod hostile_values;
 mod lifecycle;
+mod retention;
 
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
@@ -138,6 +139,13 @@ impl TestApp {
         let id = Uuid::parse_str(id).unwrap();
         let table = sluice_runtime::store::records_table(id);
         let pool = self.db().await;
+        // The partition for now, as the read API would make it.
+        let mut tx = pool.begin().await.unwrap();
+        let span = std::time::Duration::from_secs(86_400);
+        sluice_runtime::partitions::ensure(&mut tx, id, chrono::Utc::now(), span)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
         let (next,): (i64,) =
             sqlx::query_as(&format!("SELECT coalesce(max(_id), 0) + 1 FROM {table}"))
                 .fetch_one(&pool)

@@ -26,6 +26,7 @@ use super::sql::{self, KeptRejected};
 use crate::AppState;
 use crate::db::{self, IdCounters};
 use crate::error::ReadError;
+use crate::partitions::GroupPartitions;
 use crate::rows::RecordInsert;
 
 /// Rejected records looked at per transaction: enough that a replay of
@@ -97,7 +98,16 @@ async fn replay_batch(
             .await
             .map_err(|e| ReadError::Internal(format!("validating rejected records: {e}")))?
     };
-    let stored = store_passing(&mut tx, connector, &schema, counters, &verdicts.passing).await?;
+    let mut partitions = GroupPartitions::new(&state.partitions, connector);
+    let stored = store_passing(
+        &mut tx,
+        &mut partitions,
+        connector,
+        &schema,
+        counters,
+        &verdicts.passing,
+    )
+    .await?;
     let moved: Vec<i64> = verdicts.passing.iter().map(|p| p.rejected_id).collect();
     sql::remove_rejected(&mut tx, connector, &moved).await?;
     sql::set_rejected_errors(
@@ -113,6 +123,7 @@ async fn replay_batch(
         sql::count_replayed(&mut tx, connector, stored, replayed, last_received_at).await?;
     }
     tx.commit().await?;
+    partitions.committed();
     Ok(Some(BatchDone {
         last_seen,
         replayed: replayed as u64,
@@ -191,9 +202,11 @@ fn errors_in_place(mut errors: Vec<RecordError>, before: &serde_json::Value) -> 
 
 /// Writes the passing records under ids after `counters`, in their order,
 /// and returns the counters after them. Records received at one instant
-/// (those of one request) go in one statement.
+/// (those of one request) go in one statement, into a partition made for
+/// their time if there is none (it may be long past).
 async fn store_passing(
     tx: &mut PgConnection,
+    partitions: &mut GroupPartitions<'_>,
     connector: Uuid,
     schema: &Schema,
     mut counters: IdCounters,
@@ -202,6 +215,7 @@ async fn store_passing(
     for group in passing.chunk_by(|a, b| a.received_at == b.received_at) {
         let records: Vec<Record> = group.iter().map(|p| p.record.clone()).collect();
         let batch = wire_batch(schema, group[0].received_at, records)?;
+        partitions.ensure(&mut *tx, group[0].received_at).await?;
         let first_id = counters.last_record_id + 1;
         let insert = RecordInsert::plan(schema, batch, first_id)
             .map_err(|e| ReadError::Internal(format!("laying out replayed records: {e}")))?;

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::db::{self, IdCounters, RejectedRows};
+use crate::partitions::{GroupPartitions, PartitionCache, is_no_partition};
 use crate::rows::{RecordInsert, Unstorable};
 
 /// The messages of one connector taken from a pull together, in stream
@@ -70,11 +71,14 @@ impl From<sqlx::Error> for StoreError {
     /// as a NUL character in text; 23, integrity; 42, a statement that does
     /// not fit the table) will refuse it on every retry. A missing table
     /// (42P01) may be a deletion racing with us, so it is retried, and the
-    /// retry finds the connector gone.
+    /// retry finds the connector gone; so is a row for which no partition
+    /// was found (23514): retention dropped one that this process still
+    /// knew of (see `partitions`), and the retry makes it again.
     fn from(error: sqlx::Error) -> StoreError {
         if let sqlx::Error::Database(e) = &error {
             let code = e.code().unwrap_or_default();
             if code != "42P01"
+                && code != "23514"
                 && (code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
             {
                 return StoreError::Unstorable(format!(
@@ -98,6 +102,26 @@ impl From<Unstorable> for StoreError {
 /// delivery of these copies.
 pub(super) async fn commit(
     pool: &PgPool,
+    partitions: &PartitionCache,
+    group: &Group,
+    received: Instant,
+    ack_wait: Duration,
+) -> Result<Outcome, StoreError> {
+    let mut known = GroupPartitions::new(partitions, group.connector);
+    let outcome = commit_group(pool, &mut known, group, received, ack_wait).await;
+    match &outcome {
+        Ok(_) => known.committed(),
+        Err(StoreError::Transient(error)) if is_no_partition(error) => {
+            partitions.forget(group.connector);
+        }
+        Err(_) => {}
+    }
+    outcome
+}
+
+async fn commit_group(
+    pool: &PgPool,
+    partitions: &mut GroupPartitions<'_>,
     group: &Group,
     received: Instant,
     ack_wait: Duration,
@@ -131,7 +155,7 @@ pub(super) async fn commit(
         return Ok(Outcome::ConnectorGone);
     };
     let fresh = first_copies(&ids, applied_now);
-    let written = write_fresh(&mut tx, group, schema, counters, &fresh).await?;
+    let written = write_fresh(&mut tx, partitions, group, schema, counters, &fresh).await?;
     db::advance_stats(
         &mut tx,
         group.connector,
@@ -196,9 +220,12 @@ impl Written {
 /// The messages are decoded and encoded one after the other on a blocking
 /// thread while the ones before them are written, so the CPU and PostgreSQL
 /// work side by side. Rows of consecutive messages with the same columns
-/// go into one `COPY`.
+/// go into one `COPY`, as long as the partitions their rows go to are known
+/// to exist: on a miss the `COPY` ends, and the partition is made (or
+/// found) before the next one starts.
 async fn write_fresh(
     tx: &mut PgConnection,
+    partitions: &mut GroupPartitions<'_>,
     group: &Group,
     schema: Schema,
     counters: IdCounters,
@@ -223,14 +250,22 @@ async fn write_fresh(
     };
     let mut next = prepared.recv().await;
     while let Some(result) = next.take() {
-        match written.add(result?) {
+        let message = result?;
+        if message.decoded.records > 0 {
+            partitions
+                .ensure(&mut *tx, message.decoded.received_at)
+                .await?;
+        }
+        match written.add(message) {
             RecordInsert::Nothing => {}
             RecordInsert::Insert(rows) => {
                 db::insert_arrays(&mut *tx, group.connector, rows).await?
             }
             RecordInsert::Copy { columns, data } => {
                 let mut copy = db::RecordsCopy::start(&mut *tx, group.connector, columns).await?;
-                match copy_following(&mut copy, data, &mut prepared, &mut written).await {
+                let following =
+                    copy_following(&mut copy, data, &mut prepared, &mut written, partitions);
+                match following.await {
                     Ok(following) => {
                         copy.finish().await?;
                         next = following;
@@ -256,13 +291,15 @@ async fn write_fresh(
 }
 
 /// Sends `rows` into `copy`, then the rows of the messages that follow as
-/// long as they have its columns. Returns the first message it did not
+/// long as they have its columns and go to partitions known to exist.
+/// Returns the first message it did not
 /// take, for the caller, once `copy` is to be finished.
 async fn copy_following(
     copy: &mut db::RecordsCopy<'_>,
     rows: Vec<u8>,
     prepared: &mut mpsc::Receiver<Result<Prepared, Unstorable>>,
     written: &mut Written,
+    partitions: &GroupPartitions<'_>,
 ) -> Result<Option<Result<Prepared, Unstorable>>, StoreError> {
     copy.send(rows).await?;
     loop {
@@ -271,7 +308,8 @@ async fn copy_following(
             other => return Ok(other),
         };
         match &next.decoded.insert {
-            RecordInsert::Copy { columns, .. } if copy.takes(columns) => {}
+            RecordInsert::Copy { columns, .. }
+                if copy.takes(columns) && partitions.covers(next.decoded.received_at) => {}
             _ => return Ok(Some(Ok(next))),
         }
         let RecordInsert::Copy { data, .. } = written.add(next) else {

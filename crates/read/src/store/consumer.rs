@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::partitions::PartitionCache;
+
 use super::commit::{self, Delivered, Group, Outcome, StoreError, Stored};
 use super::{
     GROUP_MAX_MESSAGES, MESSAGES_HELD, PULL_BATCH, PULL_EXPIRES, STORE_CONCURRENCY, StoreHooks,
@@ -33,6 +35,7 @@ mod dead_letter_headers {
 
 pub(super) struct Store {
     pub pool: PgPool,
+    pub partitions: Arc<PartitionCache>,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub namespace: Namespace,
@@ -269,7 +272,14 @@ impl Store {
     ))]
     async fn handle(&self, group: Group, pulled_at: Instant, backoff: &Backoff) -> Flow {
         let started = Instant::now();
-        let outcome = commit::commit(&self.pool, &group, pulled_at, self.ack_wait).await;
+        let outcome = commit::commit(
+            &self.pool,
+            &self.partitions,
+            &group,
+            pulled_at,
+            self.ack_wait,
+        )
+        .await;
         let Group {
             connector,
             mut messages,

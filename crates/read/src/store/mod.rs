@@ -30,6 +30,7 @@ use async_nats::jetstream::{self, stream};
 use chrono::{DateTime, Utc};
 use sluice_runtime::backlog::{self, Backlog, Connectors};
 use sluice_runtime::bus::Namespace;
+use sluice_runtime::startup::Bus;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
@@ -38,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::db;
+use crate::partitions::PartitionCache;
 use consumer::{Puller, Store};
 
 /// How long a delivered message may stay unacked before JetStream gives it
@@ -87,16 +89,17 @@ pub struct StoreHooks {
 pub(crate) async fn start(
     tasks: &TaskTracker,
     api_pool: &PgPool,
-    nats: async_nats::Client,
-    js: jetstream::Context,
+    bus: &Bus,
     namespace: Namespace,
     shutdown: CancellationToken,
     hooks: StoreHooks,
+    partitions: Arc<PartitionCache>,
 ) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(STORE_POOL_SIZE)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with((*api_pool.connect_options()).clone());
+    let (nats, js) = (bus.client.clone(), bus.js.clone());
     let stream_name = namespace.records_stream();
     let stream = js.get_stream(&stream_name).await?;
     let ack_wait = hooks.ack_wait.unwrap_or(ACK_WAIT);
@@ -117,6 +120,7 @@ pub(crate) async fn start(
     };
     let store = Store {
         pool,
+        partitions,
         nats,
         js,
         namespace,

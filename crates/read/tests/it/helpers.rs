@@ -74,9 +74,16 @@ pub async fn spawn_app() -> TestApp {
 /// Control plane only: tests that must queue messages before any reader
 /// consumes them start readers themselves.
 pub async fn spawn_control_only() -> TestApp {
+    spawn_control_only_with(|_| {}).await
+}
+
+/// [`spawn_control_only`] with the control plane's settings adjusted.
+pub async fn spawn_control_only_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     sluice_runtime::telemetry::init();
     let env = TestEnv::new().await;
-    let control = sluice_testkit::spawn_control(env.settings(), env.shutdown_token()).await;
+    let mut settings = env.settings();
+    adjust(&mut settings);
+    let control = sluice_testkit::spawn_control(settings, env.shutdown_token()).await;
     let db = sluice_runtime::store::connect_and_migrate(&env.database_url)
         .await
         .expect("database");

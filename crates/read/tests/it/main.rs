@@ -6,5 +6,6 @@ mod hostile_values;
 mod lifecycle;
 mod reading;
 mod rendering;
+mod retention;
 mod startup;
 mod storing;
