@@ -501,3 +501,43 @@ async fn rejected_csv_rows_are_replayed_by_the_grammar_of_csv() {
     assert_eq!(still[0]["errors"][0]["code"], "null_not_allowed");
     assert_eq!(still[0]["errors"][0]["line"], 3);
 }
+
+/// A rejected record can be older than every partition still there (none
+/// held records of its time): the replay makes one for it, as the store
+/// would for a late record.
+#[tokio::test]
+async fn a_replayed_record_older_than_every_partition_is_stored_in_one_made_for_it() {
+    let app = spawn_app().await;
+    let connector = app
+        .create_connector("replay-old", json!([{"name": "n", "type": "integer"}]))
+        .await;
+    app.wait_visible(&connector).await;
+    let received_at = Utc::now() - chrono::Duration::days(40);
+    let mut batch = app
+        .batch_of(connector.id, &json!([{"n": 1, "color": "red"}]).to_string())
+        .await;
+    batch.received_at = received_at;
+    app.publish_batch(connector.id, &batch).await;
+    for _ in 0..200 {
+        if stats(&app, connector.id).await.1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(stats(&app, connector.id).await, (0, 1));
+    app.patch_connector(connector.id, json!({"extra_fields": "ignore"}))
+        .await;
+
+    let answer = replay(&app, app.read_url(), &connector, ADMIN_TOKEN).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body, json!({"replayed": 1, "still_rejected": 0}));
+    let records = app.all_records(&connector).await;
+    assert_eq!(ns(&records), [1]);
+    let stored: chrono::DateTime<Utc> = records[0]["_received_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stored.timestamp_micros(), received_at.timestamp_micros());
+    assert_eq!(stats(&app, connector.id).await, (1, 0));
+}
