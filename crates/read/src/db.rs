@@ -143,7 +143,8 @@ pub(crate) async fn lock_for_retention(
     lock_counters(conn, connector).await
 }
 
-/// Takes rows that retention removed off the connector's counts.
+/// Takes rows that retention or a deletion removed off the connector's
+/// counts.
 pub(crate) async fn subtract_counts(
     conn: &mut PgConnection,
     connector: Uuid,

@@ -123,17 +123,7 @@ async fn delete_records(
             "give at least one filter, or all=true to delete every record of this connector",
         ));
     }
-    let mut tx = state.pool.begin().await?;
-    let schema = db::share_connector_schema(&mut tx, connector)
-        .await?
-        .ok_or(ReadError::NotFound)?;
-    let plan = PagePlan::records(records_table(connector), &schema, &params)?;
-    let counters = db::lock_counters(&mut tx, connector)
-        .await?
-        .ok_or(ReadError::NotFound)?;
-    let deleted = sql::delete_matching(&mut tx, &plan, counters.last_record_id).await?;
-    sql::count_deleted_records(&mut tx, connector, deleted).await?;
-    tx.commit().await?;
+    let deleted = delete_matching(&state, connector, &params, Doomed::Records).await?;
     tracing::info!(deleted, "records deleted");
     Ok(Json(Deleted { deleted }))
 }
@@ -165,17 +155,7 @@ async fn delete_rejected(
 ) -> Result<Json<Deleted>, ReadError> {
     let connector = authorize(&state, token, &attempt, id, Grant::Operator).await?;
     let (params, _) = filters_only(CursorKind::Rejected, query.as_deref())?;
-    let plan = PagePlan::rejected(connector, &params)?;
-    let mut tx = state.pool.begin().await?;
-    db::share_connector_schema(&mut tx, connector)
-        .await?
-        .ok_or(ReadError::NotFound)?;
-    let counters = db::lock_counters(&mut tx, connector)
-        .await?
-        .ok_or(ReadError::NotFound)?;
-    let deleted = sql::delete_matching(&mut tx, &plan, counters.last_rejected_id).await?;
-    sql::count_deleted_rejected(&mut tx, connector, deleted).await?;
-    tx.commit().await?;
+    let deleted = delete_matching(&state, connector, &params, Doomed::Rejected).await?;
     tracing::info!(deleted, "rejected records deleted");
     Ok(Json(Deleted { deleted }))
 }
@@ -221,6 +201,48 @@ async fn replay_rejected(
         "rejected records replayed"
     );
     Ok(Json(replayed))
+}
+
+/// What a deletion takes rows from.
+#[derive(Debug, Clone, Copy)]
+enum Doomed {
+    Records,
+    Rejected,
+}
+
+/// Deletes the rows that `params`' filters match, in one transaction that
+/// holds the connector's rows as the module docs say, and counts them out
+/// of its stats; how many went.
+async fn delete_matching(
+    state: &AppState,
+    connector: Uuid,
+    params: &PageParams,
+    doomed: Doomed,
+) -> Result<u64, ReadError> {
+    let mut tx = state.pool.begin().await?;
+    let schema = db::share_connector_schema(&mut tx, connector)
+        .await?
+        .ok_or(ReadError::NotFound)?;
+    let plan = match doomed {
+        Doomed::Records => PagePlan::records(records_table(connector), &schema, params)?,
+        Doomed::Rejected => PagePlan::rejected(connector, params)?,
+    };
+    let counters = db::lock_counters(&mut tx, connector)
+        .await?
+        .ok_or(ReadError::NotFound)?;
+    let last_id = match doomed {
+        Doomed::Records => counters.last_record_id,
+        Doomed::Rejected => counters.last_rejected_id,
+    };
+    let deleted = sql::delete_matching(&mut tx, &plan, last_id).await?;
+    let count = i64::try_from(deleted).unwrap_or(i64::MAX);
+    let (records, rejected) = match doomed {
+        Doomed::Records => (count, 0),
+        Doomed::Rejected => (0, count),
+    };
+    db::subtract_counts(&mut tx, connector, records, rejected).await?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// SPEC 3, as `records::authorize` applies it, for `grant`. A connector's

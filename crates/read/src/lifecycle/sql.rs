@@ -26,36 +26,6 @@ pub(super) async fn delete_matching(
     Ok(done.rows_affected())
 }
 
-/// Counts `deleted` records out of the connector's stats.
-#[tracing::instrument(skip(conn))]
-pub(super) async fn count_deleted_records(
-    conn: &mut PgConnection,
-    connector: Uuid,
-    deleted: u64,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE connector_stats SET records = records - $2 WHERE connector_id = $1")
-        .bind(connector)
-        .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Counts `deleted` rejected records out of the connector's stats.
-#[tracing::instrument(skip(conn))]
-pub(super) async fn count_deleted_rejected(
-    conn: &mut PgConnection,
-    connector: Uuid,
-    deleted: u64,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE connector_stats SET rejected = rejected - $2 WHERE connector_id = $1")
-        .bind(connector)
-        .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The connector's schema and `extra_fields` policy, its row held FOR
 /// SHARE (see `db::share_connector_schema`). `None`: it is gone.
 #[tracing::instrument(skip(conn))]
