@@ -1,7 +1,6 @@
 //! The backlog (records accepted and not yet stored) in a connector's stats
 //! and in the read API's metrics, and the records stream's size bound.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -9,10 +8,9 @@ use serde_json::{Value, json};
 use sluice_read::StoreHooks;
 use sluice_runtime::bus;
 use sluice_testkit::api;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_control_only};
+use crate::helpers::{SHORT_ACK_WAIT, TestApp, spawn_control_only};
 
 /// The connector's `stats.backlog`, as the control plane answers it.
 async fn backlog(app: &TestApp, id: Uuid) -> Value {
@@ -104,16 +102,7 @@ async fn the_backlog_shows_in_stats_and_metrics_until_it_is_stored() {
 
     // A reader that stores and then dies before its acks: the messages
     // stay on the stream, and its sampler reports them.
-    let crashed = Arc::new(Notify::new());
-    let short_ack_wait = Some(Duration::from_secs(1));
-    let stuck = app
-        .new_reader(StoreHooks {
-            ack_wait: short_ack_wait,
-            crash_after_commit: Some(crashed.clone()),
-            ..StoreHooks::default()
-        })
-        .await;
-    crashed.notified().await;
+    let stuck = app.reader_dead_after_commit().await;
     let connector_series = |name: &str| format!("{name}{{connector=\"{}\"}}", lagging.id);
     let messages = connector_series("sluice_read_connector_backlog_messages");
     let records = connector_series("sluice_read_connector_backlog_records_estimate");
@@ -148,7 +137,7 @@ async fn the_backlog_shows_in_stats_and_metrics_until_it_is_stored() {
     // A reader that works: everything is stored, and the backlog is gone.
     let index = app
         .start_reader(StoreHooks {
-            ack_wait: short_ack_wait,
+            ack_wait: Some(SHORT_ACK_WAIT),
             ..StoreHooks::default()
         })
         .await;

@@ -3,6 +3,7 @@
 //! on the stream as the gateway would.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,6 +17,7 @@ use sluice_schema::{ExtraFields, Format, Schema};
 use sluice_testkit::TestEnv;
 use sluice_testkit::api::{self, Answer};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +25,10 @@ pub use sluice_testkit::api::Connector;
 
 /// A deployment whose servers stop when its environment is dropped
 /// (`TestEnv::shutdown_token`).
+/// The ack wait of readers that tests crash: a group comes again within a
+/// second.
+pub const SHORT_ACK_WAIT: Duration = Duration::from_secs(1);
+
 pub struct TestApp {
     pub env: TestEnv,
     pub control: String,
@@ -112,6 +118,22 @@ impl TestApp {
         let reader = self.new_reader_with(settings, hooks).await;
         self.readers.push(reader);
         self.readers.len() - 1
+    }
+
+    /// A reader that stores its first group and then dies before acking it,
+    /// as a killed process would; returned once it has. Its consumer's ack
+    /// wait is [`SHORT_ACK_WAIT`], so another reader soon gets the group again.
+    pub async fn reader_dead_after_commit(&self) -> Reader {
+        let crashed = Arc::new(Notify::new());
+        let reader = self
+            .new_reader(StoreHooks {
+                ack_wait: Some(SHORT_ACK_WAIT),
+                crash_after_commit: Some(crashed.clone()),
+                ..StoreHooks::default()
+            })
+            .await;
+        crashed.notified().await;
+        reader
     }
 
     /// A read-API instance that the test owns (to stop it).
@@ -205,10 +227,15 @@ impl TestApp {
 
     /// The batch the gateway would publish for `body`.
     pub async fn batch_of(&self, connector: Uuid, body: &str) -> RecordBatch {
+        self.batch_in(connector, Format::Json, body).await
+    }
+
+    /// [`TestApp::batch_of`] for a body in `format`.
+    pub async fn batch_in(&self, connector: Uuid, format: Format, body: &str) -> RecordBatch {
         let (schema, version) = self.schema(connector).await;
         let validation =
-            sluice_schema::validate(&schema, ExtraFields::Reject, Format::Json, body.as_bytes())
-                .expect("well-formed JSON");
+            sluice_schema::validate(&schema, ExtraFields::Reject, format, body.as_bytes())
+                .expect("a well-formed body");
         let batch = RecordBatch {
             batch_id: Uuid::now_v7(),
             chunk: 0,
@@ -222,7 +249,7 @@ impl TestApp {
                 .iter()
                 .map(|r| RejectedRecord::new(r.raw.clone(), &r.errors))
                 .collect(),
-            format: Some(Format::Json),
+            format: Some(format),
         };
         // Through the wire form, as the reader will see it.
         serde_json::from_slice(&serde_json::to_vec(&batch).unwrap()).unwrap()

@@ -1,16 +1,14 @@
 //! The store loop: exactly once, poison messages, deleted connectors and
 //! records in flight across a schema edit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use serde_json::{Value, json};
 use sluice_read::StoreHooks;
 use sluice_runtime::bus::headers;
-use tokio::sync::Notify;
 
-use crate::helpers::{Connector, TestApp, spawn_app, spawn_control_only};
+use crate::helpers::{Connector, SHORT_ACK_WAIT, TestApp, spawn_app, spawn_control_only};
 
 /// The connector holds records `n` = 1 to `count`, in that order, each
 /// stored once: `_id`s 1 to `count`.
@@ -36,16 +34,7 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     app.publish(connector.id, json!([{"n": 3}])).await;
 
     // The first reader commits the batch, then "dies" before its ack.
-    let crashed = Arc::new(Notify::new());
-    let short_ack_wait = Some(Duration::from_secs(1));
-    let first = app
-        .new_reader(StoreHooks {
-            ack_wait: short_ack_wait,
-            crash_after_commit: Some(crashed.clone()),
-            ..StoreHooks::default()
-        })
-        .await;
-    crashed.notified().await;
+    let first = app.reader_dead_after_commit().await;
     // At least the first message was committed (both, if they came together).
     app.wait_stored(connector.id, 2).await;
     first.stop().await;
@@ -53,7 +42,7 @@ async fn a_crash_between_commit_and_ack_stores_nothing_twice() {
     // A new reader on the same deployment gets the message again, after the
     // ack wait, and must recognise it.
     app.start_reader(StoreHooks {
-        ack_wait: short_ack_wait,
+        ack_wait: Some(SHORT_ACK_WAIT),
         ..StoreHooks::default()
     })
     .await;
