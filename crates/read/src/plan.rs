@@ -199,10 +199,10 @@ impl PagePlan {
                     "null is no value to compare with; use is.null or not.null",
                 ));
             }
-            Value::String(s) => self.placeholder(Bind::Text(s)),
+            Value::String(s) => self.placeholder(Bind::Text(s.into())),
             Value::Integer(i) => self.placeholder(Bind::Integer(i)),
             Value::Number(n) => self.placeholder(Bind::Number(n)),
-            Value::Decimal(d) => format!("{}::numeric", self.placeholder(Bind::Text(d))),
+            Value::Decimal(d) => format!("{}::numeric", self.placeholder(Bind::Text(d.into()))),
             Value::Boolean(b) => self.placeholder(Bind::Boolean(b)),
             Value::Date(d) => self.placeholder(Bind::Date(d)),
             Value::Timestamp(t) => self.placeholder(Bind::Timestamp(t)),

@@ -19,6 +19,7 @@ pub mod record;
 pub mod schema;
 
 pub use change::{ChangeError, ChangeStep, Conversion, IncompatibleChange, SchemaChange};
+pub use compact_str::CompactString;
 pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_description};
 pub use duration::{Retention, format_duration, parse_duration};
 pub use field::{Field, FieldId, FieldName, FieldType};

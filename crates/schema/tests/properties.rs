@@ -59,7 +59,7 @@ fn json_tree() -> impl Strategy<Value = serde_json::Value> {
 fn valid_value(ty: FieldType) -> BoxedStrategy<Sent> {
     match ty {
         FieldType::String => "[^\u{0}]{1,24}"
-            .prop_map(|s| sent(quoted(&s), s.clone(), Value::String(s)))
+            .prop_map(|s| sent(quoted(&s), s.clone(), Value::String(s.into())))
             .boxed(),
         FieldType::Integer => any::<i64>()
             .prop_map(|i| sent(i.to_string(), i.to_string(), Value::Integer(i)))
@@ -79,11 +79,11 @@ fn valid_value(ty: FieldType) -> BoxedStrategy<Sent> {
             r"-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?".prop_map(|d| sent(
                 d.clone(),
                 d.clone(),
-                Value::Decimal(d)
+                Value::Decimal(d.into())
             )),
             // The wider canonical syntax, sent as a string.
             r"[+-]?([0-9]{1,40}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,3})?"
-                .prop_map(|d| sent(quoted(&d), d.clone(), Value::Decimal(d))),
+                .prop_map(|d| sent(quoted(&d), d.clone(), Value::Decimal(d.into()))),
         ]
         .boxed(),
         FieldType::Boolean => (any::<bool>(), any::<bool>())

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
+use compact_str::CompactString;
 use serde_json::value::RawValue;
 
 use super::{MAX_DECIMAL_CHARS, MAX_DECIMAL_EXPONENT, MAX_JSON_DEPTH, RecordErrorCode, Value};
@@ -72,7 +73,7 @@ pub(super) fn from_json(field: &Field, raw: &RawValue) -> Result<Value, Misfit> 
     let expected = |what: &str| mismatch(what, describe_json(text));
     match field.ty {
         FieldType::String => match json_string(text) {
-            Some(s) => storable_string(s.into_owned()),
+            Some(s) => storable_string(s.into()),
             None => Err(expected("string")),
         },
         FieldType::Integer if is_number => {
@@ -88,7 +89,7 @@ pub(super) fn from_json(field: &Field, raw: &RawValue) -> Result<Value, Misfit> 
             check_decimal(text).map(|()| Value::Decimal(text.into()))
         }
         FieldType::Decimal => match json_string(text) {
-            Some(s) => decimal(&s).map(|()| Value::Decimal(s.into_owned())),
+            Some(s) => decimal(&s).map(|()| Value::Decimal(s.into())),
             None => Err(expected("decimal (a number or a numeric string)")),
         },
         FieldType::Boolean => match text {
@@ -151,7 +152,7 @@ pub fn parse_value(ty: FieldType, text: &str) -> Result<Value, ValueError> {
 /// [`parse_value`], with the error as a [`Misfit`].
 fn from_text(ty: FieldType, text: &str) -> Result<Value, Misfit> {
     match ty {
-        FieldType::String => storable_string(text.to_owned()),
+        FieldType::String => storable_string(text.into()),
         FieldType::Integer => {
             let digits = text.strip_prefix('-').unwrap_or(text);
             if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -178,7 +179,7 @@ fn from_text(ty: FieldType, text: &str) -> Result<Value, Misfit> {
                 ))
             }
         }
-        FieldType::Decimal => decimal(text).map(|()| Value::Decimal(text.to_owned())),
+        FieldType::Decimal => decimal(text).map(|()| Value::Decimal(text.into())),
         FieldType::Boolean => {
             if text.eq_ignore_ascii_case("true") {
                 Ok(Value::Boolean(true))
@@ -215,7 +216,7 @@ fn json_string(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// PostgreSQL's `text` cannot hold the NUL character.
-fn storable_string(s: String) -> Result<Value, Misfit> {
+fn storable_string(s: CompactString) -> Result<Value, Misfit> {
     if s.contains('\0') {
         Err((
             RecordErrorCode::TypeMismatch,
@@ -629,7 +630,7 @@ mod tests {
         assert_eq!(code_of(FieldType::String, "a\0b"), Code::TypeMismatch);
         assert_eq!(
             parse_value(FieldType::String, "").unwrap(),
-            Value::String(String::new())
+            Value::String(CompactString::default())
         );
         for bad in [r#""\u0000""#, r#"{"\u0000": 1}"#, "[\"\0\"]", r#""\ud800""#] {
             assert!(parse_value(FieldType::Json, bad).is_err(), "{bad}");
