@@ -219,7 +219,8 @@ async fn ingest(
             TokenKind::Write,
             attempt,
         )
-        .await?;
+        .await?
+        .doc;
     let Sent {
         params,
         idempotent,

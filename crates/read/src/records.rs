@@ -241,7 +241,8 @@ async fn authorize(
             TokenKind::Read,
             attempt,
         )
-        .await?;
+        .await?
+        .doc;
     Ok(doc.id)
 }
 

@@ -273,15 +273,13 @@ async fn authorize(
             TokenKind::Read
         }
     };
-    let doc = catalog
+    let authorized = catalog
         .authorize(&token, admin, connector, kind, attempt)
         .await?;
-    if matches!(grant, Grant::Operator)
-        && !matches!(catalog.token_owner(&token, admin), TokenOwner::Operator)
-    {
+    if matches!(grant, Grant::Operator) && !authorized.principal.is_operator() {
         return Err(ReadError::Forbidden);
     }
-    Ok(doc.id)
+    Ok(authorized.doc.id)
 }
 
 /// The filters of a DELETE, checked as GET checks them, and whether
