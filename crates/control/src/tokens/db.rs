@@ -116,27 +116,30 @@ pub(crate) async fn live_connector_token_docs(
     Ok(rows.iter().filter_map(TokenRow::connector_doc).collect())
 }
 
+/// A token with the connector it belongs to.
+#[derive(sqlx::FromRow)]
+struct OwnedTokenRow {
+    connector_id: Uuid,
+    #[sqlx(flatten)]
+    token: TokenRow,
+}
+
 /// Every connector's live tokens, for reconciling the bucket.
 #[tracing::instrument(skip(executor))]
 pub(crate) async fn all_live_connector_token_docs(
     executor: impl PgExecutor<'_>,
 ) -> sqlx::Result<HashMap<Uuid, Vec<TokenDoc>>> {
-    let rows: Vec<(Uuid, String, String, String, Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT connector_id, name, scope, hash, id, expires_at FROM connector_tokens \
+    let rows: Vec<OwnedTokenRow> = sqlx::query_as(
+        "SELECT connector_id, id, name, scope, hash, rotatable, created_at, expires_at, \
+         last_used_at FROM connector_tokens \
          WHERE expires_at IS NULL OR expires_at > now() ORDER BY created_at, id",
     )
     .fetch_all(executor)
     .await?;
     let mut docs: HashMap<Uuid, Vec<TokenDoc>> = HashMap::new();
-    for (connector, name, scope, hash, id, expires_at) in rows {
-        if let Some(scope) = TokenKind::parse(&scope) {
-            docs.entry(connector).or_default().push(TokenDoc {
-                id,
-                name,
-                scope,
-                hash: TokenHash::from_hex(hash),
-                expires_at,
-            });
+    for row in rows {
+        if let Some(doc) = row.token.connector_doc() {
+            docs.entry(row.connector_id).or_default().push(doc);
         }
     }
     Ok(docs)

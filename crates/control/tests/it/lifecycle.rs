@@ -335,12 +335,23 @@ async fn operational_routes_answer() {
         "/v1/connectors",
         "/v1/connectors/{id}",
         "/v1/connectors/{id}/duplicate",
-        "/v1/connectors/{id}/tokens/{kind}",
+        "/v1/connectors/{id}/tokens",
+        "/v1/connectors/{id}/tokens/{token}",
         "/v1/connectors/{id}/schema",
+        "/v1/operator/tokens",
+        "/v1/operator/tokens/{token}",
     ] {
         assert!(paths.contains_key(path), "{path}");
     }
     assert!(paths["/v1/connectors/{id}"]["patch"].is_object());
+    // Rotation and revocation share a path, one method each.
+    let token = &paths["/v1/connectors/{id}/tokens/{token}"];
+    assert!(token["post"].is_object() && token["delete"].is_object());
+    let listed = &openapi["components"]["schemas"]["ConnectorTokenView"]["properties"];
+    for field in ["id", "name", "scope", "expires_at", "last_used_at"] {
+        assert!(listed[field].is_object(), "{field} in {listed}");
+    }
+    assert!(listed["token"].is_null() && listed["hash"].is_null());
     assert!(openapi["components"]["schemas"]["ConnectorView"].is_object());
     let backlog = &openapi["components"]["schemas"]["BacklogView"]["properties"];
     for field in [

@@ -71,7 +71,7 @@ async fn a_revoked_token_is_refused_on_every_gateway() {
         assert!(refused, "{gateway} refuses the revoked token");
         // The connector's other tokens are untouched.
         assert_eq!(
-            post_with(&app, gateway, connector.id, &connector.write_token).await,
+            post_with(app, gateway, connector.id, &connector.write_token).await,
             StatusCode::ACCEPTED
         );
     }
