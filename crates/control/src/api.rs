@@ -478,7 +478,7 @@ async fn insert_new_connector(
     request_body = CreateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "invalid_schema, listing every problem", body = ProblemDoc, content_type = "application/problem+json"),
@@ -521,7 +521,7 @@ pub(crate) async fn create_connector(
     responses(
         (status = 200, body = ConnectorPage),
         (status = 400, description = "invalid_limit or invalid_cursor", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -599,7 +599,7 @@ fn decode_cursor(cursor: &str) -> Option<Uuid> {
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -622,7 +622,7 @@ pub(crate) async fn get_connector(
     request_body = EditConnector,
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken or incompatible_schema_change", body = ProblemDoc, content_type = "application/problem+json"),
@@ -730,7 +730,7 @@ pub(crate) async fn edit_connector(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -763,7 +763,7 @@ pub(crate) async fn delete_connector(
     request_body = DuplicateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
@@ -845,7 +845,7 @@ pub(crate) async fn rotate_token(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, description = "JSON Schema 2020-12", body = Object),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),

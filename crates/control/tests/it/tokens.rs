@@ -423,3 +423,81 @@ async fn last_use_is_reported_and_shown_in_the_list() {
     assert!(last_used >= before - chrono::Duration::milliseconds(1));
     assert!(tokens[1]["last_used_at"].is_null(), "{}", tokens[1]);
 }
+
+/// A connector made before named tokens (its two hashes in `connectors`,
+/// tokens of the hex form) keeps both tokens through the migration: they
+/// become its rotatable `write` and `read` tokens, published to gateways.
+#[tokio::test]
+async fn tokens_of_connectors_made_before_named_tokens_keep_working() {
+    let env = sluice_testkit::TestEnv::new().await;
+    let pool = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let mut before = sqlx::migrate!("../runtime/migrations");
+    let earlier: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261203170000)
+        .cloned()
+        .collect();
+    assert!(earlier.len() < before.migrations.len());
+    before.migrations = earlier.into();
+    before.run(&pool).await.unwrap();
+
+    let write = format!("sluice_w_{}", "0123456789abcdef".repeat(4));
+    let read = format!("sluice_r_{}", "fedcba9876543210".repeat(4));
+    let specs: Vec<sluice_schema::FieldSpec> =
+        serde_json::from_value(json!([{"name": "a", "type": "string"}])).unwrap();
+    let schema = sluice_schema::Schema::define(&specs).unwrap();
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO connectors (id, name, schema, schema_version, extra_fields, \
+         write_token_hash, read_token_hash) VALUES ($1, 'old', $2, 1, 'reject', $3, $4)",
+    )
+    .bind(id)
+    .bind(sqlx::types::Json(&schema))
+    .bind(sluice_runtime::token::TokenHash::of(&write).as_str())
+    .bind(sluice_runtime::token::TokenHash::of(&read).as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // The control plane migrates, then publishes what it reconciles.
+    let shutdown = env.shutdown_token().child_token();
+    let app = TestApp {
+        address: sluice_testkit::spawn_control(env.settings(), shutdown.clone()).await,
+        client: reqwest::Client::new(),
+        server: shutdown.drop_guard(),
+        env,
+    };
+    let id = id.to_string();
+    let doc = app.published(&id).await.expect("published");
+    assert!(doc.has_token(TokenKind::Write, &write));
+    assert!(doc.has_token(TokenKind::Read, &read));
+    assert!(!doc.has_token(TokenKind::Write, &read));
+    let listed = list_tokens(&app, &id).await;
+    let mut names: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap(),
+                t["rotatable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // Made at the same moment, they list in either order.
+    names.sort_unstable();
+    assert_eq!(names, [("read", true), ("write", true)]);
+
+    // And rotation replaces the old write token as it did before.
+    let rotated = app
+        .admin(
+            Method::POST,
+            &format!("/v1/connectors/{id}/tokens/write"),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let doc = app.published(&id).await.unwrap();
+    assert!(!doc.has_token(TokenKind::Write, &write));
+    assert!(doc.has_token(TokenKind::Read, &read));
+}
