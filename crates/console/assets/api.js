@@ -84,11 +84,19 @@ export const connectors = {
   edit: (id, changes) => api('PATCH', `/v1/connectors/${enc(id)}`, changes),
   remove: (id) => api('DELETE', `/v1/connectors/${enc(id)}`),
   duplicate: (id, name) => api('POST', `/v1/connectors/${enc(id)}/duplicate`, { name }),
-  rotate: (id, kind) => api('POST', `/v1/connectors/${enc(id)}/tokens/${enc(kind)}`),
   /** Stores the rejected records that the current schema accepts: {replayed, still_rejected}. */
   replayRejected: (id) => api('POST', `/v1/connectors/${enc(id)}/rejected/replay`),
   /** Deletes every rejected record: {deleted}. */
   clearRejected: (id) => api('DELETE', `/v1/connectors/${enc(id)}/rejected`),
+};
+
+/** A connector's named tokens; secrets only in what create and rotate answer. */
+export const tokens = {
+  list: (id) => api('GET', `/v1/connectors/${enc(id)}/tokens`),
+  create: (id, body) => api('POST', `/v1/connectors/${enc(id)}/tokens`, body),
+  revoke: (id, tokenId) => api('DELETE', `/v1/connectors/${enc(id)}/tokens/${enc(tokenId)}`),
+  /** Rotates the rotatable `kind` token; the old one works for `grace` (`10m`) or stops now. */
+  rotate: (id, kind, grace) => api('POST', `/v1/connectors/${enc(id)}/tokens/${enc(kind)}${grace ? `?grace=${enc(grace)}` : ''}`),
 };
 
 const PREVIEW_PAGE = 1000;

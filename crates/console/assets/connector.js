@@ -6,6 +6,7 @@ import { h, replace, announce, when, uid, confirmDialog, copyField, whileBusy } 
 import { connectors, newest, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems, exampleValue } from './fields.js';
 import { paint, loading, failure, definitionControls, summaryBox, flash } from './view.js';
+import { tokensSection } from './tokens.js';
 
 const PREVIEW_ROWS = 20;
 
@@ -26,6 +27,7 @@ function render(view, c, notice) {
   const schema = schemaSection(view, c);
   const records = previewSection(c, 'records');
   const rejected = previewSection(c, 'rejected');
+  const tokenPanel = tokensSection(c);
   paint(view,
     h('p', { class: 'breadcrumb' }, h('a', { href: '#/' }, 'Connectors'), ' / '),
     h('h1', { 'data-testid': 'connector-title' }, c.name),
@@ -50,11 +52,12 @@ function render(view, c, notice) {
     schema.element,
     records.element,
     rejected.element,
-    tokensSection(c),
+    tokenPanel.element,
     duplicateSection(view, c),
     deleteSection(c));
   records.load();
   rejected.load();
+  tokenPanel.load();
   if (notice) schema.notify(notice);
 }
 
@@ -304,38 +307,6 @@ function cell(value) {
 
 // ---------------------------------------------------------------------------
 // Tokens, duplicate, delete
-
-function tokensSection(c) {
-  const output = h('div', { 'aria-live': 'polite' });
-  const rotate = (kind) => h('button', {
-    type: 'button',
-    class: 'button secondary',
-    'data-testid': `rotate-${kind}`,
-    onclick: async () => {
-      const ok = await confirmDialog({
-        title: `Rotate the ${kind} token?`,
-        body: [`The current ${kind} token of “${c.name}” stops working at once: ${kind === 'write' ? 'producers' : 'consumers'} still using it get 401 until they switch to the new one.`],
-        confirmLabel: `Rotate ${kind} token`,
-      });
-      if (!ok) return;
-      try {
-        const { token } = await connectors.rotate(c.id, kind);
-        replace(output,
-          h('p', { class: 'warning' }, `The new ${kind} token is shown only now. Copy it before you leave this page.`),
-          copyField(`New ${kind} token`, token, { testId: `new-${kind}-token`, secret: true }));
-        output.querySelector('textarea').focus();
-        announce(`${kind} token rotated`);
-      } catch (error) {
-        replace(output, h('p', { class: 'error', role: 'alert' }, error.message));
-      }
-    },
-  }, `Rotate ${kind} token`);
-  return h('section', { class: 'card', 'aria-labelledby': 'tokens-h' },
-    h('h2', { id: 'tokens-h' }, 'Tokens'),
-    h('p', {}, 'Sluice keeps only a hash of each token, so it cannot show them again. Rotating gives a new token and stops the old one.'),
-    h('div', { class: 'actions' }, rotate('write'), rotate('read')),
-    output);
-}
 
 function duplicateSection(view, c) {
   const inputId = uid('copy-name');

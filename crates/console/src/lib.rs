@@ -55,6 +55,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../assets/fields.js"),
     },
     Asset {
+        route: "/console/tokens.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/tokens.js"),
+    },
+    Asset {
         route: "/console/view.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../assets/view.js"),

@@ -7,7 +7,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -25,6 +25,8 @@ use crate::db::{self, ConnectorRow};
 use crate::error::ControlError;
 use crate::extract::{AppJson, ConnectorId, Operator};
 use crate::publish::publish_after_commit;
+use crate::tokens::db::{self as tokens_db, NewTokenRow};
+use crate::tokens::{self, RotateParams, RotatedToken};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -39,7 +41,24 @@ pub(crate) fn router() -> Router<AppState> {
                 .delete(delete_connector),
         )
         .route("/v1/connectors/{id}/duplicate", post(duplicate_connector))
-        .route("/v1/connectors/{id}/tokens/{kind}", post(rotate_token))
+        .route(
+            "/v1/connectors/{id}/tokens",
+            post(tokens::create_connector_token).get(tokens::list_connector_tokens),
+        )
+        // Rotation takes `write` or `read` where revocation takes a token's
+        // id: one path, so one name for the segment.
+        .route(
+            "/v1/connectors/{id}/tokens/{token}",
+            post(rotate_token).delete(tokens::revoke_connector_token),
+        )
+        .route(
+            "/v1/operator/tokens",
+            post(tokens::create_operator_token).get(tokens::list_operator_tokens),
+        )
+        .route(
+            "/v1/operator/tokens/{token}",
+            delete(tokens::revoke_operator_token),
+        )
         .route("/v1/connectors/{id}/schema", get(connector_schema))
 }
 
@@ -248,12 +267,6 @@ pub(crate) struct ConnectorPage {
     next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct RotatedToken {
-    /// The new token, shown only this once; the old one no longer works.
-    token: String,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
@@ -353,7 +366,7 @@ fn check_retention(
 
 /// Mutations first make sure NATS answers, so that one made while the bus is
 /// down is refused whole rather than committed and left unpublished.
-fn connected_bus(state: &AppState) -> Result<&Bus, ControlError> {
+pub(crate) fn connected_bus(state: &AppState) -> Result<&Bus, ControlError> {
     match state.bus.get() {
         Some(bus) if bus.is_connected() => Ok(bus),
         _ => Err(ControlError::BusUnavailable),
@@ -427,11 +440,25 @@ async fn insert_new_connector(
             schema,
             extra_fields,
             retention,
-            write_token_hash: &write.hash,
-            read_token_hash: &read.hash,
         },
     )
     .await?;
+    // Its two rotatable tokens, named after their scopes.
+    for (scope, token) in [(TokenKind::Write, &write), (TokenKind::Read, &read)] {
+        tokens_db::insert_connector_token(
+            &mut tx,
+            id,
+            scope,
+            true,
+            &NewTokenRow {
+                id: Uuid::now_v7(),
+                name: scope.as_str(),
+                hash: &token.hash,
+                expires_at: None,
+            },
+        )
+        .await?;
+    }
     store::create_records_table(&mut tx, id, schema).await?;
     tx.commit().await?;
     publish_after_commit(state, bus, id).await;
@@ -451,7 +478,7 @@ async fn insert_new_connector(
     request_body = CreateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "invalid_schema, listing every problem", body = ProblemDoc, content_type = "application/problem+json"),
@@ -494,7 +521,7 @@ pub(crate) async fn create_connector(
     responses(
         (status = 200, body = ConnectorPage),
         (status = 400, description = "invalid_limit or invalid_cursor", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -572,7 +599,7 @@ fn decode_cursor(cursor: &str) -> Option<Uuid> {
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -595,7 +622,7 @@ pub(crate) async fn get_connector(
     request_body = EditConnector,
     responses(
         (status = 200, body = ConnectorView),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken or incompatible_schema_change", body = ProblemDoc, content_type = "application/problem+json"),
@@ -703,7 +730,7 @@ pub(crate) async fn edit_connector(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -736,7 +763,7 @@ pub(crate) async fn delete_connector(
     request_body = DuplicateConnector,
     responses(
         (status = 201, description = "Created; the tokens are shown only now", body = CreatedConnector),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "name_taken", body = ProblemDoc, content_type = "application/problem+json"),
@@ -777,16 +804,20 @@ pub(crate) async fn duplicate_connector(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Replace a connector's write or read token; the old one stops working.
+/// Replace a connector's rotatable write or read token (the one made with
+/// it, or by the latest rotation); the old one stops working at once, or
+/// at the end of `grace`. Other named tokens are left as they are.
 #[utoipa::path(
-    post, path = "/v1/connectors/{id}/tokens/{kind}", tag = "connectors",
+    post, path = "/v1/connectors/{id}/tokens/{token}", tag = "connectors",
     params(
         ("id" = Uuid, Path, description = "Connector id"),
-        ("kind" = String, Path, description = "`write` or `read`"),
+        ("token" = String, Path, description = "`write` or `read` (for POST, rotation); the token's id (for DELETE)"),
+        RotateParams,
     ),
     responses(
         (status = 200, description = "The new token, shown only now", body = RotatedToken),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "invalid_grace: not a duration, or longer than 7 days", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector, or a kind other than write and read", body = ProblemDoc, content_type = "application/problem+json"),
     ),
@@ -797,27 +828,15 @@ pub(crate) async fn rotate_token(
     State(state): State<AppState>,
     _: Operator,
     id: ConnectorId,
-    params: Result<Path<HashMap<String, String>>, PathRejection>,
+    path: Result<Path<HashMap<String, String>>, PathRejection>,
+    params: Result<Query<RotateParams>, QueryRejection>,
 ) -> Result<Json<RotatedToken>, ControlError> {
-    let id = id.0;
     // Only `write` and `read` exist; any other kind names no resource.
-    let kind = params
+    let kind = path
         .ok()
-        .and_then(|Path(params)| params.get("kind").and_then(|k| TokenKind::parse(k)))
+        .and_then(|Path(path)| path.get("token").and_then(|k| TokenKind::parse(k)))
         .ok_or(ControlError::NotFound)?;
-    let bus = connected_bus(&state)?;
-    let token = NewToken::generate(kind);
-    let mut tx = state.pool.begin().await?;
-    db::lock_connector(&mut tx, id)
-        .await?
-        .ok_or(ControlError::NotFound)?;
-    db::set_token_hash(&mut tx, id, kind, &token.hash).await?;
-    tx.commit().await?;
-    publish_after_commit(&state, bus, id).await;
-    tracing::info!(kind = kind.as_str(), "token rotated");
-    Ok(Json(RotatedToken {
-        token: token.secret,
-    }))
+    Ok(Json(tokens::rotate(&state, id.0, kind, params).await?))
 }
 
 /// The JSON Schema (draft 2020-12) of one record of this connector.
@@ -826,7 +845,7 @@ pub(crate) async fn rotate_token(
     params(("id" = Uuid, Path, description = "Connector id")),
     responses(
         (status = 200, description = "JSON Schema 2020-12", body = Object),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connector", body = ProblemDoc, content_type = "application/problem+json"),
     ),

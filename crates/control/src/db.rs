@@ -3,8 +3,7 @@
 //! decides what must commit together.
 
 use chrono::{DateTime, Utc};
-use sluice_runtime::bus::ConnectorDoc;
-use sluice_runtime::token::{TokenHash, TokenKind};
+use sluice_runtime::bus::{ConnectorDoc, TokenDoc};
 use sluice_schema::{ExtraFields, Retention, Schema};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
@@ -25,8 +24,6 @@ pub(crate) struct ConnectorRow {
     pub extra_fields: String,
     /// How long records are kept, in seconds; `None`: forever.
     pub retention_seconds: Option<i64>,
-    pub write_token_hash: String,
-    pub read_token_hash: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub records: i64,
@@ -48,22 +45,22 @@ impl ConnectorRow {
             .map(|secs| Retention::from_secs(secs.unsigned_abs()))
     }
 
-    /// The definition gateways and readers work from.
-    pub fn doc(&self) -> ConnectorDoc {
-        ConnectorDoc {
-            id: self.id,
-            name: self.name.clone(),
-            schema_version: self.schema_version,
-            schema: self.schema.0.clone(),
-            extra_fields: self.extra_fields(),
-            write_token_hash: TokenHash::from_hex(self.write_token_hash.clone()),
-            read_token_hash: TokenHash::from_hex(self.read_token_hash.clone()),
-        }
+    /// The definition gateways and readers work from, with its live
+    /// `tokens`.
+    pub fn doc(&self, tokens: Vec<TokenDoc>) -> ConnectorDoc {
+        ConnectorDoc::new(
+            self.id,
+            self.name.clone(),
+            self.schema_version,
+            self.schema.0.clone(),
+            self.extra_fields(),
+            tokens,
+        )
     }
 }
 
 const SELECT_CONNECTOR: &str = "SELECT c.id, c.name, c.description, c.schema, c.schema_version, \
-     c.extra_fields, c.retention_seconds, c.write_token_hash, c.read_token_hash, c.created_at, c.updated_at, \
+     c.extra_fields, c.retention_seconds, c.created_at, c.updated_at, \
      coalesce(s.records, 0) AS records, coalesce(s.rejected, 0) AS rejected, \
      s.last_received_at \
      FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id";
@@ -76,11 +73,10 @@ pub(crate) struct NewConnector<'a> {
     pub schema: &'a Schema,
     pub extra_fields: ExtraFields,
     pub retention: Option<Retention>,
-    pub write_token_hash: &'a TokenHash,
-    pub read_token_hash: &'a TokenHash,
 }
 
-/// Inserts the connector and its stats row (version 1).
+/// Inserts the connector and its stats row (version 1); its tokens are
+/// the caller's to insert (`tokens::db`).
 #[tracing::instrument(skip_all, fields(connector = %new.id))]
 pub(crate) async fn insert_connector(
     conn: &mut PgConnection,
@@ -88,16 +84,14 @@ pub(crate) async fn insert_connector(
 ) -> Result<(), ControlError> {
     sqlx::query(
         "INSERT INTO connectors (id, name, description, schema, schema_version, extra_fields, \
-         write_token_hash, read_token_hash, retention_seconds) \
-         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
+         retention_seconds) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6)",
     )
     .bind(new.id)
     .bind(new.name)
     .bind(new.description)
     .bind(Json(new.schema))
     .bind(new.extra_fields.as_str())
-    .bind(new.write_token_hash.as_str())
-    .bind(new.read_token_hash.as_str())
     .bind(new.retention.map(retention_secs))
     .execute(&mut *conn)
     .await
@@ -204,27 +198,6 @@ pub(crate) async fn update_connector(
     .execute(conn)
     .await
     .map_err(|e| name_taken_or(e, update.name))?;
-    Ok(())
-}
-
-#[tracing::instrument(skip(conn, hash))]
-pub(crate) async fn set_token_hash(
-    conn: &mut PgConnection,
-    id: Uuid,
-    kind: TokenKind,
-    hash: &TokenHash,
-) -> sqlx::Result<()> {
-    let column = match kind {
-        TokenKind::Write => "write_token_hash",
-        TokenKind::Read => "read_token_hash",
-    };
-    sqlx::query(&format!(
-        "UPDATE connectors SET {column} = $2, updated_at = now() WHERE id = $1"
-    ))
-    .bind(id)
-    .bind(hash.as_str())
-    .execute(conn)
-    .await?;
     Ok(())
 }
 

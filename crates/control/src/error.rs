@@ -20,6 +20,13 @@ pub(crate) enum ControlError {
     Incompatible(Vec<IncompatibleChange>),
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String },
+    #[error("no token with this id")]
+    TokenNotFound,
+    /// Every problem of a token's request, reported at once (422).
+    #[error("the token request is invalid")]
+    InvalidToken(Vec<FieldProblem>),
+    #[error("too many tokens")]
+    TooManyTokens,
     /// NATS does not answer, so nothing was changed.
     #[error("the message bus is unavailable")]
     BusUnavailable,
@@ -27,6 +34,29 @@ pub(crate) enum ControlError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// One problem of a request body that is not a connector definition: the
+/// member it is about, a stable code, and a sentence for a person.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct FieldProblem {
+    pub field: &'static str,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FieldProblem {
+    pub(crate) fn new(
+        field: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> FieldProblem {
+        FieldProblem {
+            field,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 impl ControlError {
@@ -100,6 +130,25 @@ impl IntoResponse for ControlError {
             ControlError::BadRequest { code, detail } => {
                 Problem::new(StatusCode::BAD_REQUEST, code, detail)
             }
+            ControlError::TokenNotFound => Problem::not_found("no token with this id"),
+            ControlError::InvalidToken(problems) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_token",
+                problems
+                    .iter()
+                    .map(|p| p.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+            .with("errors", json!(problems)),
+            ControlError::TooManyTokens => Problem::new(
+                StatusCode::CONFLICT,
+                "too_many_tokens",
+                format!(
+                    "at most {} tokens that have not expired are kept; revoke one first",
+                    crate::tokens::MAX_LIVE_TOKENS
+                ),
+            ),
             ControlError::BusUnavailable => Problem::unavailable(
                 "bus_unavailable",
                 "NATS does not answer; nothing was changed, try again shortly",

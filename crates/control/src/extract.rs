@@ -13,27 +13,34 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use sluice_runtime::catalog::TokenOwner;
 use sluice_runtime::http::{BearerToken, Problem};
+use sluice_runtime::principal::Principal;
 use sluice_runtime::throttle::AuthAttempt;
+use sluice_runtime::token::is_operator_secret;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ControlError;
 
-/// The operator, proven by `Authorization: Bearer $SLUICE_ADMIN_TOKEN`.
-/// Every control-plane route takes one, so none can forget to check.
+/// The operator, proven by `Authorization: Bearer` with
+/// `SLUICE_ADMIN_TOKEN` or an operator token (`sluice_o_…`) not expired,
+/// and who it is. Every control-plane route takes one, so none can forget
+/// to check.
 ///
-/// Everything is decided in memory: the operator's token by constant-time
-/// comparison, a connector's in the catalog. An address that sent too many
-/// missing or unknown tokens gets 429 for the next ones (`throttle`).
-pub(crate) struct Operator;
+/// Everything is decided in memory: `SLUICE_ADMIN_TOKEN` by constant-time
+/// comparison, other tokens in the catalog (an operator token it does not
+/// know yet after a read of the operators bucket). An address that sent too
+/// many missing or unknown tokens gets 429 for the next ones (`throttle`).
+pub(crate) struct Operator(pub Principal);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let token = BearerToken::from_request_parts(parts, state).await;
+        let attempt = AuthAttempt::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
         let detail = match &token {
             Ok(BearerToken(token)) => {
                 // The catalog comes with the bus: until NATS is set up, no
@@ -41,23 +48,42 @@ impl FromRequestParts<AppState> for Operator {
                 let Some(bus) = state.bus.get() else {
                     return Err(ControlError::BusUnavailable.into_response());
                 };
-                match bus.catalog.token_owner(token, Some(&state.admin_token)) {
-                    TokenOwner::Operator => return Ok(Operator),
+                let admin = Some(state.admin_token.as_ref());
+                let found = match bus.catalog.identify(token, admin) {
+                    Some(principal) => {
+                        bus.catalog.note_use(&principal);
+                        Some(principal)
+                    }
+                    // An operator token another replica made a moment ago:
+                    // counted as a failure first, as the gateways do, so
+                    // that a throttled client never gets the bucket read.
+                    None if is_operator_secret(token) => {
+                        attempt.fail().map_err(IntoResponse::into_response)?;
+                        let found = bus.catalog.principal(token, admin).await;
+                        if found.is_none() {
+                            return Err(
+                                Problem::unauthorized("unknown or expired token").into_response()
+                            );
+                        }
+                        attempt.forgive();
+                        found
+                    }
+                    None => None,
+                };
+                match found {
+                    Some(principal) if principal.is_operator() => return Ok(Operator(principal)),
                     // A connector's own token is real but grants nothing here.
-                    TokenOwner::Connector(..) => {
+                    Some(_) => {
                         let mut problem = Problem::forbidden();
                         problem.detail =
                             "connector tokens do not grant access to the control plane".into();
                         return Err(problem.into_response());
                     }
-                    TokenOwner::Unknown => "unknown token".to_owned(),
+                    None => "unknown or expired token".to_owned(),
                 }
             }
             Err(problem) => problem.detail.clone(),
         };
-        let attempt = AuthAttempt::from_request_parts(parts, state)
-            .await
-            .unwrap_or_else(|never| match never {});
         attempt.fail().map_err(IntoResponse::into_response)?;
         Err(Problem::unauthorized(detail).into_response())
     }

@@ -3,8 +3,8 @@
 //! It owns the `connectors` table and each connector's records table (made,
 //! changed and dropped in the same transaction as the connector's row), and
 //! it is the only writer of the NATS key-value bucket of connector
-//! definitions, which it keeps equal to the database. Every route asks for
-//! the operator's token.
+//! definitions, which it keeps equal to the database, and of the bucket of
+//! operator tokens. Every route asks for an operator's token.
 //!
 //! It must never store a token (only hashes), never put user text into SQL
 //! other than as a bound value or through `store::quote_ident`, and never
@@ -17,6 +17,7 @@ mod db;
 mod error;
 mod extract;
 mod publish;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,16 +82,21 @@ impl Service {
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
         let reconcile_pool = pool.clone();
+        let (namespace, uses_shutdown) = (settings.namespace.clone(), shutdown.clone());
         let bus = startup::start_bus(
             &settings,
             "sluice-control",
             shutdown.clone(),
             Box::new(move |bus| {
                 let pool = reconcile_pool.clone();
+                let (namespace, shutdown) = (namespace.clone(), uses_shutdown.clone());
                 Box::pin(async move {
                     publish::reconcile(&pool, &bus)
                         .await
-                        .context("reconciling the connectors bucket with the database")
+                        .context("reconciling the connectors bucket with the database")?;
+                    tokens::uses::store_reported_uses(pool, bus.client.clone(), namespace, shutdown)
+                        .await
+                        .context("subscribing to the reports of token uses")
                 })
             }),
         )
@@ -139,7 +145,7 @@ impl http::Served for Service {
 #[openapi(
     info(
         title = "Sluice control plane",
-        description = "Connectors, their schemas and tokens. Every route needs `Authorization: Bearer $SLUICE_ADMIN_TOKEN`; errors are application/problem+json."
+        description = "Connectors, their schemas and tokens. Every route needs an operator token (`SLUICE_ADMIN_TOKEN` or a `sluice_o_` token): `Authorization: Bearer …`; errors are application/problem+json."
     ),
     paths(
         api::create_connector,
@@ -150,6 +156,12 @@ impl http::Served for Service {
         api::duplicate_connector,
         api::rotate_token,
         api::connector_schema,
+        tokens::create_connector_token,
+        tokens::list_connector_tokens,
+        tokens::revoke_connector_token,
+        tokens::create_operator_token,
+        tokens::list_operator_tokens,
+        tokens::revoke_operator_token,
     ),
     modifiers(&BearerAuth)
 )]

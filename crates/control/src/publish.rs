@@ -13,12 +13,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use sluice_runtime::bus::ConnectorDoc;
+use sluice_runtime::bus::{ConnectorDoc, OperatorTokensDoc};
 use sluice_runtime::startup::Bus;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::tokens::db as tokens_db;
 use crate::{AppState, db};
 
 /// How often a failed publication is retried in the background.
@@ -37,7 +38,8 @@ pub(crate) async fn publish_connector(pool: &PgPool, bus: &Bus, id: Uuid) -> any
     let key = ConnectorDoc::key(id);
     match db::fetch_connector(&mut *tx, id).await? {
         Some(row) => {
-            let doc = row.doc();
+            let tokens = tokens_db::live_connector_token_docs(&mut *tx, id).await?;
+            let doc = row.doc(tokens);
             let revision = bus.bucket.put(key, doc.encode()?).await?;
             // A token just made or rotated is known to the auth check at
             // once, not only when the watch brings it back.
@@ -59,17 +61,58 @@ pub(crate) async fn publish_after_commit(state: &AppState, bus: &Bus, id: Uuid) 
     }
 }
 
+/// The operator tokens' document as the database holds it now.
+async fn operators_doc(conn: &mut sqlx::PgConnection) -> anyhow::Result<OperatorTokensDoc> {
+    Ok(OperatorTokensDoc {
+        tokens: tokens_db::live_operator_token_docs(conn).await?,
+    })
+}
+
+/// Writes the operator tokens' committed document to their bucket, under
+/// a lock as [`publish_connector`] does.
+#[tracing::instrument(skip_all)]
+pub(crate) async fn publish_operators(pool: &PgPool, bus: &Bus) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    tokens_db::lock_operators_for_publishing(&mut tx).await?;
+    let doc = operators_doc(&mut tx).await?;
+    let revision = bus
+        .operators
+        .put(OperatorTokensDoc::KEY, doc.encode()?)
+        .await?;
+    bus.catalog.remember_operators(revision, &doc);
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`publish_operators`] after a commit, as [`publish_after_commit`].
+pub(crate) async fn publish_operators_after_commit(state: &AppState, bus: &Bus) {
+    if let Err(error) = publish_operators(&state.pool, bus).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "publishing the operator tokens failed; will retry"
+        );
+        state.needs_reconcile.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Makes the bucket hold exactly the database's connectors: every
 /// definition written as it is stored, every other key deleted.
 #[tracing::instrument(skip_all)]
 pub(crate) async fn reconcile(pool: &PgPool, bus: &Bus) -> anyhow::Result<()> {
+    let stored = bus.operators.get(OperatorTokensDoc::KEY).await?;
+    let current = operators_doc(&mut *pool.acquire().await?).await?;
+    if !stored.is_some_and(|stored| current.is_stored_as(&stored)) {
+        publish_operators(pool, bus).await?;
+    }
     let rows = db::all_connectors(pool).await?;
+    let mut tokens = tokens_db::all_live_connector_token_docs(pool).await?;
     let keys: Vec<String> = bus.bucket.keys().await?.try_collect().await?;
     let known: HashSet<String> = rows.iter().map(|r| ConnectorDoc::key(r.id)).collect();
     let mut published = 0usize;
     for row in &rows {
         let stored = bus.bucket.get(ConnectorDoc::key(row.id)).await?;
-        if !stored.is_some_and(|stored| row.doc().is_stored_as(&stored)) {
+        let doc = row.doc(tokens.remove(&row.id).unwrap_or_default());
+        if !stored.is_some_and(|stored| doc.is_stored_as(&stored)) {
             // Through the lock, from the row as it is by then.
             publish_connector(pool, bus, row.id).await?;
             published += 1;

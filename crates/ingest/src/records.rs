@@ -149,7 +149,7 @@ impl Params {
         (status = 202, description = "Every accepted record is durable in the bus", body = IngestAnswer),
         (status = 200, description = "With wait=true: the records are readable", body = IngestAnswer),
         (status = 400, description = "Malformed body (with line and column), bad parameter or Idempotency-Key", content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a read token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed, or whose records take more memory once read than one connector may hold", content_type = "application/problem+json"),
@@ -219,7 +219,8 @@ async fn ingest(
             TokenKind::Write,
             attempt,
         )
-        .await?;
+        .await?
+        .doc;
     let Sent {
         params,
         idempotent,

@@ -147,7 +147,7 @@ struct RejectedPage {
         (status = 200, description = "A page of records; NDJSON and CSV carry the cursor in Sluice-Next-Cursor", 
          content((RecordsPage = "application/json"), (String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, description = "A bad limit, cursor, field, filter, format or wait", content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
@@ -177,7 +177,7 @@ async fn get_records(
         (status = 200, description = "A page of rejected records", 
          content((RejectedPage = "application/json"), (String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, description = "A bad limit, cursor, filter, format or wait", content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
@@ -240,7 +240,8 @@ async fn authorize(
             TokenKind::Read,
             attempt,
         )
-        .await?;
+        .await?
+        .doc;
     Ok(doc.id)
 }
 

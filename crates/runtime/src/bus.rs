@@ -15,7 +15,7 @@ use sluice_schema::{ExtraFields, FieldId, FieldType, Format, Record, RecordError
 use uuid::Uuid;
 
 use crate::settings::redact_url;
-use crate::token::TokenHash;
+use crate::token::{TokenHash, TokenKind};
 
 /// A valid namespace: 1 to 32 characters of `[A-Za-z0-9_-]`, which fit in
 /// subjects, stream, consumer and bucket names alike.
@@ -89,6 +89,18 @@ impl Namespace {
     pub fn connectors_bucket(&self) -> String {
         format!("{}_connectors", self.0)
     }
+
+    /// The key-value bucket holding the operator tokens' document (see
+    /// [`OperatorTokensDoc`]).
+    pub fn operators_bucket(&self) -> String {
+        format!("{}_operators", self.0)
+    }
+
+    /// Core NATS subject on which every service reports when tokens were
+    /// last used (see [`TokenUses`]); the control plane stores them.
+    pub fn token_uses_subject(&self) -> String {
+        format!("{}.token_uses", self.0)
+    }
 }
 
 /// Message headers set by the ingest gateway.
@@ -115,14 +127,61 @@ pub struct ConnectorDoc {
     pub schema_version: i64,
     pub schema: Schema,
     pub extra_fields: ExtraFields,
-    pub write_token_hash: TokenHash,
-    pub read_token_hash: TokenHash,
+    /// Its tokens that have not expired when it was published.
+    #[serde(default)]
+    pub tokens: Vec<TokenDoc>,
+    /// Definitions published before named tokens held the write and read
+    /// token's hashes here; [`ConnectorDoc::decode`] turns them into
+    /// `tokens`. Never written.
+    #[serde(default, skip_serializing)]
+    write_token_hash: Option<TokenHash>,
+    #[serde(default, skip_serializing)]
+    read_token_hash: Option<TokenHash>,
+}
+
+/// One token of a connector, as gateways check it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenDoc {
+    pub id: Uuid,
+    pub name: String,
+    pub scope: TokenKind,
+    pub hash: TokenHash,
+    /// Past it, the token is refused (401) by every service, by its own
+    /// clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl TokenDoc {
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
 }
 
 /// The one place that knows how a definition is kept in the bucket: under
 /// the connector's id, as JSON. The control plane writes it, the catalog
 /// reads it; neither spells the key or the encoding itself.
 impl ConnectorDoc {
+    pub fn new(
+        id: Uuid,
+        name: String,
+        schema_version: i64,
+        schema: Schema,
+        extra_fields: ExtraFields,
+        tokens: Vec<TokenDoc>,
+    ) -> ConnectorDoc {
+        ConnectorDoc {
+            id,
+            name,
+            schema_version,
+            schema,
+            extra_fields,
+            tokens,
+            write_token_hash: None,
+            read_token_hash: None,
+        }
+    }
+
     /// The bucket key of connector `id`'s definition.
     pub fn key(id: Uuid) -> String {
         id.to_string()
@@ -139,9 +198,35 @@ impl ConnectorDoc {
         serde_json::to_vec(self).map(bytes::Bytes::from)
     }
 
-    /// A definition read from the bucket.
+    /// A definition read from the bucket. One published before named
+    /// tokens has its two tokens named `write` and `read`, with the nil id
+    /// (the control plane publishes them again, with their ids, when it
+    /// reconciles).
     pub fn decode(stored: &[u8]) -> Result<ConnectorDoc, serde_json::Error> {
-        serde_json::from_slice(stored)
+        let mut doc: ConnectorDoc = serde_json::from_slice(stored)?;
+        for (hash, scope) in [
+            (doc.write_token_hash.take(), TokenKind::Write),
+            (doc.read_token_hash.take(), TokenKind::Read),
+        ] {
+            if let Some(hash) = hash {
+                doc.tokens.push(TokenDoc {
+                    id: Uuid::nil(),
+                    name: scope.as_str().to_owned(),
+                    scope,
+                    hash,
+                    expires_at: None,
+                });
+            }
+        }
+        Ok(doc)
+    }
+
+    /// Whether `secret` is one of its live tokens of `scope`.
+    pub fn has_token(&self, scope: TokenKind, secret: &str) -> bool {
+        let now = Utc::now();
+        self.tokens
+            .iter()
+            .any(|t| t.scope == scope && t.is_live(now) && t.hash.matches(secret))
     }
 
     /// Whether `stored` holds this definition. Compared as JSON values, so
@@ -156,6 +241,67 @@ impl ConnectorDoc {
             _ => false,
         }
     }
+}
+
+/// Every operator token (not `SLUICE_ADMIN_TOKEN`), as the control plane
+/// publishes them to the operators bucket under one key, so that the
+/// ingest gateway, which has no database, accepts them too.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OperatorTokensDoc {
+    pub tokens: Vec<OperatorTokenDoc>,
+}
+
+/// One operator token, as services check it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorTokenDoc {
+    pub id: Uuid,
+    pub name: String,
+    pub hash: TokenHash,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl OperatorTokenDoc {
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+impl OperatorTokensDoc {
+    /// The one key of the operators bucket.
+    pub const KEY: &'static str = "tokens";
+
+    pub fn encode(&self) -> Result<bytes::Bytes, serde_json::Error> {
+        serde_json::to_vec(self).map(bytes::Bytes::from)
+    }
+
+    pub fn decode(stored: &[u8]) -> Result<OperatorTokensDoc, serde_json::Error> {
+        serde_json::from_slice(stored)
+    }
+
+    /// Whether `stored` holds this document (as JSON values).
+    pub fn is_stored_as(&self, stored: &[u8]) -> bool {
+        match (
+            serde_json::from_slice::<serde_json::Value>(stored),
+            serde_json::to_value(self),
+        ) {
+            (Ok(stored), Ok(current)) => stored == current,
+            _ => false,
+        }
+    }
+}
+
+/// When tokens were last used, as each service reports them every
+/// `SLUICE_TOKEN_USE_INTERVAL` on [`Namespace::token_uses_subject`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenUses {
+    pub uses: Vec<TokenUse>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenUse {
+    pub token: Uuid,
+    pub at: DateTime<Utc>,
 }
 
 /// One message on the records stream: a chunk of one ingest request.
@@ -793,7 +939,18 @@ pub async fn connectors_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
 ) -> anyhow::Result<kv::Store> {
-    let bucket = ns.connectors_bucket();
+    open_bucket(js, ns.connectors_bucket()).await
+}
+
+/// Opens the bucket of operator tokens, creating it if missing.
+pub async fn operators_bucket(
+    js: &jetstream::Context,
+    ns: &Namespace,
+) -> anyhow::Result<kv::Store> {
+    open_bucket(js, ns.operators_bucket()).await
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: String) -> anyhow::Result<kv::Store> {
     match js.get_key_value(&bucket).await {
         Ok(store) => Ok(store),
         Err(_) => Ok(js

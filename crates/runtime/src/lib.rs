@@ -14,7 +14,11 @@
 //!   each connector's records table and the SQL that builds and converts it.
 //! - [`partitions`]: the time partitions of a records table, made ahead,
 //!   dropped by retention, and the online migration of tables made before.
-//! - [`token`]: connector tokens, their hashes, and constant-time checks.
+//! - [`token`]: tokens, their form and checksum, their hashes, and
+//!   constant-time checks.
+//! - [`principal`]: who is calling, as a valid token tells.
+//! - [`token_use`]: when tokens were last used, noted in memory and
+//!   reported now and then.
 //! - [`http`]: problem+json errors, bearer tokens, health and metrics routes,
 //!   request ids, and serving with graceful shutdown.
 //! - [`nats_server`]: finding a current local nats-server binary.
@@ -30,11 +34,13 @@ pub mod catalog;
 pub mod http;
 pub mod nats_server;
 pub mod partitions;
+pub mod principal;
 pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
 pub mod token;
+pub mod token_use;
 
 pub use settings::Settings;

@@ -44,6 +44,10 @@ pub struct Settings {
     /// How often the read API premakes partitions and applies retention
     /// (`SLUICE_MAINTENANCE_INTERVAL`, default 60 s).
     pub maintenance_interval: Duration,
+    /// How often each service reports when tokens were last used
+    /// (`SLUICE_TOKEN_USE_INTERVAL`, default 60 s): `last_used_at` trails
+    /// a use by at most this.
+    pub token_use_interval: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Settings {
             ingest_memory_bytes,
             partition_span,
             maintenance_interval,
+            token_use_interval,
         } = self;
         f.debug_struct("Settings")
             .field("listen", listen)
@@ -78,6 +83,7 @@ impl std::fmt::Debug for Settings {
             .field("ingest_memory_bytes", ingest_memory_bytes)
             .field("partition_span", partition_span)
             .field("maintenance_interval", maintenance_interval)
+            .field("token_use_interval", token_use_interval)
             .finish()
     }
 }
@@ -173,6 +179,7 @@ impl Settings {
     pub const DEFAULT_INGEST_MEMORY_BYTES: usize = 128 * 1024 * 1024;
     pub const DEFAULT_PARTITION_SPAN: Duration = Duration::from_secs(86_400);
     pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_TOKEN_USE_INTERVAL: Duration = Duration::from_secs(60);
 
     /// Reads the process environment; `default_listen` is the service's own.
     pub fn from_env(default_listen: &str) -> Result<Settings, SettingsError> {
@@ -300,6 +307,10 @@ impl Settings {
             "SLUICE_MAINTENANCE_INTERVAL",
             Self::DEFAULT_MAINTENANCE_INTERVAL,
         )?;
+        let token_use_interval = duration(
+            "SLUICE_TOKEN_USE_INTERVAL",
+            Self::DEFAULT_TOKEN_USE_INTERVAL,
+        )?;
         Ok(Settings {
             listen,
             nats_url: get("NATS_URL", "nats://127.0.0.1:4222"),
@@ -316,6 +327,7 @@ impl Settings {
             ingest_memory_bytes,
             partition_span,
             maintenance_interval,
+            token_use_interval,
         })
     }
 }

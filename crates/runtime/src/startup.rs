@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Settings;
 use crate::bus::{self, BusError, Namespace};
 use crate::catalog::Catalog;
+use crate::token_use;
 
 /// How long a JetStream request (a publish ack, a bucket write) may take
 /// before it fails, so that a slow or absent server becomes a 503, not a
@@ -40,6 +41,8 @@ pub struct Bus {
     /// Requests give up after [`REQUEST_TIMEOUT`].
     pub js: jetstream::Context,
     pub bucket: kv::Store,
+    /// The operator tokens' bucket (see [`bus::OperatorTokensDoc`]).
+    pub operators: kv::Store,
     pub catalog: Catalog,
 }
 
@@ -90,6 +93,7 @@ pub async fn start_bus(
         name,
         namespace: settings.namespace.clone(),
         stream_max_bytes: settings.stream_max_bytes,
+        token_use_interval: settings.token_use_interval,
         shutdown,
         first_attempt: Some(first_attempt),
     };
@@ -106,6 +110,7 @@ struct Startup {
     name: &'static str,
     namespace: Namespace,
     stream_max_bytes: Option<i64>,
+    token_use_interval: Duration,
     shutdown: CancellationToken,
     /// Told once: the first attempt's outcome, which [`start_bus`] awaits.
     first_attempt: Option<oneshot::Sender<Result<(), BusError>>>,
@@ -170,21 +175,31 @@ impl Startup {
         let js = &bus::jetstream(client.clone(), REQUEST_TIMEOUT);
         let (namespace, shutdown) = (self.namespace.clone(), self.shutdown.clone());
         let (namespace, shutdown, max_bytes) = (&namespace, &shutdown, self.stream_max_bytes);
-        let (bucket, catalog) = self
+        let (bucket, operators, catalog) = self
             .retry(
                 "creating the streams and loading the connectors",
                 || async move {
                     bus::ensure_streams(js, namespace, max_bytes).await?;
                     let bucket = bus::connectors_bucket(js, namespace).await?;
-                    let catalog = Catalog::start(bucket.clone(), shutdown.clone()).await?;
-                    anyhow::Ok((bucket, catalog))
+                    let operators = bus::operators_bucket(js, namespace).await?;
+                    let catalog =
+                        Catalog::start(bucket.clone(), operators.clone(), shutdown.clone()).await?;
+                    anyhow::Ok((bucket, operators, catalog))
                 },
             )
             .await?;
+        tokio::spawn(token_use::report_uses(
+            catalog.uses(),
+            client.clone(),
+            namespace.token_uses_subject(),
+            self.token_use_interval,
+            shutdown.clone(),
+        ));
         let bus = Bus {
             client,
             js: js.clone(),
             bucket,
+            operators,
             catalog,
         };
         self.retry("the service's last start-up step", || {

@@ -9,6 +9,7 @@ mod browser;
 mod keyboard;
 mod lifecycle;
 mod screenshots;
+mod tokens;
 mod walk;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sluice_runtime::token::TokenKind;
 use sluice_testkit::ADMIN_TOKEN;
 
 use crate::{id_of, spawn_app, spawn_app_with};
@@ -66,8 +67,8 @@ async fn create_answers_the_connector_with_its_tokens_once() {
     let doc = app.published(&id).await.expect("published");
     assert_eq!(doc.name, "orders");
     assert_eq!(doc.schema_version, 1);
-    assert!(doc.write_token_hash.matches(write));
-    assert!(doc.read_token_hash.matches(read));
+    assert!(doc.has_token(TokenKind::Write, write));
+    assert!(doc.has_token(TokenKind::Read, read));
 
     // The records table exists with one column per field.
     let pool = app.db().await;
@@ -93,12 +94,13 @@ async fn create_answers_the_connector_with_its_tokens_once() {
         ]
     );
     // Only hashes are stored.
-    let (stored,): (String,) =
-        sqlx::query_as("SELECT write_token_hash FROM connectors WHERE id = $1")
-            .bind(uuid)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (stored,): (String,) = sqlx::query_as(
+        "SELECT hash FROM connector_tokens WHERE connector_id = $1 AND scope = 'write'",
+    )
+    .bind(uuid)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_ne!(stored, write);
 }
 

@@ -4,6 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sluice_control::Application;
+use sluice_runtime::token::TokenKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::{connector_routes, id_of, spawn_app};
@@ -106,10 +107,7 @@ async fn duplicate_copies_schema_and_settings_but_not_records_or_tokens() {
     assert_eq!(app.stored(&id, "email").await, [json!("a")]);
     let doc = app.published(&copy_id).await.unwrap();
     assert_eq!(doc.schema_version, 1);
-    assert!(
-        doc.write_token_hash
-            .matches(copy["write_token"].as_str().unwrap())
-    );
+    assert!(doc.has_token(TokenKind::Write, copy["write_token"].as_str().unwrap()));
 
     let taken = app
         .admin(
@@ -162,10 +160,10 @@ async fn rotating_a_token_replaces_its_hash_everywhere() {
     assert!(new_write.starts_with("sluice_w_"));
     assert_ne!(new_write, old_write);
     let doc = app.published(&id).await.unwrap();
-    assert!(doc.write_token_hash.matches(new_write));
-    assert!(!doc.write_token_hash.matches(old_write));
+    assert!(doc.has_token(TokenKind::Write, new_write));
+    assert!(!doc.has_token(TokenKind::Write, old_write));
     assert!(
-        doc.read_token_hash.matches(old_read),
+        doc.has_token(TokenKind::Read, old_read),
         "the other token is kept"
     );
     assert_eq!(doc.schema_version, 1);
@@ -180,8 +178,8 @@ async fn rotating_a_token_replaces_its_hash_everywhere() {
     let new_read = rotated.body["token"].as_str().unwrap();
     assert!(new_read.starts_with("sluice_r_"));
     let doc = app.published(&id).await.unwrap();
-    assert!(doc.read_token_hash.matches(new_read));
-    assert!(!doc.read_token_hash.matches(old_read));
+    assert!(doc.has_token(TokenKind::Read, new_read));
+    assert!(!doc.has_token(TokenKind::Read, old_read));
 
     // The old token is now unknown (401); the new one is a connector's (403).
     let old = app
@@ -308,10 +306,7 @@ async fn a_restart_puts_back_a_key_deleted_behind_its_back_and_removes_strays() 
 
     let doc = app.published(&id).await.expect("the key is back");
     assert_eq!(doc.name, "healed");
-    assert!(
-        doc.write_token_hash
-            .matches(created["write_token"].as_str().unwrap())
-    );
+    assert!(doc.has_token(TokenKind::Write, created["write_token"].as_str().unwrap()));
     assert_eq!(app.bucket_keys().await, vec![id.clone()]);
     // The restarted service answers as before.
     assert_eq!(app.get(&id).await.body["name"], "healed");
@@ -340,12 +335,23 @@ async fn operational_routes_answer() {
         "/v1/connectors",
         "/v1/connectors/{id}",
         "/v1/connectors/{id}/duplicate",
-        "/v1/connectors/{id}/tokens/{kind}",
+        "/v1/connectors/{id}/tokens",
+        "/v1/connectors/{id}/tokens/{token}",
         "/v1/connectors/{id}/schema",
+        "/v1/operator/tokens",
+        "/v1/operator/tokens/{token}",
     ] {
         assert!(paths.contains_key(path), "{path}");
     }
     assert!(paths["/v1/connectors/{id}"]["patch"].is_object());
+    // Rotation and revocation share a path, one method each.
+    let token = &paths["/v1/connectors/{id}/tokens/{token}"];
+    assert!(token["post"].is_object() && token["delete"].is_object());
+    let listed = &openapi["components"]["schemas"]["ConnectorTokenView"]["properties"];
+    for field in ["id", "name", "scope", "expires_at", "last_used_at"] {
+        assert!(listed[field].is_object(), "{field} in {listed}");
+    }
+    assert!(listed["token"].is_null() && listed["hash"].is_null());
     assert!(openapi["components"]["schemas"]["ConnectorView"].is_object());
     let backlog = &openapi["components"]["schemas"]["BacklogView"]["properties"];
     for field in [

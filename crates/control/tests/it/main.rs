@@ -9,6 +9,7 @@ mod edit;
 mod hostile_values;
 mod lifecycle;
 mod retention;
+mod tokens;
 
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
@@ -233,6 +234,17 @@ pub fn connector_routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
             None,
         ),
         (Method::GET, format!("/v1/connectors/{id}/schema"), None),
+        (
+            Method::POST,
+            format!("/v1/connectors/{id}/tokens"),
+            Some(json!({"name": "extra", "scope": "write"})),
+        ),
+        (Method::GET, format!("/v1/connectors/{id}/tokens"), None),
+        (
+            Method::DELETE,
+            format!("/v1/connectors/{id}/tokens/{}", Uuid::now_v7()),
+            None,
+        ),
     ]
 }
 

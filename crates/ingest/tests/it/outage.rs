@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sluice_runtime::bus::{self, ConnectorDoc};
+use sluice_runtime::bus::{self, ConnectorDoc, TokenDoc};
 use sluice_runtime::token::{NewToken, TokenKind};
 use sluice_schema::{ExtraFields, FieldSpec, Schema};
 use sluice_testkit::{PrivateNats, TestEnv};
@@ -29,15 +29,20 @@ async fn while_nats_is_down_ingest_answers_503_and_recovers_by_itself() {
     let write = NewToken::generate(TokenKind::Write);
     let specs: Vec<FieldSpec> =
         serde_json::from_value(serde_json::json!([{"name": "n", "type": "integer"}])).unwrap();
-    let doc = ConnectorDoc {
-        id: Uuid::now_v7(),
-        name: "outage".to_owned(),
-        schema_version: 1,
-        schema: Schema::define(&specs).unwrap(),
-        extra_fields: ExtraFields::Reject,
-        write_token_hash: write.hash.clone(),
-        read_token_hash: NewToken::generate(TokenKind::Read).hash,
-    };
+    let doc = ConnectorDoc::new(
+        Uuid::now_v7(),
+        "outage".to_owned(),
+        1,
+        Schema::define(&specs).unwrap(),
+        ExtraFields::Reject,
+        vec![TokenDoc {
+            id: Uuid::now_v7(),
+            name: "write".to_owned(),
+            scope: TokenKind::Write,
+            hash: write.hash.clone(),
+            expires_at: None,
+        }],
+    );
     bucket
         .put(ConnectorDoc::key(doc.id), doc.encode().unwrap())
         .await

@@ -99,7 +99,7 @@ enum Grant {
     responses(
         (status = 200, description = "How many records were deleted", body = Deleted),
         (status = 400, description = "A bad filter, an unknown field, a page parameter, or neither a filter nor all=true", content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A connector's token: only the operator deletes records", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
@@ -138,7 +138,7 @@ async fn delete_records(
     responses(
         (status = 200, description = "How many rejected records were deleted", body = Deleted),
         (status = 400, description = "A bad filter, or a page parameter", content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A connector's token: only the operator clears rejected records", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
@@ -178,7 +178,7 @@ async fn delete_rejected(
     params(("id" = Uuid, Path, description = "The connector's id")),
     responses(
         (status = 200, description = "How many were stored, and how many stay rejected", body = Replayed),
-        (status = 401, description = "Missing or unknown token", content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A read token, or a token of another connector", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
         (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
@@ -273,15 +273,13 @@ async fn authorize(
             TokenKind::Read
         }
     };
-    let doc = catalog
+    let authorized = catalog
         .authorize(&token, admin, connector, kind, attempt)
         .await?;
-    if matches!(grant, Grant::Operator)
-        && !matches!(catalog.token_owner(&token, admin), TokenOwner::Operator)
-    {
+    if matches!(grant, Grant::Operator) && !authorized.principal.is_operator() {
         return Err(ReadError::Forbidden);
     }
-    Ok(doc.id)
+    Ok(authorized.doc.id)
 }
 
 /// The filters of a DELETE, checked as GET checks them, and whether

@@ -9,3 +9,4 @@ mod rendering;
 mod retention;
 mod startup;
 mod storing;
+mod tokens;
