@@ -1,11 +1,13 @@
 // The connector page (schema editor, records preview, rejected records,
-// stats, tokens, duplicate, delete) and the panel that shows a new
+// stats, rate limits, tokens, history, duplicate, delete) and the panel that shows a new
 // connector's endpoint and tokens the one time they exist.
 
 import { h, replace, announce, when, uid, confirmDialog, copyField, whileBusy } from './dom.js';
 import { connectors, newest, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems, exampleValue } from './fields.js';
 import { paint, loading, failure, definitionControls, summaryBox, flash } from './view.js';
+import { limitsSection } from './limits.js';
+import { historySection } from './audit.js';
 
 const PREVIEW_ROWS = 20;
 
@@ -26,6 +28,10 @@ function render(view, c, notice) {
   const schema = schemaSection(view, c);
   const records = previewSection(c, 'records');
   const rejected = previewSection(c, 'rejected');
+  const history = historySection(c);
+  const limits = limitsSection(c, (updated) => {
+    if (view.isCurrent()) render(view, updated, 'Rate limits saved.');
+  });
   paint(view,
     h('p', { class: 'breadcrumb' }, h('a', { href: '#/' }, 'Connectors'), ' / '),
     h('h1', { 'data-testid': 'connector-title' }, c.name),
@@ -50,11 +56,14 @@ function render(view, c, notice) {
     schema.element,
     records.element,
     rejected.element,
+    limits,
     tokensSection(c),
+    history.element,
     duplicateSection(view, c),
     deleteSection(c));
   records.load();
   rejected.load();
+  history.load();
   if (notice) schema.notify(notice);
 }
 

@@ -4,7 +4,8 @@
 //! changed and dropped in the same transaction as the connector's row), and
 //! it is the only writer of the NATS key-value bucket of connector
 //! definitions, which it keeps equal to the database. Every route asks for
-//! the operator's token.
+//! the operator's token, and every change is written to the audit log in
+//! its own transaction (`audit`).
 //!
 //! It must never store a token (only hashes), never put user text into SQL
 //! other than as a bound value or through `store::quote_ident`, and never
@@ -13,6 +14,7 @@
 //! connector, for the connector's stats).
 
 mod api;
+mod audit;
 mod db;
 mod error;
 mod extract;
@@ -113,6 +115,7 @@ impl http::Served for Service {
     /// web console at `/`.
     fn router(&self) -> Router {
         api::router()
+            .merge(audit::router())
             // Definitions are small, but 500 fields with long descriptions
             // outgrow axum's 2 MB default; the operator's limit applies.
             .layer(DefaultBodyLimit::max(self.state.settings.max_body_bytes))
@@ -150,6 +153,8 @@ impl http::Served for Service {
         api::duplicate_connector,
         api::rotate_token,
         api::connector_schema,
+        audit::api::list_audit,
+        audit::api::connector_audit,
     ),
     modifiers(&BearerAuth)
 )]

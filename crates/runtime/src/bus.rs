@@ -11,7 +11,9 @@ use async_nats::jetstream::{self, kv, stream};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_schema::{ExtraFields, FieldId, FieldType, Format, Record, RecordError, Schema, Value};
+use sluice_schema::{
+    ExtraFields, FieldId, FieldType, Format, RateLimits, Record, RecordError, Schema, Value,
+};
 use uuid::Uuid;
 
 use crate::settings::redact_url;
@@ -89,6 +91,12 @@ impl Namespace {
     pub fn connectors_bucket(&self) -> String {
         format!("{}_connectors", self.0)
     }
+
+    /// The key-value bucket where each gateway and read-API replica keeps
+    /// a heartbeat, so that each knows how many share the rate limits.
+    pub fn replicas_bucket(&self) -> String {
+        format!("{}_replicas", self.0)
+    }
 }
 
 /// Message headers set by the ingest gateway.
@@ -117,6 +125,10 @@ pub struct ConnectorDoc {
     pub extra_fields: ExtraFields,
     pub write_token_hash: TokenHash,
     pub read_token_hash: TokenHash,
+    /// The connector's own rate limits; absent from definitions written
+    /// before them, and when none is set (the defaults apply).
+    #[serde(default, skip_serializing_if = "RateLimits::is_unset")]
+    pub limits: RateLimits,
 }
 
 /// The one place that knows how a definition is kept in the bucket: under

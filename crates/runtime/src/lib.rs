@@ -19,6 +19,7 @@
 //!   request ids, and serving with graceful shutdown.
 //! - [`nats_server`]: finding a current local nats-server binary.
 //! - [`throttle`]: failed authentication throttled per client address.
+//! - [`rate_limit`]: per-token rate limits, each replica taking its share.
 //! - [`settings`] and [`telemetry`]: configuration and logging.
 //!
 //! It knows nothing of any one service's routes; services decide what to
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod http;
 pub mod nats_server;
 pub mod partitions;
+pub mod rate_limit;
 pub mod settings;
 pub mod startup;
 pub mod store;

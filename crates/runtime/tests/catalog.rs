@@ -36,6 +36,7 @@ fn connector() -> (ConnectorDoc, NewToken, NewToken) {
         extra_fields: ExtraFields::Reject,
         write_token_hash: write.hash.clone(),
         read_token_hash: read.hash.clone(),
+        limits: Default::default(),
     };
     (doc, write, read)
 }

@@ -11,6 +11,7 @@ mod connections;
 mod idempotency;
 mod modes;
 mod outage;
+mod rate_limits;
 
 use std::io::Write;
 use std::time::Duration;

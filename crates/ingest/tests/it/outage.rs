@@ -37,6 +37,7 @@ async fn while_nats_is_down_ingest_answers_503_and_recovers_by_itself() {
         extra_fields: ExtraFields::Reject,
         write_token_hash: write.hash.clone(),
         read_token_hash: NewToken::generate(TokenKind::Read).hash,
+        limits: Default::default(),
     };
     bucket
         .put(ConnectorDoc::key(doc.id), doc.encode().unwrap())
