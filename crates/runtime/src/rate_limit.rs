@@ -536,7 +536,7 @@ impl Heartbeat {
                 "replicas sharing the rate limits"
             );
         }
-        metrics::gauge!("sluice_rate_limit_replicas").set(f64::from(live));
+        metrics::gauge!("sluice_rate_limit_replicas", "role" => self.role).set(f64::from(live));
         Ok(())
     }
 
