@@ -26,17 +26,18 @@
 //! published), and one that passes is published whole, so the limit never
 //! makes an accepted request lose records.
 
+mod replicas;
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream;
 use axum::http::StatusCode;
 use axum::http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use governor::Quota;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -48,17 +49,13 @@ use uuid::Uuid;
 use crate::bus::Namespace;
 use crate::http::Problem;
 use crate::token::TokenHash;
+use replicas::Heartbeat;
+pub use replicas::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL};
 
 /// `RateLimit-Policy`: the policies in force (draft-ietf-httpapi-ratelimit-headers).
 pub const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit`: what is left of each policy now.
 pub const RATE_LIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// How often a replica renews its heartbeat and counts the others.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a heartbeat lives: a replica that stopped without saying so
-/// (killed) stops counting after this, and the others' shares grow back.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 
 /// Tokens remembered before the idle ones are forgotten.
 const TOKENS_BEFORE_PRUNING: usize = 4096;
@@ -335,7 +332,7 @@ impl RateLimiter {
         if self.heartbeat_started.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let bucket = replicas_bucket(js, namespace).await?;
+        let bucket = replicas::replicas_bucket(js, namespace).await?;
         let heartbeat = Heartbeat {
             bucket,
             key: format!("{role}.{}", Uuid::now_v7().simple()),
@@ -474,108 +471,6 @@ impl From<RateLimited> for Problem {
 impl IntoResponse for RateLimited {
     fn into_response(self) -> Response {
         Problem::from(self).into_response()
-    }
-}
-
-/// Opens the replicas bucket, creating it if missing. Held in memory: a
-/// heartbeat is worth nothing after a restart of NATS, and comes back
-/// within [`HEARTBEAT_INTERVAL`].
-async fn replicas_bucket(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<kv::Store> {
-    let bucket = ns.replicas_bucket();
-    match js.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_or_update_key_value(kv::Config {
-                bucket,
-                history: 1,
-                max_age: HEARTBEAT_TTL,
-                storage: stream::StorageType::Memory,
-                ..Default::default()
-            })
-            .await?),
-    }
-}
-
-/// One replica's entry in the replicas bucket.
-struct Heartbeat {
-    bucket: kv::Store,
-    key: String,
-    prefix: String,
-    role: &'static str,
-    replicas: Arc<AtomicU32>,
-}
-
-impl Heartbeat {
-    /// Renews this replica's entry, then counts the live ones.
-    async fn beat(&self) -> anyhow::Result<()> {
-        self.bucket
-            .put(&self.key, bytes::Bytes::from_static(b"1"))
-            .await?;
-        self.count().await
-    }
-
-    /// Every later heartbeat of this role's replicas, and their removals.
-    async fn watch(&self) -> anyhow::Result<kv::Watch> {
-        Ok(self.bucket.watch(format!("{}>", self.prefix)).await?)
-    }
-
-    async fn count(&self) -> anyhow::Result<()> {
-        let mut keys = self.bucket.keys().await?;
-        let mut live = 0u32;
-        while let Some(key) = keys.next().await {
-            if key?.starts_with(&self.prefix) {
-                live += 1;
-            }
-        }
-        // This replica has just written its own entry: at least one.
-        let live = live.max(1);
-        if self.replicas.swap(live, Ordering::Relaxed) != live {
-            tracing::info!(
-                role = self.role,
-                replicas = live,
-                "replicas sharing the rate limits"
-            );
-        }
-        metrics::gauge!("sluice_rate_limit_replicas", "role" => self.role).set(f64::from(live));
-        Ok(())
-    }
-
-    /// Beats every [`HEARTBEAT_INTERVAL`], and counts again whenever
-    /// another replica joins or leaves, until `shutdown`; then removes its
-    /// entry, so the others' shares grow at once.
-    async fn run(self, mut watch: Option<kv::Watch>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(error) = self.beat().await {
-                        tracing::warn!(error = format!("{error:#}"), "renewing the replica heartbeat failed");
-                    }
-                    if watch.is_none() {
-                        watch = self.watch().await.ok();
-                    }
-                }
-                alive = next_change(&mut watch) => {
-                    if !alive {
-                        watch = None;
-                    } else if let Err(error) = self.count().await {
-                        tracing::warn!(error = format!("{error:#}"), "counting replicas failed");
-                    }
-                }
-            }
-        }
-        let _ = self.bucket.delete(&self.key).await;
-    }
-}
-
-/// Whether the watch brought a change; `false` once it has ended. Never
-/// resolves without a watch.
-async fn next_change(watch: &mut Option<kv::Watch>) -> bool {
-    match watch.as_mut() {
-        Some(watch) => watch.next().await.is_some(),
-        None => std::future::pending().await,
     }
 }
 
