@@ -99,6 +99,23 @@ export const tokens = {
   rotate: (id, kind, grace) => api('POST', `/v1/connectors/${enc(id)}/tokens/${enc(kind)}${grace ? `?grace=${enc(grace)}` : ''}`),
 };
 
+export const audit = {
+  /** Every entry of one connector (or of all, for null), oldest first,
+   * following next_cursor until a page says no more follows. */
+  async all(connector) {
+    const found = [];
+    let cursor = '';
+    for (;;) {
+      const query = new URLSearchParams({ limit: '1000', cursor });
+      if (connector) query.set('connector_id', connector);
+      const page = await api('GET', `/v1/audit?${query}`);
+      found.push(...page.entries);
+      cursor = page.next_cursor;
+      if (!page.has_more) return found;
+    }
+  },
+};
+
 const PREVIEW_PAGE = 1000;
 const PREVIEW_MAX_PAGES = 10;
 

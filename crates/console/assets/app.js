@@ -1,11 +1,12 @@
-// The console's entry: sign-in, the routes (#/, #/new, #/connectors/{id}),
-// the connector list and the new-connector form.
+// The console's entry: sign-in, the routes (#/, #/new, #/connectors/{id},
+// #/audit), the connector list and the new-connector form.
 
 import { h, replace, announce, when, uid, whileBusy } from './dom.js';
 import { api, connectors, operatorToken, rememberToken, forgetToken, whenUnauthorized, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems } from './fields.js';
 import { paint, takeFlash, loading, failure, definitionControls, summaryBox } from './view.js';
 import { connectorPage, createdPanel } from './connector.js';
+import { auditPage } from './audit.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -31,6 +32,7 @@ function route() {
     else link.removeAttribute('aria-current');
   }
   if (hash === '#/new') newConnectorView(view);
+  else if (hash === '#/audit') auditPage(view);
   else if (connector) connectorPage(view, connector[1]);
   else listView(view);
 }

@@ -1,5 +1,5 @@
 // The connector page (schema editor, records preview, rejected records,
-// stats, tokens, duplicate, delete) and the panel that shows a new
+// stats, rate limits, tokens, history, duplicate, delete) and the panel that shows a new
 // connector's endpoint and tokens the one time they exist.
 
 import { h, replace, announce, when, uid, confirmDialog, copyField, whileBusy } from './dom.js';
@@ -7,6 +7,8 @@ import { connectors, newest, ApiError } from './api.js';
 import { fieldTable, showProblems, clearProblems, exampleValue } from './fields.js';
 import { paint, loading, failure, definitionControls, summaryBox, flash } from './view.js';
 import { tokensSection } from './tokens.js';
+import { limitsSection } from './limits.js';
+import { historySection } from './audit.js';
 
 const PREVIEW_ROWS = 20;
 
@@ -28,6 +30,10 @@ function render(view, c, notice) {
   const records = previewSection(c, 'records');
   const rejected = previewSection(c, 'rejected');
   const tokenPanel = tokensSection(c);
+  const history = historySection(c);
+  const limits = limitsSection(c, (updated) => {
+    if (view.isCurrent()) render(view, updated, 'Rate limits saved.');
+  });
   paint(view,
     h('p', { class: 'breadcrumb' }, h('a', { href: '#/' }, 'Connectors'), ' / '),
     h('h1', { 'data-testid': 'connector-title' }, c.name),
@@ -52,12 +58,15 @@ function render(view, c, notice) {
     schema.element,
     records.element,
     rejected.element,
+    limits,
     tokenPanel.element,
+    history.element,
     duplicateSection(view, c),
     deleteSection(c));
   records.load();
   rejected.load();
   tokenPanel.load();
+  history.load();
   if (notice) schema.notify(notice);
 }
 

@@ -69,6 +69,16 @@ const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../assets/connector.js"),
     },
+    Asset {
+        route: "/console/limits.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/limits.js"),
+    },
+    Asset {
+        route: "/console/audit.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../assets/audit.js"),
+    },
 ];
 
 /// Same origin only: the console runs no inline script or style and talks

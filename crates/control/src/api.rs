@@ -16,11 +16,14 @@ use sluice_runtime::startup::Bus;
 use sluice_runtime::store;
 use sluice_runtime::store::TableUsage;
 use sluice_runtime::token::{NewToken, TokenKind};
-use sluice_schema::{ChangeError, ConnectorName, ExtraFields, FieldSpec, Retention, Schema};
+use sluice_schema::{
+    ChangeError, ConnectorName, ExtraFields, FieldSpec, RateLimits, Retention, Schema,
+};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audit::{self, Actor, AuditAction, Definition};
 use crate::db::{self, ConnectorRow};
 use crate::error::ControlError;
 use crate::extract::{AppJson, ConnectorId, Operator};
@@ -115,6 +118,10 @@ pub(crate) struct CreateConnector {
     #[serde(default)]
     #[schema(example = "30d")]
     retention: Option<String>,
+    /// Rate limits of each of its tokens; absent or null members follow
+    /// the deployment's defaults.
+    #[serde(default)]
+    limits: Option<LimitsBody>,
 }
 
 /// An edit; members left out stay as they are. `fields` is the full new
@@ -135,11 +142,52 @@ pub(crate) struct EditConnector {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, example = "30d")]
     retention: Option<Option<String>>,
+    /// New rate limits: each member given replaces that limit (null: the
+    /// default), each one left out stays; `"limits": null` returns both
+    /// to the defaults.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<LimitsBody>)]
+    limits: Option<Option<LimitsBody>>,
 }
 
 /// Tells `"description": null` (clear it) from no `description` (keep it).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Rate limits of a connector's tokens, each one per token and per
+/// second: a whole number from 1 to 1 000 000 000, or null for the
+/// deployment's default (`SLUICE_DEFAULT_REQUESTS_PER_SECOND`,
+/// `SLUICE_DEFAULT_RECORDS_PER_SECOND`; unlimited unless set).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsBody {
+    /// Requests (POST or GET of records) per second.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, example = 10)]
+    requests_per_second: Option<Option<i64>>,
+    /// Records sent per second (counted before they are published).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, example = 5000)]
+    records_per_second: Option<Option<i64>>,
+}
+
+/// A connector's rate limits as set; null: the deployment's default.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LimitsView {
+    requests_per_second: Option<u32>,
+    records_per_second: Option<u32>,
+}
+
+impl From<RateLimits> for LimitsView {
+    fn from(limits: RateLimits) -> LimitsView {
+        LimitsView {
+            requests_per_second: limits.requests_per_second.map(|l| l.get()),
+            records_per_second: limits.records_per_second.map(|l| l.get()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -152,6 +200,11 @@ pub(crate) struct DuplicateConnector {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, example = "30d")]
     retention: Option<Option<String>>,
+    /// The copy's rate limits, over the source's as an edit would change
+    /// them; absent: the source's.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<LimitsBody>)]
+    limits: Option<Option<LimitsBody>>,
 }
 
 /// An error (RFC 9457 problem details).
@@ -241,6 +294,9 @@ pub(crate) struct ConnectorView {
     /// `36h`, `90m`); null: forever.
     #[schema(example = "30d")]
     retention: Option<String>,
+    /// Rate limits of each of its tokens; null members follow the
+    /// deployment's defaults.
+    limits: LimitsView,
     schema_version: i64,
     /// Where producers POST records and consumers GET them.
     endpoint: String,
@@ -302,6 +358,7 @@ fn connector_view(
             .collect(),
         extra_fields: row.extra_fields().as_str().to_owned(),
         retention: row.retention().map(|r| r.to_string()),
+        limits: row.limits().into(),
         schema_version: row.schema_version,
         endpoint: format!(
             "{}/v1/connectors/{}/records",
@@ -364,6 +421,38 @@ fn check_retention(
     }
 }
 
+/// `limits` as sent, over `base`: each member given replaces that limit
+/// (null: the default), `None` (or `Some(None)`, a null object) keeps or
+/// clears them as the caller decides; invalid values are `problems`.
+fn check_limits(
+    body: Option<&LimitsBody>,
+    base: RateLimits,
+    problems: &mut Vec<sluice_schema::Problem>,
+) -> RateLimits {
+    let Some(body) = body else {
+        return base;
+    };
+    let mut check = |name: &str, sent: Option<Option<i64>>, current| match sent {
+        None => current,
+        Some(None) => None,
+        Some(Some(value)) => RateLimits::check(name, value)
+            .map_err(|problem| problems.push(problem))
+            .ok(),
+    };
+    RateLimits {
+        requests_per_second: check(
+            "requests_per_second",
+            body.requests_per_second,
+            base.requests_per_second,
+        ),
+        records_per_second: check(
+            "records_per_second",
+            body.records_per_second,
+            base.records_per_second,
+        ),
+    }
+}
+
 /// Mutations first make sure NATS answers, so that one made while the bus is
 /// down is refused whole rather than committed and left unpublished.
 pub(crate) fn connected_bus(state: &AppState) -> Result<&Bus, ControlError> {
@@ -416,16 +505,23 @@ async fn measure_backlog(
     }
 }
 
-/// Creates a connector in one transaction: its row, its stats row and its
-/// records table. Then publishes it.
+/// Creates a connector in one transaction: its row, its stats row, its
+/// records table and its audit entry (a copy of `source`, if given). Then
+/// publishes it.
 async fn insert_new_connector(
     state: &AppState,
-    name: &str,
-    description: Option<&str>,
-    schema: &Schema,
-    extra_fields: ExtraFields,
-    retention: Option<Retention>,
+    actor: &Actor,
+    definition: &Definition<'_>,
+    source: Option<Uuid>,
 ) -> Result<CreatedConnector, ControlError> {
+    let Definition {
+        name,
+        description,
+        schema,
+        extra_fields,
+        retention,
+        limits,
+    } = *definition;
     let bus = connected_bus(state)?;
     let id = Uuid::now_v7();
     let write = NewToken::generate(TokenKind::Write);
@@ -440,6 +536,7 @@ async fn insert_new_connector(
             schema,
             extra_fields,
             retention,
+            limits,
         },
     )
     .await?;
@@ -460,6 +557,15 @@ async fn insert_new_connector(
         .await?;
     }
     store::create_records_table(&mut tx, id, schema).await?;
+    let mut changes = definition.summary();
+    let action = match source {
+        Some(source) => {
+            changes["source_id"] = source.to_string().into();
+            AuditAction::ConnectorDuplicated
+        }
+        None => AuditAction::ConnectorCreated,
+    };
+    audit::record(&mut tx, actor, id, action, changes).await?;
     tx.commit().await?;
     publish_after_commit(state, bus, id).await;
     Ok(CreatedConnector {
@@ -488,7 +594,7 @@ async fn insert_new_connector(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn create_connector(
     State(state): State<AppState>,
-    _: Operator,
+    actor: Actor,
     AppJson(body): AppJson<CreateConnector>,
 ) -> Result<(StatusCode, Json<CreatedConnector>), ControlError> {
     let mut problems = Vec::new();
@@ -498,18 +604,19 @@ pub(crate) async fn create_connector(
     let schema = Schema::define(&specs).map_err(|p| problems.extend(p)).ok();
     let extra = check_extra_fields(body.extra_fields.as_deref(), &mut problems);
     let retention = check_retention(&state, Some(body.retention.as_deref()), &mut problems);
+    let limits = check_limits(body.limits.as_ref(), RateLimits::default(), &mut problems);
     let Some(schema) = schema.filter(|_| problems.is_empty()) else {
         return Err(ControlError::InvalidDefinition(problems));
     };
-    let created = insert_new_connector(
-        &state,
-        &body.name,
-        body.description.as_deref(),
-        &schema,
-        extra.unwrap_or_default(),
-        retention.flatten(),
-    )
-    .await?;
+    let definition = Definition {
+        name: &body.name,
+        description: body.description.as_deref(),
+        schema: &schema,
+        extra_fields: extra.unwrap_or_default(),
+        retention: retention.flatten(),
+        limits,
+    };
+    let created = insert_new_connector(&state, &actor, &definition, None).await?;
     tracing::info!(connector = %created.connector.id, "connector created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -633,7 +740,7 @@ pub(crate) async fn get_connector(
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn edit_connector(
     State(state): State<AppState>,
-    _: Operator,
+    actor: Actor,
     id: ConnectorId,
     AppJson(body): AppJson<EditConnector>,
 ) -> Result<Json<ConnectorView>, ControlError> {
@@ -651,6 +758,11 @@ pub(crate) async fn edit_connector(
         body.retention.as_ref().map(Option::as_deref),
         &mut problems,
     );
+    // Checked now, applied over the stored limits once the row is locked.
+    let new_limits = body.limits.as_ref().map(|limits| limits.as_ref());
+    if let Some(Some(limits)) = new_limits {
+        check_limits(Some(limits), RateLimits::default(), &mut problems);
+    }
     if !problems.is_empty() && body.fields.is_none() {
         return Err(ControlError::InvalidDefinition(problems));
     }
@@ -690,6 +802,11 @@ pub(crate) async fn edit_connector(
     };
     let extra_fields = extra.unwrap_or(row.extra_fields());
     let retention = retention.unwrap_or(row.retention());
+    let limits = match new_limits {
+        None => row.limits(),
+        Some(None) => RateLimits::default(),
+        Some(Some(limits)) => check_limits(Some(limits), row.limits(), &mut Vec::new()),
+    };
     let schema_changed = change.as_ref().is_some_and(|c| !c.is_noop(&row.schema));
     // What records are checked against changed: gateways must tell the
     // versions apart. A rename or a new description changes no record.
@@ -697,7 +814,8 @@ pub(crate) async fn edit_connector(
     let anything_changed = validation_changed
         || name != row.name
         || description != row.description.as_deref()
-        || retention != row.retention();
+        || retention != row.retention()
+        || limits != row.limits();
     if !anything_changed {
         return Ok(Json(measured_view(&state, &row).await));
     }
@@ -705,6 +823,7 @@ pub(crate) async fn edit_connector(
         store::apply_change(&mut tx, id, change).await?;
     }
     let schema = change.as_ref().map_or(&row.schema.0, |c| &c.schema);
+    let schema_version = row.schema_version + i64::from(validation_changed);
     db::update_connector(
         &mut tx,
         id,
@@ -712,12 +831,42 @@ pub(crate) async fn edit_connector(
             name,
             description,
             schema,
-            schema_version: row.schema_version + i64::from(validation_changed),
+            schema_version,
             extra_fields,
             retention,
+            limits,
         },
     )
     .await?;
+    let before = Definition {
+        name: &row.name,
+        description: row.description.as_deref(),
+        schema: &row.schema.0,
+        extra_fields: row.extra_fields(),
+        retention: row.retention(),
+        limits: row.limits(),
+    };
+    let after = Definition {
+        name,
+        description,
+        schema,
+        extra_fields,
+        retention,
+        limits,
+    };
+    let mut changes = audit::diff(&before.summary(), &after.summary());
+    let action = if changes.keys().eq(["limits"]) {
+        AuditAction::LimitsChanged
+    } else {
+        AuditAction::ConnectorEdited
+    };
+    if validation_changed {
+        changes.insert(
+            "schema_version".into(),
+            serde_json::json!({"from": row.schema_version, "to": schema_version}),
+        );
+    }
+    audit::record(&mut tx, &actor, id, action, changes.into()).await?;
     tx.commit().await?;
     publish_after_commit(&state, bus, id).await;
     tracing::info!(schema_changed, "connector edited");
@@ -739,16 +888,21 @@ pub(crate) async fn edit_connector(
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn delete_connector(
     State(state): State<AppState>,
-    _: Operator,
+    actor: Actor,
     id: ConnectorId,
 ) -> Result<StatusCode, ControlError> {
     let id = id.0;
     let bus = connected_bus(&state)?;
     let mut tx = state.pool.begin().await?;
+    let row = db::lock_connector(&mut tx, id)
+        .await?
+        .ok_or(ControlError::NotFound)?;
     if !db::delete_connector(&mut tx, id).await? {
         return Err(ControlError::NotFound);
     }
     store::drop_records_table(&mut tx, id).await?;
+    let changes = serde_json::json!({"name": row.name});
+    audit::record(&mut tx, &actor, id, AuditAction::ConnectorDeleted, changes).await?;
     tx.commit().await?;
     publish_after_commit(&state, bus, id).await;
     tracing::info!("connector deleted");
@@ -774,7 +928,7 @@ pub(crate) async fn delete_connector(
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn duplicate_connector(
     State(state): State<AppState>,
-    _: Operator,
+    actor: Actor,
     id: ConnectorId,
     AppJson(body): AppJson<DuplicateConnector>,
 ) -> Result<(StatusCode, Json<CreatedConnector>), ControlError> {
@@ -788,18 +942,23 @@ pub(crate) async fn duplicate_connector(
         body.retention.as_ref().map(Option::as_deref),
         &mut problems,
     );
+    let limits = match &body.limits {
+        None => source.limits(),
+        Some(None) => RateLimits::default(),
+        Some(Some(limits)) => check_limits(Some(limits), source.limits(), &mut problems),
+    };
     if !problems.is_empty() {
         return Err(ControlError::InvalidDefinition(problems));
     }
-    let created = insert_new_connector(
-        &state,
-        &body.name,
-        source.description.as_deref(),
-        &source.schema,
-        source.extra_fields(),
-        retention.unwrap_or(source.retention()),
-    )
-    .await?;
+    let definition = Definition {
+        name: &body.name,
+        description: source.description.as_deref(),
+        schema: &source.schema,
+        extra_fields: source.extra_fields(),
+        retention: retention.unwrap_or(source.retention()),
+        limits,
+    };
+    let created = insert_new_connector(&state, &actor, &definition, Some(source.id)).await?;
     tracing::info!(copy = %created.connector.id, "connector duplicated");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -826,7 +985,7 @@ pub(crate) async fn duplicate_connector(
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn rotate_token(
     State(state): State<AppState>,
-    _: Operator,
+    actor: Actor,
     id: ConnectorId,
     path: Result<Path<HashMap<String, String>>, PathRejection>,
     params: Result<Query<RotateParams>, QueryRejection>,
@@ -836,7 +995,9 @@ pub(crate) async fn rotate_token(
         .ok()
         .and_then(|Path(path)| path.get("token").and_then(|k| TokenKind::parse(k)))
         .ok_or(ControlError::NotFound)?;
-    Ok(Json(tokens::rotate(&state, id.0, kind, params).await?))
+    Ok(Json(
+        tokens::rotate(&state, &actor, id.0, kind, params).await?,
+    ))
 }
 
 /// The JSON Schema (draft 2020-12) of one record of this connector.

@@ -2,9 +2,11 @@
 //! Each function takes the executor or transaction it runs in; the caller
 //! decides what must commit together.
 
+use std::num::NonZeroU32;
+
 use chrono::{DateTime, Utc};
 use sluice_runtime::bus::{ConnectorDoc, TokenDoc};
-use sluice_schema::{ExtraFields, Retention, Schema};
+use sluice_schema::{ExtraFields, RateLimits, Retention, Schema};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -24,6 +26,9 @@ pub(crate) struct ConnectorRow {
     pub extra_fields: String,
     /// How long records are kept, in seconds; `None`: forever.
     pub retention_seconds: Option<i64>,
+    /// Rate limits of each token; `None`: the deployment's default.
+    pub requests_per_second: Option<i32>,
+    pub records_per_second: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub records: i64,
@@ -45,6 +50,16 @@ impl ConnectorRow {
             .map(|secs| Retention::from_secs(secs.unsigned_abs()))
     }
 
+    pub fn limits(&self) -> RateLimits {
+        // Only `limit_value` ever writes the columns (positive, by their
+        // CHECK, and within `RateLimits::MAX`).
+        let limit = |v: Option<i32>| v.and_then(|v| NonZeroU32::new(v.unsigned_abs()));
+        RateLimits {
+            requests_per_second: limit(self.requests_per_second),
+            records_per_second: limit(self.records_per_second),
+        }
+    }
+
     /// The definition gateways and readers work from, with its live
     /// `tokens`.
     pub fn doc(&self, tokens: Vec<TokenDoc>) -> ConnectorDoc {
@@ -56,11 +71,13 @@ impl ConnectorRow {
             self.extra_fields(),
             tokens,
         )
+        .with_limits(self.limits())
     }
 }
 
 const SELECT_CONNECTOR: &str = "SELECT c.id, c.name, c.description, c.schema, c.schema_version, \
-     c.extra_fields, c.retention_seconds, c.created_at, c.updated_at, \
+     c.extra_fields, c.retention_seconds, c.requests_per_second, c.records_per_second, \
+     c.created_at, c.updated_at, \
      coalesce(s.records, 0) AS records, coalesce(s.rejected, 0) AS rejected, \
      s.last_received_at \
      FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id";
@@ -73,6 +90,7 @@ pub(crate) struct NewConnector<'a> {
     pub schema: &'a Schema,
     pub extra_fields: ExtraFields,
     pub retention: Option<Retention>,
+    pub limits: RateLimits,
 }
 
 /// Inserts the connector and its stats row (version 1); its tokens are
@@ -84,8 +102,8 @@ pub(crate) async fn insert_connector(
 ) -> Result<(), ControlError> {
     sqlx::query(
         "INSERT INTO connectors (id, name, description, schema, schema_version, extra_fields, \
-         retention_seconds) \
-         VALUES ($1, $2, $3, $4, 1, $5, $6)",
+         retention_seconds, requests_per_second, records_per_second) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
     )
     .bind(new.id)
     .bind(new.name)
@@ -93,6 +111,8 @@ pub(crate) async fn insert_connector(
     .bind(Json(new.schema))
     .bind(new.extra_fields.as_str())
     .bind(new.retention.map(retention_secs))
+    .bind(limit_value(new.limits.requests_per_second))
+    .bind(limit_value(new.limits.records_per_second))
     .execute(&mut *conn)
     .await
     .map_err(|e| name_taken_or(e, new.name))?;
@@ -172,10 +192,16 @@ pub(crate) struct ConnectorUpdate<'a> {
     pub schema_version: i64,
     pub extra_fields: ExtraFields,
     pub retention: Option<Retention>,
+    pub limits: RateLimits,
 }
 
 fn retention_secs(retention: Retention) -> i64 {
     i64::try_from(retention.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A limit as its column holds it; `RateLimits::MAX` fits an `integer`.
+fn limit_value(limit: Option<NonZeroU32>) -> Option<i32> {
+    limit.map(|l| i32::try_from(l.get()).unwrap_or(i32::MAX))
 }
 
 #[tracing::instrument(skip_all, fields(connector = %id))]
@@ -186,7 +212,8 @@ pub(crate) async fn update_connector(
 ) -> Result<(), ControlError> {
     sqlx::query(
         "UPDATE connectors SET name = $2, description = $3, schema = $4, schema_version = $5, \
-         extra_fields = $6, retention_seconds = $7, updated_at = now() WHERE id = $1",
+         extra_fields = $6, retention_seconds = $7, requests_per_second = $8, \
+         records_per_second = $9, updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(update.name)
@@ -195,6 +222,8 @@ pub(crate) async fn update_connector(
     .bind(update.schema_version)
     .bind(update.extra_fields.as_str())
     .bind(update.retention.map(retention_secs))
+    .bind(limit_value(update.limits.requests_per_second))
+    .bind(limit_value(update.limits.records_per_second))
     .execute(conn)
     .await
     .map_err(|e| name_taken_or(e, update.name))?;

@@ -4,7 +4,8 @@
 //! changed and dropped in the same transaction as the connector's row), and
 //! it is the only writer of the NATS key-value bucket of connector
 //! definitions, which it keeps equal to the database, and of the bucket of
-//! operator tokens. Every route asks for an operator's token.
+//! operator tokens. Every route asks for an operator's token, and every
+//! change is written to the audit log in its own transaction (`audit`).
 //!
 //! It must never store a token (only hashes), never put user text into SQL
 //! other than as a bound value or through `store::quote_ident`, and never
@@ -13,6 +14,7 @@
 //! connector, for the connector's stats).
 
 mod api;
+mod audit;
 mod db;
 mod error;
 mod extract;
@@ -119,6 +121,7 @@ impl http::Served for Service {
     /// web console at `/`.
     fn router(&self) -> Router {
         api::router()
+            .merge(audit::router())
             // Definitions are small, but 500 fields with long descriptions
             // outgrow axum's 2 MB default; the operator's limit applies.
             .layer(DefaultBodyLimit::max(self.state.settings.max_body_bytes))
@@ -162,6 +165,8 @@ impl http::Served for Service {
         tokens::create_operator_token,
         tokens::list_operator_tokens,
         tokens::revoke_operator_token,
+        audit::api::list_audit,
+        audit::api::connector_audit,
     ),
     modifiers(&BearerAuth)
 )]

@@ -5,6 +5,7 @@ use axum::http::header::{self, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use sluice_runtime::catalog::{AccessDenied, Refused};
 use sluice_runtime::http::Problem;
+use sluice_runtime::rate_limit::{Limited, RateLimited};
 use sluice_runtime::throttle::TooManyFailedAttempts;
 use sluice_schema::{RecordError, SyntaxError};
 
@@ -29,6 +30,11 @@ pub(crate) enum IngestError {
     /// Too many missing or unknown tokens from this client address.
     #[error(transparent)]
     Throttled(#[from] TooManyFailedAttempts),
+
+    /// Over the token's requests or records per second (429), or more
+    /// records at once than its records per second (413).
+    #[error("rate limited")]
+    RateLimited(Box<RateLimited>),
 
     #[error("invalid query parameter {name}: {detail}")]
     InvalidParameter { name: &'static str, detail: String },
@@ -105,6 +111,10 @@ impl IngestError {
             IngestError::Denied(AccessDenied::Forbidden) => StatusCode::FORBIDDEN,
             IngestError::Denied(AccessDenied::NotFound) => StatusCode::NOT_FOUND,
             IngestError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::RateLimited(limited) => match limited.why {
+                Limited::TooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Limited::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            },
             IngestError::InvalidParameter { .. }
             | IngestError::InvalidIdempotencyKey
             | IngestError::Syntax(_)
@@ -135,6 +145,12 @@ impl From<Refused> for IngestError {
     }
 }
 
+impl From<RateLimited> for IngestError {
+    fn from(limited: RateLimited) -> IngestError {
+        IngestError::RateLimited(Box::new(limited))
+    }
+}
+
 impl From<Refusal> for IngestError {
     fn from(refusal: Refusal) -> IngestError {
         match refusal {
@@ -159,6 +175,7 @@ impl IntoResponse for IngestError {
                 Problem::not_found("no connector has this id")
             }
             IngestError::Throttled(throttled) => throttled.into(),
+            IngestError::RateLimited(limited) => (*limited).into(),
             IngestError::InvalidParameter { name, detail } => {
                 Problem::new(status, "invalid_parameter", detail).with("parameter", name)
             }

@@ -8,6 +8,8 @@
 //! with `sluice_schema`, and publishing the accepted ones (and in partial mode
 //! the rejected ones) as `RecordBatch` messages on the records stream. It
 //! answers 202 only once JetStream acknowledged every message of the request.
+//! Each connector token is held to its rate limits (`sluice_runtime::rate_limit`),
+//! this gateway taking its share of each.
 //! Whatever a request holds in memory is reserved first from a budget shared
 //! fairly between connectors (`budget`), so no body, however hostile, grows
 //! the process past `SLUICE_INGEST_MEMORY_BYTES`.
@@ -39,6 +41,7 @@ use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::Namespace;
 use sluice_runtime::http::{self, BearerAuth};
+use sluice_runtime::rate_limit::RateLimiter;
 use sluice_runtime::startup::{self, Bus, BusSlot};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
@@ -83,6 +86,8 @@ pub(crate) struct AppState {
     /// `SLUICE_INGEST_MEMORY_BYTES`, at most half of it for one connector.
     memory: FairShare,
     throttle: Arc<AuthThrottle>,
+    /// Per-token rate limits; this gateway's share of each.
+    limiter: Arc<RateLimiter>,
     shutdown: CancellationToken,
 }
 
@@ -127,12 +132,27 @@ impl Service {
     /// still starts (not ready, answering 503) and keeps trying (see
     /// `sluice_runtime::startup`).
     pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Service> {
+        let limiter = Arc::new(RateLimiter::new(settings.default_limits));
+        let joining = (
+            Arc::clone(&limiter),
+            settings.namespace.clone(),
+            shutdown.clone(),
+        );
         let bus = startup::start_bus(
             &settings,
             "sluice-ingest",
             shutdown.clone(),
-            // Nothing of its own: the catalog is all the gateway needs.
-            Box::new(|_| async { Ok(()) }.boxed()),
+            // Besides the catalog, the gateway needs only to know how many
+            // gateways share the rate limits.
+            Box::new(move |bus| {
+                let (limiter, namespace, shutdown) = joining.clone();
+                async move {
+                    limiter
+                        .join_replicas(&bus.js, &namespace, "ingest", shutdown)
+                        .await
+                }
+                .boxed()
+            }),
         )
         .await?; // BusError names the URL and, for an old server, the fix
         let admin = settings
@@ -155,6 +175,7 @@ impl Service {
                     settings.ingest_memory_bytes / 2,
                 ),
                 throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
+                limiter,
                 shutdown,
             },
         })

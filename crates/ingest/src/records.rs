@@ -1,9 +1,11 @@
 //! `POST /v1/connectors/{id}/records` (SPEC 7).
 //!
 //! In order: the token (401/403/404, before anything about the request is
-//! looked at), the query and headers (400/415), the body under its size limit
-//! (413), validation (400/422), then publishing (503 unless every chunk is
-//! acknowledged), and with `wait=true` the read API's notices.
+//! looked at) and its requests per second (429), the query and headers
+//! (400/415), the body under its size limit (413), validation (400/422),
+//! the token's records per second (429; 413 for more than a second's worth
+//! at once), then publishing (503 unless every chunk is acknowledged), and
+//! with `wait=true` the read API's notices.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::bus::ConnectorDoc;
 use sluice_runtime::http::{BearerToken, Problem, REQUEST_ID};
+use sluice_runtime::rate_limit::{RateLimitHeaders, limited_token};
 use sluice_runtime::startup::Bus;
 use sluice_runtime::throttle::AuthAttempt;
 use sluice_runtime::token::TokenKind;
@@ -146,16 +149,20 @@ impl Params {
         ),
     ),
     responses(
-        (status = 202, description = "Every accepted record is durable in the bus", body = IngestAnswer),
+        (status = 202, description = "Every accepted record is durable in the bus. A token with rate limits gets RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers) on this and every other answer", body = IngestAnswer,
+         headers(
+             ("RateLimit-Policy" = String, description = "The token's policies: `\"requests\";q=10;w=1, \"records\";q=5000;qu=\"records\";w=1`"),
+             ("RateLimit" = String, description = "What is left of each policy checked: `\"requests\";r=7;t=1`"),
+         )),
         (status = 200, description = "With wait=true: the records are readable", body = IngestAnswer),
         (status = 400, description = "Malformed body (with line and column), bad parameter or Idempotency-Key", content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a read token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed, or whose records take more memory once read than one connector may hold", content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than SLUICE_MAX_BODY_BYTES once decompressed, or whose records take more memory once read than one connector may hold, or more records than the token's records_per_second (`exceeds_records_limit`)", content_type = "application/problem+json"),
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", content_type = "application/problem+json"),
         (status = 422, description = "Records failed validation (all_or_nothing), or too many to keep (partial, `too_many_rejected`): `errors` and `error_count`", content_type = "application/problem+json"),
-        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address (`too_many_failed_attempts`), or over the token's requests or records per second (`rate_limited`, with `policy`, RateLimit-Policy and RateLimit; nothing of the request was published); retry after Retry-After", content_type = "application/problem+json"),
         (status = 503, description = "The bus cannot take records now (`bus_unavailable`), the records stream holds SLUICE_STREAM_MAX_BYTES not yet stored (`stream_full`), or the gateway's memory is taken (`gateway_busy`); nothing of the request was accepted (but see Idempotency-Key for a request of many chunks): retry after Retry-After with the same Idempotency-Key", content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -170,6 +177,7 @@ pub(crate) async fn post_records(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut limits = RateLimitHeaders::default();
     let outcome = match token {
         Ok(BearerToken(token)) => {
             // An id that is not a UUID names no connector: the token check
@@ -178,7 +186,12 @@ pub(crate) async fn post_records(
             if let Some(connector) = connector {
                 tracing::Span::current().record("connector", tracing::field::display(connector));
             }
-            ingest(&state, connector, &token, &attempt, &uri, &headers, body).await
+            let caller = Caller {
+                connector,
+                token: &token,
+                attempt: &attempt,
+            };
+            ingest(&state, caller, &uri, &headers, body, &mut limits).await
         }
         Err(problem) => match attempt.fail() {
             Ok(()) => Err(IngestError::NoToken(problem.detail)),
@@ -191,36 +204,56 @@ pub(crate) async fn post_records(
     };
     metrics::counter!("sluice_ingest_requests_total", "status" => status.as_str().to_owned())
         .increment(1);
-    match outcome {
+    // Every answer to a limited token tells its limits.
+    limits.on(match outcome {
         Ok((status, answer)) => (status, axum::Json(answer)).into_response(),
         Err(error) => error.into_response(),
-    }
+    })
 }
 
-/// One request, step by step: the token, what was sent, an idempotent
-/// retry's earlier answer, validation, then publishing (and with
-/// `wait=true`, waiting until the records are stored).
+/// Who calls, on which connector's route.
+struct Caller<'a> {
+    /// `None`: the route's id names no connector.
+    connector: Option<Uuid>,
+    token: &'a str,
+    attempt: &'a AuthAttempt,
+}
+
+/// One request, step by step: the token and its requests per second,
+/// what was sent, an idempotent retry's earlier answer, validation, the
+/// token's records per second, then publishing (and with `wait=true`,
+/// waiting until the records are stored). `limits` is what the answer
+/// tells of the token's rate limits.
 async fn ingest(
     state: &AppState,
-    connector: Option<Uuid>,
-    token: &str,
-    attempt: &AuthAttempt,
+    caller: Caller<'_>,
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    limits: &mut RateLimitHeaders,
 ) -> Result<(StatusCode, IngestAnswer), IngestError> {
     let bus = state.bus()?;
-    let doc = bus
+    let authorized = bus
         .catalog
         .authorize(
-            token,
+            caller.token,
             state.admin.as_ref(),
-            connector,
+            caller.connector,
             TokenKind::Write,
-            attempt,
+            caller.attempt,
         )
-        .await?
-        .doc;
+        .await?;
+    let doc = authorized.doc;
+    let limited = limited_token(caller.token, &authorized.principal);
+    if let Some(token) = &limited {
+        match state.limiter.admit_request(token, doc.limits) {
+            Ok(admitted) => *limits = admitted,
+            Err(refused) => {
+                *limits = refused.headers.clone();
+                return Err(refused.into());
+            }
+        }
+    }
     let Sent {
         params,
         idempotent,
@@ -234,6 +267,14 @@ async fn ingest(
     });
     let limit = chunk_limit(bus);
     let (prepared, memory) = validate(state, &doc, params.mode, batch_id, limit, body).await?;
+    // Weighed before anything is published: a refused request publishes
+    // nothing, an admitted one all its records.
+    if let Some(token) = &limited {
+        let records = prepared.accepted + prepared.rejected;
+        state
+            .limiter
+            .admit_records(token, doc.limits, records, limits)?;
+    }
 
     let partial = params.mode == Mode::Partial;
     let answer = IngestAnswer {

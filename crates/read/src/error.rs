@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sluice_runtime::catalog::{AccessDenied, Refused};
 use sluice_runtime::http::Problem;
+use sluice_runtime::rate_limit::RateLimited;
 use sluice_runtime::throttle::TooManyFailedAttempts;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,9 @@ pub(crate) enum ReadError {
     /// Too many missing or unknown tokens from this client address.
     #[error(transparent)]
     Throttled(#[from] TooManyFailedAttempts),
+    /// Over the token's requests per second.
+    #[error("rate limited")]
+    RateLimited(Box<RateLimited>),
     /// A query parameter that cannot be used: its `code` is stable, and
     /// `parameter` names the offending parameter (or field) for the client.
     #[error("{detail}")]
@@ -76,6 +80,12 @@ impl From<Refused> for ReadError {
     }
 }
 
+impl From<RateLimited> for ReadError {
+    fn from(limited: RateLimited) -> ReadError {
+        ReadError::RateLimited(Box::new(limited))
+    }
+}
+
 impl From<sqlx::Error> for ReadError {
     fn from(error: sqlx::Error) -> ReadError {
         match &error {
@@ -99,6 +109,7 @@ impl IntoResponse for ReadError {
             ReadError::Forbidden => Problem::forbidden(),
             ReadError::NotFound => Problem::not_found("no connector with this id"),
             ReadError::Throttled(throttled) => throttled.into(),
+            ReadError::RateLimited(limited) => (*limited).into(),
             ReadError::BadParameter {
                 code,
                 parameter,

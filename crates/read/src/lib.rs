@@ -47,6 +47,7 @@ use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::Namespace;
+use sluice_runtime::rate_limit::RateLimiter;
 use sluice_runtime::startup::{self, Bus, BusSlot, LastStep};
 use sluice_runtime::throttle::AuthThrottle;
 use sluice_runtime::token::TokenHash;
@@ -72,6 +73,8 @@ pub(crate) struct AppState {
     pub namespace: Namespace,
     pub admin_hash: Option<Arc<TokenHash>>,
     pub throttle: Arc<AuthThrottle>,
+    /// Per-token rate limits of GETs; this replica's share of each.
+    pub limiter: Arc<RateLimiter>,
     /// Ends long-polls early when the process shuts down.
     pub shutdown: CancellationToken,
     pub hooks: StoreHooks,
@@ -125,6 +128,7 @@ impl Service {
             interval: settings.maintenance_interval,
         };
         tasks.spawn(maintenance.run(shutdown.clone()));
+        let limiter = Arc::new(RateLimiter::new(settings.default_limits));
         let start_store = store_starter(
             tasks.clone(),
             pool.clone(),
@@ -132,6 +136,7 @@ impl Service {
             shutdown.clone(),
             hooks.clone(),
             Arc::clone(&partitions),
+            Arc::clone(&limiter),
         );
         let bus =
             startup::start_bus(&settings, "sluice-read", shutdown.clone(), start_store).await?; // BusError names the URL and, for an old server, the fix
@@ -144,6 +149,7 @@ impl Service {
             namespace: settings.namespace.clone(),
             admin_hash: admin_hash(&settings).map(Arc::new),
             throttle: Arc::new(AuthThrottle::new(&settings.auth_throttle)),
+            limiter,
             shutdown,
             hooks,
             partitions,
@@ -220,8 +226,9 @@ impl Application {
     }
 }
 
-/// The read API's last step of start-up: the store loop, on the bus once it
-/// is set up (retried, as every step, until it starts).
+/// The read API's last step of start-up: joining the replicas that share
+/// the rate limits, then the store loop, on the bus once it is set up
+/// (retried, as every step, until it starts).
 fn store_starter(
     tasks: TaskTracker,
     pool: PgPool,
@@ -229,12 +236,18 @@ fn store_starter(
     shutdown: CancellationToken,
     hooks: StoreHooks,
     partitions: Arc<partitions::PartitionCache>,
+    limiter: Arc<RateLimiter>,
 ) -> LastStep {
     Box::new(move |bus: Bus| {
         let (tasks, pool, namespace) = (tasks.clone(), pool.clone(), namespace.clone());
         let (shutdown, hooks) = (shutdown.clone(), hooks.clone());
         let partitions = Arc::clone(&partitions);
+        let limiter = Arc::clone(&limiter);
         async move {
+            limiter
+                .join_replicas(&bus.js, &namespace, "read", shutdown.clone())
+                .await
+                .context("joining the read API's replicas")?;
             store::start(&tasks, &pool, &bus, namespace, shutdown, hooks, partitions)
                 .await
                 .context("starting the store consumer")

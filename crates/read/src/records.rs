@@ -45,6 +45,7 @@ use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
+use sluice_runtime::rate_limit::{RateLimitHeaders, limited_token};
 use sluice_runtime::store::records_table;
 use sluice_runtime::throttle::AuthAttempt;
 use sluice_runtime::token::TokenKind;
@@ -150,7 +151,7 @@ struct RejectedPage {
         (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
-        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address (`too_many_failed_attempts`), or over the token's requests per second (`rate_limited`, with RateLimit-Policy and RateLimit); retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -163,9 +164,13 @@ async fn get_records(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, token, &attempt, id).await?;
-    let params = page_params(CursorKind::Records, query, &headers)?;
-    serve_page(state, connector, params, Source::Records).await
+    let (connector, limits) = authorize(&state, token, &attempt, id).await?;
+    let page = match page_params(CursorKind::Records, query, &headers) {
+        Ok(params) => serve_page(state, connector, params, Source::Records).await,
+        Err(error) => Err(error),
+    };
+    // Every answer to a limited token tells its limits.
+    Ok(limits.on(page.unwrap_or_else(IntoResponse::into_response)))
 }
 
 /// A page of a connector's rejected records (from `mode=partial` ingests).
@@ -180,7 +185,7 @@ async fn get_records(
         (status = 401, description = "Missing, unknown or expired token", content_type = "application/problem+json"),
         (status = 403, description = "A token of another connector, or a write token", content_type = "application/problem+json"),
         (status = 404, description = "No such connector", content_type = "application/problem+json"),
-        (status = 429, description = "Too many missing or unknown tokens from this address; retry after Retry-After", content_type = "application/problem+json"),
+        (status = 429, description = "Too many missing or unknown tokens from this address (`too_many_failed_attempts`), or over the token's requests per second (`rate_limited`, with RateLimit-Policy and RateLimit); retry after Retry-After", content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -193,9 +198,12 @@ async fn get_rejected(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ReadError> {
-    let connector = authorize(&state, token, &attempt, id).await?;
-    let params = page_params(CursorKind::Rejected, query, &headers)?;
-    serve_page(state, connector, params, Source::Rejected).await
+    let (connector, limits) = authorize(&state, token, &attempt, id).await?;
+    let page = match page_params(CursorKind::Rejected, query, &headers) {
+        Ok(params) => serve_page(state, connector, params, Source::Rejected).await,
+        Err(error) => Err(error),
+    };
+    Ok(limits.on(page.unwrap_or_else(IntoResponse::into_response)))
 }
 
 /// The `{id}` of a route: `None` when it names no connector, because it is
@@ -219,18 +227,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
 /// SPEC 3: the operator or this connector's read token. An id that is not
 /// a UUID names no connector: the operator gets 404, a connector's token
 /// 403 (it is not this connector's), an unknown token 401, or 429 once its
-/// client has failed too often (`throttle`).
+/// client has failed too often (`throttle`). Then the token's requests per
+/// second (429 `rate_limited`); the headers tell its limits.
 async fn authorize(
     state: &AppState,
     token: Result<BearerToken, Problem>,
     attempt: &AuthAttempt,
     connector: Option<Uuid>,
-) -> Result<Uuid, ReadError> {
+) -> Result<(Uuid, RateLimitHeaders), ReadError> {
     let Ok(BearerToken(token)) = token else {
         attempt.fail()?;
         return Err(ReadError::Unauthorized);
     };
-    let doc = state
+    let authorized = state
         .bus()?
         .catalog
         .authorize(
@@ -240,9 +249,12 @@ async fn authorize(
             TokenKind::Read,
             attempt,
         )
-        .await?
-        .doc;
-    Ok(doc.id)
+        .await?;
+    let limits = match limited_token(&token, &authorized.principal) {
+        Some(key) => state.limiter.admit_request(&key, authorized.doc.limits)?,
+        None => RateLimitHeaders::default(),
+    };
+    Ok((authorized.doc.id, limits))
 }
 
 fn page_params(

@@ -11,7 +11,9 @@ use async_nats::jetstream::{self, kv, stream};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sluice_schema::{ExtraFields, FieldId, FieldType, Format, Record, RecordError, Schema, Value};
+use sluice_schema::{
+    ExtraFields, FieldId, FieldType, Format, RateLimits, Record, RecordError, Schema, Value,
+};
 use uuid::Uuid;
 
 use crate::settings::redact_url;
@@ -101,6 +103,12 @@ impl Namespace {
     pub fn token_uses_subject(&self) -> String {
         format!("{}.token_uses", self.0)
     }
+
+    /// The key-value bucket where each gateway and read-API replica keeps
+    /// a heartbeat, so that each knows how many share the rate limits.
+    pub fn replicas_bucket(&self) -> String {
+        format!("{}_replicas", self.0)
+    }
 }
 
 /// Message headers set by the ingest gateway.
@@ -137,6 +145,10 @@ pub struct ConnectorDoc {
     write_token_hash: Option<TokenHash>,
     #[serde(default, skip_serializing)]
     read_token_hash: Option<TokenHash>,
+    /// The connector's own rate limits; absent from definitions written
+    /// before them, and when none is set (the defaults apply).
+    #[serde(default, skip_serializing_if = "RateLimits::is_unset")]
+    pub limits: RateLimits,
 }
 
 /// One token of a connector, as gateways check it: never the secret.
@@ -179,7 +191,13 @@ impl ConnectorDoc {
             tokens,
             write_token_hash: None,
             read_token_hash: None,
+            limits: RateLimits::default(),
         }
+    }
+
+    /// The definition with the connector's own rate limits.
+    pub fn with_limits(self, limits: RateLimits) -> ConnectorDoc {
+        ConnectorDoc { limits, ..self }
     }
 
     /// The bucket key of connector `id`'s definition.

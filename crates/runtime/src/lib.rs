@@ -23,6 +23,7 @@
 //!   request ids, and serving with graceful shutdown.
 //! - [`nats_server`]: finding a current local nats-server binary.
 //! - [`throttle`]: failed authentication throttled per client address.
+//! - [`rate_limit`]: per-token rate limits, each replica taking its share.
 //! - [`settings`] and [`telemetry`]: configuration and logging.
 //!
 //! It knows nothing of any one service's routes; services decide what to
@@ -35,6 +36,7 @@ pub mod http;
 pub mod nats_server;
 pub mod partitions;
 pub mod principal;
+pub mod rate_limit;
 pub mod settings;
 pub mod startup;
 pub mod store;

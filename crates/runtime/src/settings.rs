@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+
 use ipnet::IpNet;
 use secrecy::SecretString;
+use sluice_schema::RateLimits;
 
 use crate::bus::Namespace;
 
@@ -48,6 +51,10 @@ pub struct Settings {
     /// (`SLUICE_TOKEN_USE_INTERVAL`, default 60 s): `last_used_at` trails
     /// a use by at most this.
     pub token_use_interval: Duration,
+    /// Rate limits of a connector's tokens where the connector sets none
+    /// (`SLUICE_DEFAULT_REQUESTS_PER_SECOND`,
+    /// `SLUICE_DEFAULT_RECORDS_PER_SECOND`); unset: unlimited.
+    pub default_limits: RateLimits,
 }
 
 impl std::fmt::Debug for Settings {
@@ -68,6 +75,7 @@ impl std::fmt::Debug for Settings {
             partition_span,
             maintenance_interval,
             token_use_interval,
+            default_limits,
         } = self;
         f.debug_struct("Settings")
             .field("listen", listen)
@@ -84,6 +92,7 @@ impl std::fmt::Debug for Settings {
             .field("partition_span", partition_span)
             .field("maintenance_interval", maintenance_interval)
             .field("token_use_interval", token_use_interval)
+            .field("default_limits", default_limits)
             .finish()
     }
 }
@@ -328,8 +337,36 @@ impl Settings {
             partition_span,
             maintenance_interval,
             token_use_interval,
+            default_limits: RateLimits {
+                requests_per_second: default_limit(&lookup, "SLUICE_DEFAULT_REQUESTS_PER_SECOND")?,
+                records_per_second: default_limit(&lookup, "SLUICE_DEFAULT_RECORDS_PER_SECOND")?,
+            },
         })
     }
+}
+
+/// A default rate limit: a whole number from 1 to [`RateLimits::MAX`];
+/// unset, empty or `unlimited`: none.
+fn default_limit(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<Option<NonZeroU32>, SettingsError> {
+    let Some(value) = lookup(variable).filter(|v| !v.is_empty() && v != "unlimited") else {
+        return Ok(None);
+    };
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| RateLimits::check("default", n).ok())
+        .map(Some)
+        .ok_or_else(|| SettingsError {
+            variable,
+            reason: format!(
+                "{value:?} is not a whole number from 1 to {}, nor \"unlimited\"",
+                RateLimits::MAX
+            ),
+        })
 }
 
 /// Throttling of failed authentication (`crate::throttle`): each client
@@ -419,6 +456,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_rate_limits_are_positive_numbers_or_unlimited() {
+        let with = |variable: &'static str, value: &'static str| {
+            Settings::from_lookup("0.0.0.0:8081", move |n| {
+                (n == variable).then(|| value.to_owned())
+            })
+        };
+        let s = with("SLUICE_DEFAULT_REQUESTS_PER_SECOND", "50").unwrap();
+        assert_eq!(
+            s.default_limits.requests_per_second.map(|n| n.get()),
+            Some(50)
+        );
+        assert_eq!(s.default_limits.records_per_second, None);
+        let s = with("SLUICE_DEFAULT_RECORDS_PER_SECOND", "unlimited").unwrap();
+        assert!(s.default_limits.is_unset());
+        for variable in [
+            "SLUICE_DEFAULT_REQUESTS_PER_SECOND",
+            "SLUICE_DEFAULT_RECORDS_PER_SECOND",
+        ] {
+            for bad in ["0", "-3", "1.5", "lots", "1000000001"] {
+                assert_eq!(with(variable, bad).unwrap_err().variable, variable, "{bad}");
+            }
+        }
+    }
+
+    #[test]
     fn defaults_apply_and_bad_values_name_their_variable() {
         let s = Settings::from_lookup("0.0.0.0:8081", |_| None).unwrap();
         assert_eq!(s.listen.port(), 8081);
@@ -427,6 +489,7 @@ mod tests {
         assert!(s.admin_token.is_none());
         assert_eq!(s.http, HttpLimits::default());
         assert_eq!(s.stream_max_bytes, Some(1024 * 1024 * 1024));
+        assert!(s.default_limits.is_unset());
 
         let err = Settings::from_lookup("0.0.0.0:8081", |n| {
             (n == "SLUICE_MAX_BODY_BYTES").then(|| "lots".to_owned())

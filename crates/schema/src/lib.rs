@@ -14,6 +14,7 @@ pub mod connector;
 pub mod duration;
 pub mod field;
 pub mod json_schema;
+pub mod limits;
 pub mod problem;
 pub mod record;
 pub mod schema;
@@ -23,6 +24,7 @@ pub use compact_str::CompactString;
 pub use connector::{ConnectorName, ExtraFields, MAX_DESCRIPTION_CHARS, check_description};
 pub use duration::{Retention, format_duration, parse_duration};
 pub use field::{Field, FieldId, FieldName, FieldType};
+pub use limits::RateLimits;
 pub use problem::{Problem, ProblemCode};
 pub use record::{
     DecimalParts, Format, NamedRecord, Record, RecordError, RecordErrorCode, Rejected, Revalidated,

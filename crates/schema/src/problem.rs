@@ -21,6 +21,7 @@ pub enum ProblemCode {
     DuplicatePreviousName,
     InvalidExtraFields,
     InvalidRetention,
+    InvalidLimit,
 }
 
 impl ProblemCode {
@@ -39,6 +40,7 @@ impl ProblemCode {
             ProblemCode::DuplicatePreviousName => "duplicate_previous_name",
             ProblemCode::InvalidExtraFields => "invalid_extra_fields",
             ProblemCode::InvalidRetention => "invalid_retention",
+            ProblemCode::InvalidLimit => "invalid_limit",
         }
     }
 }

@@ -146,6 +146,7 @@ impl TestEnv {
                 let _ = js.delete_stream(ns.dead_letter_stream()).await;
                 let _ = js.delete_key_value(ns.connectors_bucket()).await;
                 let _ = js.delete_key_value(ns.operators_bucket()).await;
+                let _ = js.delete_key_value(ns.replicas_bucket()).await;
             }
             Err(error) => eprintln!(
                 "sluice-testkit: could not remove namespace {}: {error}",

@@ -4,6 +4,7 @@
 //! PostgreSQL and NATS, one database and namespace per test.
 
 mod assets;
+mod audit;
 mod backlog;
 mod browser;
 mod keyboard;

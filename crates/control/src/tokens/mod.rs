@@ -17,12 +17,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sluice_runtime::token::{NewToken, TokenKind};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::api::{ProblemDoc, connected_bus};
+use crate::audit::{self, Actor, AuditAction};
 use crate::db as connectors_db;
 use crate::error::{ControlError, FieldProblem};
 use crate::extract::{AppJson, ConnectorId, Operator};
@@ -236,7 +238,7 @@ fn parse_grace(grace: Option<&str>) -> Result<Option<std::time::Duration>, Contr
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn create_connector_token(
     State(state): State<AppState>,
-    operator: Operator,
+    actor: Actor,
     id: ConnectorId,
     AppJson(body): AppJson<CreateConnectorToken>,
 ) -> Result<(StatusCode, Json<CreatedConnectorToken>), ControlError> {
@@ -279,9 +281,11 @@ pub(crate) async fn create_connector_token(
         },
     )
     .await?;
+    let changes = token_summary(&row);
+    audit::record(&mut tx, &actor, id, AuditAction::TokenCreated, changes).await?;
     tx.commit().await?;
     publish_after_commit(&state, bus, id).await;
-    tracing::info!(token = %row.id, scope = scope.as_str(), by = %operator.0.token_name, "connector token created");
+    tracing::info!(token = %row.id, scope = scope.as_str(), by = %actor.name, "connector token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedConnectorToken {
@@ -341,7 +345,7 @@ pub(crate) async fn list_connector_tokens(
 #[tracing::instrument(skip_all, fields(connector = %id.0))]
 pub(crate) async fn revoke_connector_token(
     State(state): State<AppState>,
-    operator: Operator,
+    actor: Actor,
     id: ConnectorId,
     Path((_, token)): Path<(String, String)>,
 ) -> Result<StatusCode, ControlError> {
@@ -355,10 +359,23 @@ pub(crate) async fn revoke_connector_token(
     if !db::delete_connector_token(&mut tx, id, token).await? {
         return Err(ControlError::TokenNotFound);
     }
+    let changes = json!({"token_id": token});
+    audit::record(&mut tx, &actor, id, AuditAction::TokenRevoked, changes).await?;
     tx.commit().await?;
     publish_after_commit(&state, bus, id).await;
-    tracing::info!(%token, by = %operator.0.token_name, "connector token revoked");
+    tracing::info!(%token, by = %actor.name, "connector token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A token as the audit log shows it: what its creator set, never the
+/// secret nor its hash.
+fn token_summary(row: &TokenRow) -> serde_json::Value {
+    json!({
+        "token_id": row.id,
+        "name": row.name,
+        "scope": row.scope.as_deref().unwrap_or("operator"),
+        "expires_at": row.expires_at,
+    })
 }
 
 /// Rotation (`POST /v1/connectors/{id}/tokens/{write|read}`): a new
@@ -366,6 +383,7 @@ pub(crate) async fn revoke_connector_token(
 /// with `grace` kept working until then.
 pub(crate) async fn rotate(
     state: &AppState,
+    actor: &Actor,
     id: Uuid,
     scope: TokenKind,
     params: Result<Query<RotateParams>, QueryRejection>,
@@ -397,6 +415,12 @@ pub(crate) async fn rotate(
         },
     )
     .await?;
+    let changes = json!({
+        "kind": scope.as_str(),
+        "token_id": row.id,
+        "old_token_expires_at": until,
+    });
+    audit::record(&mut tx, actor, id, AuditAction::TokenRotated, changes).await?;
     tx.commit().await?;
     publish_after_commit(state, bus, id).await;
     tracing::info!(kind = scope.as_str(), grace = ?grace, "token rotated");
@@ -427,7 +451,7 @@ pub(crate) async fn rotate(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn create_operator_token(
     State(state): State<AppState>,
-    operator: Operator,
+    actor: Actor,
     AppJson(body): AppJson<CreateOperatorToken>,
 ) -> Result<(StatusCode, Json<CreatedOperatorToken>), ControlError> {
     let mut problems = Vec::new();
@@ -453,9 +477,11 @@ pub(crate) async fn create_operator_token(
         },
     )
     .await?;
+    let changes = token_summary(&row);
+    audit::record(&mut tx, &actor, None, AuditAction::TokenCreated, changes).await?;
     tx.commit().await?;
     publish_operators_after_commit(&state, bus).await;
-    tracing::info!(token = %row.id, by = %operator.0.token_name, "operator token created");
+    tracing::info!(token = %row.id, by = %actor.name, "operator token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedOperatorToken {
@@ -505,7 +531,7 @@ pub(crate) async fn list_operator_tokens(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn revoke_operator_token(
     State(state): State<AppState>,
-    operator: Operator,
+    actor: Actor,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ControlError> {
     let token = Uuid::parse_str(&token).map_err(|_| ControlError::TokenNotFound)?;
@@ -514,8 +540,10 @@ pub(crate) async fn revoke_operator_token(
     if !db::delete_operator_token(&mut tx, token).await? {
         return Err(ControlError::TokenNotFound);
     }
+    let changes = json!({"token_id": token, "operator": true});
+    audit::record(&mut tx, &actor, None, AuditAction::TokenRevoked, changes).await?;
     tx.commit().await?;
     publish_operators_after_commit(&state, bus).await;
-    tracing::info!(%token, by = %operator.0.token_name, "operator token revoked");
+    tracing::info!(%token, by = %actor.name, "operator token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

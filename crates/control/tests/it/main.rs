@@ -1,6 +1,7 @@
 //! Integration tests of the control plane: real PostgreSQL, real NATS, real
 //! HTTP, one database and namespace per test.
 
+mod audit;
 mod auth;
 mod binary;
 mod concurrency;
@@ -8,6 +9,7 @@ mod connectors;
 mod edit;
 mod hostile_values;
 mod lifecycle;
+mod limits;
 mod retention;
 mod tokens;
 

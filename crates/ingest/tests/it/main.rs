@@ -11,6 +11,7 @@ mod connections;
 mod idempotency;
 mod modes;
 mod outage;
+mod rate_limits;
 mod tokens;
 
 use std::io::Write;

@@ -4,6 +4,7 @@ mod guarantees;
 mod helpers;
 mod hostile_values;
 mod lifecycle;
+mod rate_limits;
 mod reading;
 mod rendering;
 mod retention;
