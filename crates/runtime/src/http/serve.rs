@@ -75,6 +75,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // An answer's last bytes go out at once, not after the
+                // client's (delayed) ACK of the ones before (Nagle).
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "TCP_NODELAY refused");
+                }
                 connections.spawn(serve_connection(
                     builder.clone(),
                     stream,
