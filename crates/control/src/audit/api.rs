@@ -101,7 +101,7 @@ pub(crate) struct AuditParams {
     responses(
         (status = 200, body = AuditPage),
         (status = 400, description = "invalid_limit, invalid_cursor or invalid_connector_id", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -137,7 +137,7 @@ pub(crate) async fn list_audit(
     responses(
         (status = 200, body = AuditPage),
         (status = 400, description = "invalid_limit or invalid_cursor", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "A connector token", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "An id that is not a UUID", body = ProblemDoc, content_type = "application/problem+json"),
     ),
