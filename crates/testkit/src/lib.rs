@@ -29,6 +29,7 @@ use std::time::Duration;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::nats_server;
+use sluice_runtime::settings::nats_servers;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -121,7 +122,7 @@ impl TestEnv {
 
     /// A plain NATS client on this environment's server.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.nats_url)
+        async_nats::connect(nats_servers(&self.nats_url))
             .await
             .expect("connecting to NATS")
     }
@@ -138,7 +139,7 @@ impl TestEnv {
             }
             Err(error) => eprintln!("sluice-testkit: could not drop {}: {error}", self.database),
         }
-        match async_nats::connect(&self.nats_url).await {
+        match async_nats::connect(nats_servers(&self.nats_url)).await {
             Ok(client) => {
                 let js = async_nats::jetstream::new(client);
                 let ns = &self.namespace;
