@@ -17,9 +17,13 @@
 
 pub mod api;
 mod fake_nats;
+mod nats_cluster;
+mod postgres_pair;
 pub mod wire;
 
 pub use fake_nats::fake_nats;
+pub use nats_cluster::NatsCluster;
+pub use postgres_pair::PostgresPair;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,9 +59,15 @@ impl TestEnv {
     /// A test's environment: on the PostgreSQL of `SLUICE_TEST_POSTGRES`
     /// and the tests' NATS server ([`nats_url`]).
     pub async fn new() -> TestEnv {
+        TestEnv::on_nats(nats_url()).await
+    }
+
+    /// A test's environment on the PostgreSQL of `SLUICE_TEST_POSTGRES`
+    /// and the NATS server(s) at `nats_url` (a [`NatsCluster`]'s).
+    pub async fn on_nats(nats_url: &str) -> TestEnv {
         let server_url = std::env::var("SLUICE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        TestEnv::create(&server_url, nats_url(), "test")
+        TestEnv::create(&server_url, nats_url, "test")
             .await
             .unwrap_or_else(|e| panic!("{e} (PostgreSQL must answer for the tests, see README)"))
     }
