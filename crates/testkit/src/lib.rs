@@ -12,7 +12,9 @@
 //!
 //! Also what every test crate needs besides: [`api`] to call the services
 //! over HTTP, [`wire`] to see what is on the wire, [`PrivateNats`] for tests
-//! that stop NATS, and [`fake_nats`] for a server too old to use. The
+//! that stop NATS, [`NatsCluster`] for tests that kill a node of a JetStream
+//! cluster, [`PostgresPair`] for tests that read a streaming replica, and
+//! [`fake_nats`] for a server too old to use. The
 //! benchmark (crates/bench) runs on a [`TestEnv`] of its own too.
 
 pub mod api;
