@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -23,7 +23,8 @@ struct Deployment {
     control: Process,
     gateway: Process,
     read: Process,
-    env: TestEnv,
+    /// Held for its drop, which removes the database and namespace.
+    _env: TestEnv,
 }
 
 impl Deployment {
@@ -37,7 +38,7 @@ impl Deployment {
             control: Process::start(&env, "sluice-control", &[], &[]).await,
             gateway: Process::start(&env, "sluice-ingest", &[], &[]).await,
             read: Process::start(&env, "sluice-read", &[], &on_replica).await,
-            env,
+            _env: env,
         }
     }
 
@@ -161,7 +162,14 @@ async fn a_long_poll_on_a_lagging_replica_wakes_with_the_new_records() {
     assert!(!long_poll.is_finished(), "the long-poll waits for the replica");
 
     pair.resume_replay();
+    let resumed = Instant::now();
     let (woken, _) = long_poll.await.expect("the long-poll");
+    // Far inside its 30 s: woken once the replica replayed the commit, not
+    // answering at its deadline (whose last look would find them too).
+    assert!(
+        resumed.elapsed() < Duration::from_secs(20),
+        "the long-poll answered at its deadline, not when the replica caught up"
+    );
     assert_eq!(seqs(&woken), (10..20).collect::<Vec<_>>());
     assert_eq!(ids(&woken), (11..=20).collect::<Vec<_>>());
 }

@@ -16,7 +16,7 @@ use sluice_schema::{
 };
 use uuid::Uuid;
 
-use crate::settings::redact_url;
+use crate::settings::{nats_servers, redact_url};
 use crate::token::{TokenHash, TokenKind};
 
 /// A valid namespace: 1 to 32 characters of `[A-Za-z0-9_-]`, which fit in
