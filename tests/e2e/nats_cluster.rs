@@ -33,7 +33,11 @@ async fn a_node_killed_under_load_loses_no_record_and_stores_none_twice() {
         Process::start(&env, "sluice-ingest", &[], &three_copies).await,
     ];
     let read = Process::start(&env, "sluice-read", &[], &three_copies).await;
-    let client = Arc::new(Client::new(&control, &[&gateways[0], &gateways[1]], &[&read]));
+    let client = Arc::new(Client::new(
+        &control,
+        &[&gateways[0], &gateways[1]],
+        &[&read],
+    ));
     let connector = Arc::new(create(&client).await);
 
     // Every stream and bucket the services made is in three copies.

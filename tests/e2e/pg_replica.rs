@@ -65,7 +65,10 @@ async fn page(
     )
     .await;
     let records = page["records"].as_array().expect("records").clone();
-    let next = page["next_cursor"].as_str().expect("next_cursor").to_owned();
+    let next = page["next_cursor"]
+        .as_str()
+        .expect("next_cursor")
+        .to_owned();
     (records, next)
 }
 
@@ -145,7 +148,8 @@ async fn a_long_poll_on_a_lagging_replica_wakes_with_the_new_records() {
     // next records are stored on the primary alone. The notice of their
     // commit wakes the long-poll while its replica does not show them.
     let long_poll = {
-        let (client, connector, cursor) = (Arc::clone(&client), Arc::clone(&connector), cursor.clone());
+        let (client, connector, cursor) =
+            (Arc::clone(&client), Arc::clone(&connector), cursor.clone());
         tokio::spawn(async move { page(&client, &connector, &cursor, 100, 30).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -159,7 +163,10 @@ async fn a_long_poll_on_a_lagging_replica_wakes_with_the_new_records() {
         lagging.is_empty(),
         "the replica replays nothing now, so a GET from it shows nothing new: {lagging:?}"
     );
-    assert!(!long_poll.is_finished(), "the long-poll waits for the replica");
+    assert!(
+        !long_poll.is_finished(),
+        "the long-poll waits for the replica"
+    );
 
     pair.resume_replay();
     let resumed = Instant::now();

@@ -132,8 +132,7 @@ impl Service {
             .context("connecting to PostgreSQL")?;
         let replica = match &settings.database_read_url {
             Some(url) => Some(
-                sluice_runtime::store::connect_replica(url)
-                    .context("reading DATABASE_READ_URL")?,
+                sluice_runtime::store::connect_replica(url).context("reading DATABASE_READ_URL")?,
             ),
             None => None,
         };
@@ -210,9 +209,12 @@ impl sluice_runtime::http::Served for Service {
 
 /// Whether `pool`'s server answers a query within two seconds.
 async fn answers(pool: &PgPool) -> bool {
-    tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 /// The read API bound to its listener.

@@ -1034,7 +1034,9 @@ pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow:
         return js
             .create_or_update_key_value(config)
             .await
-            .with_context(|| format!("creating bucket {bucket} in {replicas} copies (SLUICE_STREAM_REPLICAS)"));
+            .with_context(|| {
+                format!("creating bucket {bucket} in {replicas} copies (SLUICE_STREAM_REPLICAS)")
+            });
     };
     let backing = format!("KV_{}", config.bucket);
     let mut stream = js.get_stream(&backing).await?;
@@ -1042,7 +1044,10 @@ pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow:
     if stream_config.num_replicas != replicas {
         stream_config.num_replicas = replicas;
         js.update_stream(stream_config).await.with_context(|| {
-            format!("giving bucket {} {replicas} copies (SLUICE_STREAM_REPLICAS)", config.bucket)
+            format!(
+                "giving bucket {} {replicas} copies (SLUICE_STREAM_REPLICAS)",
+                config.bucket
+            )
         })?;
     }
     Ok(store)

@@ -630,7 +630,10 @@ mod tests {
         };
         let s = with("SLUICE_STREAM_REPLICAS", "3").unwrap();
         assert_eq!(s.stream_replicas, 3);
-        assert_eq!(with("NATS_URL", "nats://a:4222").unwrap().stream_replicas, 1);
+        assert_eq!(
+            with("NATS_URL", "nats://a:4222").unwrap().stream_replicas,
+            1
+        );
         for bad in ["0", "6", "three", "-1"] {
             let err = with("SLUICE_STREAM_REPLICAS", bad).unwrap_err();
             assert_eq!(err.variable, "SLUICE_STREAM_REPLICAS", "{bad}");

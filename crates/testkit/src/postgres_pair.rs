@@ -155,7 +155,12 @@ impl PostgresPair {
     fn tool(&self, name: &str, args: &[&std::ffi::OsStr]) {
         let tool = self.bin.join(name);
         if running_as_root() {
-            let mut all = vec!["-u".as_ref(), "postgres".as_ref(), "--".as_ref(), tool.as_os_str()];
+            let mut all = vec![
+                "-u".as_ref(),
+                "postgres".as_ref(),
+                "--".as_ref(),
+                tool.as_os_str(),
+            ];
             all.extend_from_slice(args);
             self.run("runuser", &all);
         } else {

@@ -24,10 +24,10 @@ use uuid::Uuid;
 use super::Replayed;
 use super::sql::{self, KeptRejected};
 use crate::AppState;
-use crate::replica;
 use crate::db::{self, IdCounters};
 use crate::error::ReadError;
 use crate::partitions::GroupPartitions;
+use crate::replica;
 use crate::rows::RecordInsert;
 
 /// Rejected records looked at per transaction: enough that a replay of
