@@ -333,7 +333,24 @@ pub(crate) struct ListParams {
 }
 
 const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 1000;
+
+/// The `limit` of a listing's page: 1 to 1000, `default` when absent.
+pub(crate) fn page_limit(limit: Option<&str>, default: i64) -> Result<i64, ControlError> {
+    const MAX_PAGE: i64 = 1000;
+    let Some(limit) = limit else {
+        return Ok(default);
+    };
+    limit
+        .parse::<i64>()
+        .ok()
+        .filter(|l| (1..=MAX_PAGE).contains(l))
+        .ok_or_else(|| {
+            ControlError::bad_request(
+                "invalid_limit",
+                format!("limit must be an integer from 1 to {MAX_PAGE}"),
+            )
+        })
+}
 
 fn connector_view(
     state: &AppState,
@@ -514,32 +531,12 @@ async fn insert_new_connector(
     definition: &Definition<'_>,
     source: Option<Uuid>,
 ) -> Result<CreatedConnector, ControlError> {
-    let Definition {
-        name,
-        description,
-        schema,
-        extra_fields,
-        retention,
-        limits,
-    } = *definition;
     let bus = connected_bus(state)?;
     let id = Uuid::now_v7();
     let write = NewToken::generate(TokenKind::Write);
     let read = NewToken::generate(TokenKind::Read);
     let mut tx = state.pool.begin().await?;
-    db::insert_connector(
-        &mut tx,
-        &db::NewConnector {
-            id,
-            name,
-            description,
-            schema,
-            extra_fields,
-            retention,
-            limits,
-        },
-    )
-    .await?;
+    db::insert_connector(&mut tx, id, definition).await?;
     // Its two rotatable tokens, named after their scopes.
     for (scope, token) in [(TokenKind::Write, &write), (TokenKind::Read, &read)] {
         tokens_db::insert_connector_token(
@@ -556,7 +553,7 @@ async fn insert_new_connector(
         )
         .await?;
     }
-    store::create_records_table(&mut tx, id, schema).await?;
+    store::create_records_table(&mut tx, id, definition.schema).await?;
     let mut changes = definition.summary();
     let action = match source {
         Some(source) => {
@@ -641,19 +638,7 @@ pub(crate) async fn list_connectors(
 ) -> Result<Json<ConnectorPage>, ControlError> {
     let Query(params) =
         params.map_err(|e| ControlError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ControlError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be an integer from 1 to {MAX_PAGE}"),
-                )
-            })?,
-    };
+    let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE)?;
     let after = params
         .cursor
         .as_deref()

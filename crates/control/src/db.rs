@@ -11,6 +11,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::audit::Definition;
 use crate::error::{ControlError, is_unique_violation};
 
 const NAME_CONSTRAINT: &str = "connectors_name_key";
@@ -82,30 +83,20 @@ const SELECT_CONNECTOR: &str = "SELECT c.id, c.name, c.description, c.schema, c.
      s.last_received_at \
      FROM connectors c LEFT JOIN connector_stats s ON s.connector_id = c.id";
 
-/// What a new connector is made of.
-pub(crate) struct NewConnector<'a> {
-    pub id: Uuid,
-    pub name: &'a str,
-    pub description: Option<&'a str>,
-    pub schema: &'a Schema,
-    pub extra_fields: ExtraFields,
-    pub retention: Option<Retention>,
-    pub limits: RateLimits,
-}
-
 /// Inserts the connector and its stats row (version 1); its tokens are
 /// the caller's to insert (`tokens::db`).
-#[tracing::instrument(skip_all, fields(connector = %new.id))]
+#[tracing::instrument(skip_all, fields(connector = %id))]
 pub(crate) async fn insert_connector(
     conn: &mut PgConnection,
-    new: &NewConnector<'_>,
+    id: Uuid,
+    new: &Definition<'_>,
 ) -> Result<(), ControlError> {
     sqlx::query(
         "INSERT INTO connectors (id, name, description, schema, schema_version, extra_fields, \
          retention_seconds, requests_per_second, records_per_second) \
          VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
     )
-    .bind(new.id)
+    .bind(id)
     .bind(new.name)
     .bind(new.description)
     .bind(Json(new.schema))
@@ -117,7 +108,7 @@ pub(crate) async fn insert_connector(
     .await
     .map_err(|e| name_taken_or(e, new.name))?;
     sqlx::query("INSERT INTO connector_stats (connector_id) VALUES ($1)")
-        .bind(new.id)
+        .bind(id)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -70,6 +70,9 @@ use crate::replica;
 pub(crate) const NEXT_CURSOR_HEADER: &str = "sluice-next-cursor";
 /// Bytes gathered before a chunk is sent to the client.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// Room for the row that fills a chunk past `CHUNK_BYTES`, so that a
+/// typical row does not make the buffer grow (a copy of the whole chunk).
+const CHUNK_CAPACITY: usize = CHUNK_BYTES + 64 * 1024;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -492,7 +495,7 @@ impl PageBody<'_> {
     /// Sends the buffer off if it holds a chunk.
     async fn send_full_chunk(&mut self) {
         if self.buffer.len() >= CHUNK_BYTES {
-            let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+            let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_CAPACITY));
             self.open = self.sender.send(Ok(Bytes::from(chunk))).await.is_ok();
         }
     }
@@ -513,7 +516,7 @@ async fn stream_rows(
 ) -> Result<(), StreamError> {
     let mut body = PageBody {
         writer: PageWriter::new(format, plan.columns.clone()),
-        buffer: Vec::with_capacity(CHUNK_BYTES),
+        buffer: Vec::with_capacity(CHUNK_CAPACITY),
         sender,
         open: true,
     };

@@ -247,17 +247,22 @@ impl ConnectorDoc {
             .any(|t| t.scope == scope && t.is_live(now) && t.hash.matches(secret))
     }
 
-    /// Whether `stored` holds this definition. Compared as JSON values, so
-    /// that the order of members does not count but any other difference,
-    /// members this version does not know included, does.
+    /// Whether `stored` holds this definition (see `holds_json`).
     pub fn is_stored_as(&self, stored: &[u8]) -> bool {
-        match (
-            serde_json::from_slice::<serde_json::Value>(stored),
-            serde_json::to_value(self),
-        ) {
-            (Ok(stored), Ok(current)) => stored == current,
-            _ => false,
-        }
+        holds_json(stored, self)
+    }
+}
+
+/// Whether `stored` holds `doc`, compared as JSON values: the order of
+/// members does not count, any other difference (members this version does
+/// not know included) does.
+fn holds_json(stored: &[u8], doc: &impl Serialize) -> bool {
+    match (
+        serde_json::from_slice::<serde_json::Value>(stored),
+        serde_json::to_value(doc),
+    ) {
+        (Ok(stored), Ok(current)) => stored == current,
+        _ => false,
     }
 }
 
@@ -297,15 +302,9 @@ impl OperatorTokensDoc {
         serde_json::from_slice(stored)
     }
 
-    /// Whether `stored` holds this document (as JSON values).
+    /// Whether `stored` holds this document (see `holds_json`).
     pub fn is_stored_as(&self, stored: &[u8]) -> bool {
-        match (
-            serde_json::from_slice::<serde_json::Value>(stored),
-            serde_json::to_value(self),
-        ) {
-            (Ok(stored), Ok(current)) => stored == current,
-            _ => false,
-        }
+        holds_json(stored, self)
     }
 }
 

@@ -16,12 +16,11 @@ use uuid::Uuid;
 
 use super::db::{self, EntryRow};
 use crate::AppState;
-use crate::api::ProblemDoc;
+use crate::api::{ProblemDoc, page_limit};
 use crate::error::ControlError;
 use crate::extract::{ConnectorId, Operator};
 
 const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
 /// The header that carries the next cursor, as on the read API's pages.
 const NEXT_CURSOR_HEADER: &str = "sluice-next-cursor";
 
@@ -160,19 +159,7 @@ async fn audit_page(
     connector: Option<Uuid>,
     params: &AuditParams,
 ) -> Result<Response, ControlError> {
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ControlError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be an integer from 1 to {MAX_PAGE}"),
-                )
-            })?,
-    };
+    let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE)?;
     let after = match params.cursor.as_deref() {
         None | Some("") => 0,
         Some(cursor) => decode_cursor(cursor).ok_or_else(|| {
