@@ -103,6 +103,28 @@ async fn a_node_killed_under_load_loses_no_record_and_stores_none_twice() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_exactly_once(&read_all(&client, &connector).await, total);
+
+    // The restarted node caught up: a current copy of the records stream
+    // again (or its leader).
+    let victim_name = cluster.name(victim).to_owned();
+    let mut caught_up = false;
+    for _ in 0..300 {
+        let info = records_stream.info().await.expect("the stream's info");
+        let cluster = info.cluster.as_ref().expect("a clustered stream");
+        caught_up = cluster.leader.as_deref() == Some(victim_name.as_str())
+            || cluster
+                .replicas
+                .iter()
+                .any(|peer| peer.name == victim_name && peer.current && !peer.offline);
+        if caught_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        caught_up,
+        "{victim_name} never caught up with the records stream"
+    );
 }
 
 /// POSTs request `request` of the load (records `request * PER_REQUEST`

@@ -1026,7 +1026,10 @@ fn durable_bucket(bucket: String, replicas: usize) -> kv::Config {
 /// Opens the bucket `config` describes, creating it if missing; one that
 /// exists is given `config`'s replica count, as streams are (see
 /// [`ensure_streams`]), and keeps its other settings.
-pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> anyhow::Result<kv::Store> {
     let replicas = config.num_replicas;
     let Ok(store) = js.get_key_value(&config.bucket).await else {
         let bucket = config.bucket.clone();
