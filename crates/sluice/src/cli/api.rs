@@ -12,6 +12,11 @@ use super::Remote;
 
 const DEFAULT_URL: &str = "http://localhost:8080";
 
+/// Attempts after the first of a request the server is too busy for.
+pub(crate) const RETRIES: u32 = 10;
+/// Longest wait between two attempts when the server says nothing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// A client of one Sluice, with the token of the command.
 #[derive(Clone)]
 pub(crate) struct Api {
@@ -114,6 +119,21 @@ impl Api {
     }
 }
 
+/// Busy, rate-limited or failing for a moment: the same request, with the
+/// same key, may be sent again.
+pub(crate) fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+/// Half a second, doubling to [`MAX_BACKOFF`], each wait shortened by up
+/// to a quarter at random so that many pushes do not retry in step.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let full = Duration::from_millis(500)
+        .saturating_mul(1 << attempt.min(16))
+        .min(MAX_BACKOFF);
+    full.mul_f64(1.0 - rand::random::<f64>() / 4.0)
+}
+
 fn looks_like_uuid(text: &str) -> bool {
     text.len() == 36
         && text
@@ -207,6 +227,15 @@ impl std::error::Error for ApiError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        assert!(backoff(0) <= Duration::from_millis(500));
+        assert!(backoff(0) >= Duration::from_millis(375));
+        assert!(backoff(3) >= Duration::from_secs(3));
+        assert!(backoff(40) <= MAX_BACKOFF);
+        assert!(backoff(40) >= MAX_BACKOFF.mul_f64(0.75));
+    }
 
     #[test]
     fn uuids_are_told_from_names() {
