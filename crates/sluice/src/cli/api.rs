@@ -56,10 +56,6 @@ impl Api {
         Ok(Api { http, base, token })
     }
 
-    pub(crate) fn base(&self) -> &str {
-        &self.base
-    }
-
     /// `method` on `path` (which starts with `/`), with the bearer token.
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http

@@ -21,8 +21,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-pub(crate) use api::Api;
-
 /// Where the server is and who is asking.
 #[derive(Args)]
 pub(crate) struct Remote {
