@@ -246,7 +246,14 @@ async fn list(api: &Api, as_json: bool) -> anyhow::Result<()> {
     print!(
         "{}",
         table::render(
-            &["ID", "NAME", "FIELDS", "RECORDS", "REJECTED", "LAST RECEIVED"],
+            &[
+                "ID",
+                "NAME",
+                "FIELDS",
+                "RECORDS",
+                "REJECTED",
+                "LAST RECEIVED"
+            ],
             &rows
         )
     );
@@ -327,15 +334,18 @@ fn read_schema_file(path: &PathBuf) -> anyhow::Result<SchemaDocument> {
         Value::Array(_) => (value, None, None),
         Value::Object(mut object) => (
             object.remove("fields").unwrap_or(Value::Null),
-            object.remove("name").and_then(|n| n.as_str().map(str::to_owned)),
+            object
+                .remove("name")
+                .and_then(|n| n.as_str().map(str::to_owned)),
             object
                 .remove("description")
                 .and_then(|d| d.as_str().map(str::to_owned)),
         ),
         _ => bail!("{shown} holds neither a list of fields nor an object with \"fields\""),
     };
-    let fields = serde_json::from_value(fields)
-        .with_context(|| format!("{shown}: \"fields\" must be a list of {{\"name\", \"type\", \"nullable\"}}"))?;
+    let fields = serde_json::from_value(fields).with_context(|| {
+        format!("{shown}: \"fields\" must be a list of {{\"name\", \"type\", \"nullable\"}}")
+    })?;
     Ok(SchemaDocument {
         name,
         description,

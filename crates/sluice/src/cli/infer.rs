@@ -31,8 +31,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 use sluice_schema::{FieldName, FieldSpec, FieldType, Format, parse_value};
 
 use super::connectors::SchemaDocument;
@@ -313,7 +313,11 @@ impl Column {
                 }
                 self.cents &= digits.fraction == 2;
                 // Keep the widest literal seen, for the decision.
-                match self.seen.iter_mut().find(|s| matches!(s, Seen::Fraction(_))) {
+                match self
+                    .seen
+                    .iter_mut()
+                    .find(|s| matches!(s, Seen::Fraction(_)))
+                {
                     Some(Seen::Fraction(widest)) => {
                         widest.significant = widest.significant.max(digits.significant);
                         widest.exponent |= digits.exponent;
@@ -454,7 +458,10 @@ fn field_name(name: &str, taken: &mut HashMap<String, ()>) -> String {
         };
         let mut cleaned: String = cleaned.chars().take(FieldName::MAX_LEN).collect();
         if FieldName::parse(&cleaned, "name").is_err() {
-            cleaned = format!("f_{cleaned}").chars().take(FieldName::MAX_LEN).collect();
+            cleaned = format!("f_{cleaned}")
+                .chars()
+                .take(FieldName::MAX_LEN)
+                .collect();
         }
         cleaned
     };
@@ -538,7 +545,10 @@ mod tests {
         assert_eq!(column("d", &["2026-01-31", ""]), FieldType::Date);
         assert_eq!(column("d", &["2012/01/01"]), FieldType::String);
         assert_eq!(column("t", &["2026-01-31T10:00:00Z"]), FieldType::Timestamp);
-        assert_eq!(column("t", &["2026-01-31", "2026-01-31T10:00:00Z"]), FieldType::String);
+        assert_eq!(
+            column("t", &["2026-01-31", "2026-01-31T10:00:00Z"]),
+            FieldType::String
+        );
         assert_eq!(column("j", &["{\"a\":1}", "[1]"]), FieldType::Json);
         assert_eq!(column("s", &["1", "x"]), FieldType::String);
         assert_eq!(column("e", &["", ""]), FieldType::String);
@@ -548,7 +558,10 @@ mod tests {
     fn invalid_names_are_mended_and_kept_unique() {
         let mut taken = HashMap::new();
         assert_eq!(field_name("ok_name", &mut taken), "ok_name");
-        assert_eq!(field_name("Net Generation (MWh)", &mut taken), "Net_Generation__MWh");
+        assert_eq!(
+            field_name("Net Generation (MWh)", &mut taken),
+            "Net_Generation__MWh"
+        );
         assert_eq!(field_name("2nd", &mut taken), "f_2nd");
         assert_eq!(field_name("_id", &mut taken), "id");
         assert_eq!(field_name("ID", &mut taken), "ID_2");
@@ -563,6 +576,9 @@ mod tests {
         assert_eq!(members[0].1.get(), "1.50");
         let (line, column, message) = parse_object(b"{\n\"a\": tru}").unwrap_err();
         assert_eq!((line, column), (2, 9), "{message}");
-        assert_eq!(parse_object(b"[1]").unwrap_err().2, "a record must be a JSON object");
+        assert_eq!(
+            parse_object(b"[1]").unwrap_err().2,
+            "a record must be a JSON object"
+        );
     }
 }

@@ -43,9 +43,7 @@ pub(crate) fn open(path: &Path, format: Option<Format>) -> anyhow::Result<Input>
         count: consumed.clone(),
     };
     let mut raw = BufReader::with_capacity(READ_BUFFER, counted);
-    let head = raw
-        .fill_buf()
-        .with_context(|| format!("reading {name}"))?;
+    let head = raw.fill_buf().with_context(|| format!("reading {name}"))?;
     let gzip = head.starts_with(&[0x1f, 0x8b]);
     let mut reader: Box<dyn BufRead + Send> = if gzip {
         Box::new(BufReader::with_capacity(

@@ -312,7 +312,8 @@ impl Output {
             .and_then(|()| file.seek(SeekFrom::Start(resume_at)))
             .with_context(|| format!("cutting {shown} back to {resume_at} bytes"))?;
         let sink = Box::new(std::io::BufWriter::new(
-            file.try_clone().with_context(|| format!("opening {shown}"))?,
+            file.try_clone()
+                .with_context(|| format!("opening {shown}"))?,
         ));
         Ok(Output {
             sink,
@@ -354,7 +355,10 @@ fn load_state(path: &Path, id: &str, format: OutputFormat) -> anyhow::Result<Opt
     let state: ResumeState = serde_json::from_str(&text)
         .with_context(|| format!("{shown} is no resume file of sluice pull"))?;
     if state.connector != id {
-        bail!("{shown} resumes a pull of connector {}, not {id}", state.connector);
+        bail!(
+            "{shown} resumes a pull of connector {}, not {id}",
+            state.connector
+        );
     }
     if state.format != format {
         bail!("{shown} resumes a pull in another --format");

@@ -359,7 +359,8 @@ impl RecordReader {
                         done = depth == 0;
                     }
                 } else if scalar {
-                    if byte.is_ascii_whitespace() || matches!(byte, b',' | b']' | b'}' | b'[' | b'{')
+                    if byte.is_ascii_whitespace()
+                        || matches!(byte, b',' | b']' | b'}' | b'[' | b'{')
                     {
                         done = true;
                         break;
@@ -462,7 +463,10 @@ mod tests {
     #[test]
     fn an_unclosed_quote_names_its_line() {
         let error = all(reader(Format::Csv, b"a,b\n1,2\n3,\"open\n4,5\n")).unwrap_err();
-        assert!(error.to_string().contains("f line 3: a quoted field"), "{error}");
+        assert!(
+            error.to_string().contains("f line 3: a quoted field"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -491,7 +495,9 @@ mod tests {
     fn bytes_that_are_not_utf8_are_named_by_line_and_column() {
         let error = all(reader(Format::Csv, b"a,b\n1,2\n3,caf\xe9\n")).unwrap_err();
         assert!(
-            error.to_string().contains("f line 3, column 6: the bytes there are not UTF-8"),
+            error
+                .to_string()
+                .contains("f line 3, column 6: the bytes there are not UTF-8"),
             "{error}"
         );
     }

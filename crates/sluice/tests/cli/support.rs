@@ -41,7 +41,12 @@ impl Server {
         let server = Server {
             child,
             url,
-            http: reqwest::Client::new(),
+            // A fresh connection each request: the server may close an idle
+            // one just as the client reuses it.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             dir,
             _env: env,
         };
@@ -98,7 +103,22 @@ impl Server {
     pub async fn has_records(&self, id: &str) -> bool {
         let url = format!("{}/v1/connectors/{id}/records?limit=1", self.url);
         let page = api::admin(&self.http, Method::GET, &url, None).await;
-        page.body["records"].as_array().is_some_and(|r| !r.is_empty())
+        page.body["records"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    }
+
+    /// The records of connector `id` once `count` are stored (a 202 means
+    /// durable, not yet readable); fails the test after two minutes.
+    pub async fn records_once(&self, id: &str, count: usize) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let records = self.records(id).await;
+            if records.len() >= count || started.elapsed() > Duration::from_secs(120) {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Every record of connector `id`, read through the API (not the CLI).
@@ -113,7 +133,10 @@ impl Server {
             let page = api::admin(&self.http, Method::GET, &url, None).await;
             assert!(page.status.is_success(), "{}", page.body);
             let batch = page.body["records"].as_array().cloned().unwrap_or_default();
-            cursor = page.body["next_cursor"].as_str().unwrap_or_default().to_owned();
+            cursor = page.body["next_cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if batch.is_empty() {
                 return records;
             }
@@ -158,12 +181,24 @@ impl Run {
 
     /// Exit status 0, else the test fails showing stderr.
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, Some(0), "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     pub fn failed(self) -> Run {
-        assert_eq!(self.code, Some(1), "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(1),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
@@ -217,8 +252,9 @@ pub fn every_type_record(n: u64) -> Value {
     })
 }
 
-pub const EVERY_TYPE_COLUMNS: [&str; 9] =
-    ["n", "label", "score", "amount", "active", "day", "at", "meta", "note"];
+pub const EVERY_TYPE_COLUMNS: [&str; 9] = [
+    "n", "label", "score", "amount", "active", "day", "at", "meta", "note",
+];
 
 /// Writes records `range` as NDJSON to `path`.
 pub fn write_ndjson(path: &Path, range: std::ops::Range<u64>) {
@@ -262,10 +298,27 @@ pub fn user_fields(records: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The `n` of each record, in order.
+/// The `n` of each record, sorted: chunks sent at once are stored in the
+/// order they arrive.
 pub fn numbers(records: &[Value]) -> Vec<u64> {
-    records
+    let mut numbers: Vec<u64> = records
         .iter()
         .map(|r| r["n"].as_u64().expect("n"))
-        .collect()
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Whether `numbers` (sorted) are `0..count`, each once; else what is
+/// wrong, briefly.
+pub fn each_once(numbers: &[u64], count: u64) -> Result<(), String> {
+    let duplicates = numbers.windows(2).filter(|w| w[0] == w[1]).count();
+    if numbers.len() as u64 == count && duplicates == 0 && numbers.last() == Some(&(count - 1)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} records, {duplicates} duplicates, expected {count}",
+            numbers.len()
+        ))
+    }
 }

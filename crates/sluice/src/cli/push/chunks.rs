@@ -158,10 +158,7 @@ mod tests {
     fn json_chunks_are_arrays() {
         let found = chunks(Format::Json, "[{\"a\":1},\n{\"a\":2},{\"a\":3}]", 12);
         let bodies: Vec<&[u8]> = found.iter().map(|c| c.body.as_slice()).collect();
-        assert_eq!(
-            bodies,
-            [&b"[{\"a\":1}\n,{\"a\":2}]"[..], b"[{\"a\":3}]"]
-        );
+        assert_eq!(bodies, [&b"[{\"a\":1}\n,{\"a\":2}]"[..], b"[{\"a\":3}]"]);
     }
 
     #[test]
@@ -176,10 +173,17 @@ mod tests {
         assert_eq!(first.len(), 3);
         assert_eq!(first, keys("{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"));
         let changed = keys("{\"a\":1}\n{\"a\":9}\n{\"a\":3}\n");
-        assert_eq!(changed[0], first[0], "what comes before a change keeps its key");
+        assert_eq!(
+            changed[0], first[0],
+            "what comes before a change keeps its key"
+        );
         assert_ne!(changed[1], first[1]);
         assert_ne!(changed[2], first[2], "and everything after it changes");
         assert!(first[0].starts_with("sluice-push-") && first[0].ends_with("-0-8"));
-        assert!(first.iter().all(|k| k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())));
+        assert!(
+            first
+                .iter()
+                .all(|k| k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        );
     }
 }

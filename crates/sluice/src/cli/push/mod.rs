@@ -27,10 +27,10 @@ use tokio::task::JoinSet;
 use self::chunks::{Chunk, Chunker, RecordLines};
 use self::progress::{Progress, grouped};
 use self::send::{Outcome, Sender};
+use super::Remote;
 use super::api::{self, Api, ApiError};
 use super::input::{self, parse_format};
 use super::records::{MAX_RECORD_BYTES, RecordReader};
-use super::Remote;
 
 /// Errors listed per file; the rest are counted.
 const MAX_LISTED_ERRORS: usize = 100;
@@ -333,7 +333,9 @@ fn report_refusal(
         )),
     }
     let errors = error.body["errors"].as_array().cloned().unwrap_or_default();
-    let count = error.body["error_count"].as_u64().unwrap_or(errors.len() as u64);
+    let count = error.body["error_count"]
+        .as_u64()
+        .unwrap_or(errors.len() as u64);
     list_errors(progress, tally, name, lines, &errors, count);
 }
 
@@ -379,4 +381,3 @@ mod tests {
         assert!(parse_size("x").is_err());
     }
 }
-

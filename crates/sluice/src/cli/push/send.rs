@@ -98,10 +98,11 @@ impl Sender {
                 }
                 Err(error) => {
                     if attempt >= self.retries {
-                        return Outcome::Fatal(self.api.unreachable(error).context(format!(
-                            "gave up after {} attempts",
-                            attempt + 1
-                        )));
+                        return Outcome::Fatal(
+                            self.api
+                                .unreachable(error)
+                                .context(format!("gave up after {} attempts", attempt + 1)),
+                        );
                     }
                     backoff(attempt)
                 }
@@ -120,7 +121,9 @@ fn encode(body: Vec<u8>, compress: bool) -> anyhow::Result<Bytes> {
     // The fastest level: most of the gain, a fraction of the time.
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
     encoder.write_all(&body).context("compressing a chunk")?;
-    Ok(Bytes::from(encoder.finish().context("compressing a chunk")?))
+    Ok(Bytes::from(
+        encoder.finish().context("compressing a chunk")?,
+    ))
 }
 
 fn stored(answer: &Value) -> Outcome {
