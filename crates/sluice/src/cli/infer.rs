@@ -30,8 +30,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use serde::Serialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::json;
 use serde_json::value::RawValue;
 use sluice_schema::{FieldName, FieldSpec, FieldType, Format, parse_value};
 
@@ -66,7 +66,17 @@ pub(crate) fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     for note in &proposal.notes {
         eprintln!("sluice: {note}");
     }
-    let document = json!({"name": proposal.name, "fields": proposal.fields});
+    // A struct rather than `json!`, to keep the order a person reads in.
+    #[derive(Serialize)]
+    struct Document<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        fields: &'a [FieldSpec],
+    }
+    let document = Document {
+        name: proposal.name.as_deref(),
+        fields: &proposal.fields,
+    };
     println!("{}", serde_json::to_string_pretty(&document)?);
     Ok(ExitCode::SUCCESS)
 }

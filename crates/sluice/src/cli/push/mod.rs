@@ -58,7 +58,7 @@ pub(crate) struct PushArgs {
     concurrency: u16,
     /// Bytes of records per request, before compression (K, M suffixes
     /// for KiB and MiB). Keep it the same when running a push again.
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "2M", value_parser = parse_size)]
     chunk_size: usize,
     /// Send chunks as they are, not gzip-compressed.
     #[arg(long)]
@@ -155,9 +155,9 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
     let mut progress = Progress::new(&name, size, consumed, retried, args.quiet);
 
     // Reading, cutting and hashing run on a thread of their own, at most
-    // two chunks ahead of the requests: memory stays the same whatever
+    // one chunk ahead of the requests: memory stays the same whatever
     // the size of the file.
-    let (chunks, mut ready) = mpsc::channel::<anyhow::Result<Chunk>>(2);
+    let (chunks, mut ready) = mpsc::channel::<anyhow::Result<Chunk>>(1);
     let reading = std::thread::spawn(move || {
         while let Some(next) = chunker.next_chunk().transpose() {
             let failed = next.is_err();
@@ -322,14 +322,19 @@ fn report_refusal(
         Format::Csv => lines.of_record(line.checked_sub(2)?),
         Format::Json => None,
     });
+    // Its "at line …, column …" counts in the body sent, not in the file.
+    let detail = match error.body["line"].as_u64() {
+        Some(_) => error.detail.split(" at line ").next().unwrap_or_default(),
+        None => error.detail.as_str(),
+    };
     match at {
         Some(line) => progress.note(&format!(
-            "{name} line {line}: {} ({}); the records of {span} were not stored",
-            error.detail, error.code
+            "{name} line {line}: {detail} ({}); the records of {span} were not stored",
+            error.code
         )),
         None => progress.note(&format!(
-            "{name} {span}: not stored: {} ({}){hint}",
-            error.detail, error.code
+            "{name} {span}: not stored: {detail} ({}){hint}",
+            error.code
         )),
     }
     let errors = error.body["errors"].as_array().cloned().unwrap_or_default();

@@ -118,11 +118,11 @@ impl Progress {
         }
     }
 
-    /// Leaves the bar as it last was.
+    /// Takes the bar away: the summary that follows says it all.
     pub(crate) fn finish(&mut self, records: u64) {
         self.update(records);
         if let Shown::Bar(bar) = &self.shown {
-            bar.abandon();
+            bar.finish_and_clear();
         }
     }
 }
