@@ -354,7 +354,7 @@ impl Columns {
         self.columns.len() - 1
     }
 
-    fn see_object(&mut self, object: Vec<(String, Box<RawValue>)>) {
+    fn see_object(&mut self, object: Members) {
         self.json = true;
         self.records += 1;
         for (key, value) in object {
@@ -487,9 +487,12 @@ fn field_name(name: &str, taken: &mut HashMap<String, ()>) -> String {
     proposed
 }
 
-/// A JSON object's members in their order, each value as its raw text; or
+/// A JSON object's members in their order, each value as its raw text.
+type Members = Vec<(String, Box<RawValue>)>;
+
+/// A JSON object's [`Members`]; or
 /// where (line, column) and why it is no object.
-fn parse_object(record: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, (u64, usize, String)> {
+fn parse_object(record: &[u8]) -> Result<Members, (u64, usize, String)> {
     let mut deserializer = serde_json::Deserializer::from_slice(record);
     let members = deserializer
         .deserialize_map(MembersVisitor)
@@ -512,7 +515,7 @@ fn parse_object(record: &[u8]) -> Result<Vec<(String, Box<RawValue>)>, (u64, usi
 struct MembersVisitor;
 
 impl<'de> Visitor<'de> for MembersVisitor {
-    type Value = Vec<(String, Box<RawValue>)>;
+    type Value = Members;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")

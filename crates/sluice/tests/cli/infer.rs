@@ -1,7 +1,7 @@
 //! `sluice infer` and `connectors create --from-sample` on real public
 //! data sets (tests/fixtures/vega_datasets), and on broken files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// `sluice infer FILE`'s fields as `name type` (`?` when nullable).
-fn inferred(file: &PathBuf) -> Vec<String> {
+fn inferred(file: &Path) -> Vec<String> {
     // infer reads a file only: no server, no token needed.
     let run = crate::support::Run::of(
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))

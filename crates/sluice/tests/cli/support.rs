@@ -229,12 +229,12 @@ pub fn every_type_record(n: u64) -> Value {
         3 => format!("café ☕ {n}"),
         _ => format!("{n}"),
     };
-    let meta = if n % 7 == 0 {
+    let meta = if n.is_multiple_of(7) {
         Value::Null
     } else {
         json!({"k": n % 13, "tags": ["a", n % 3]})
     };
-    let note = if n % 3 == 0 {
+    let note = if n.is_multiple_of(3) {
         Value::Null
     } else {
         json!(format!("note {n}"))
@@ -244,7 +244,7 @@ pub fn every_type_record(n: u64) -> Value {
         "label": label,
         "score": (n as f64) / 4.0 - 1000.5,
         "amount": format!("{}.{:02}", n * 3, n % 100),
-        "active": n % 2 == 0,
+        "active": n.is_multiple_of(2),
         "day": format!("20{:02}-{:02}-{:02}", 10 + n % 15, 1 + n % 12, 1 + n % 28),
         "at": format!("2026-11-{:02}T{:02}:{:02}:{:02}Z", 1 + n % 28, n % 24, n % 60, (n / 60) % 60),
         "meta": meta,
