@@ -138,3 +138,54 @@ async fn csv_and_json_pulls_write_one_header_or_one_array_and_filters_apply() {
         bad.stderr
     );
 }
+
+#[tokio::test]
+async fn a_following_pull_writes_records_as_they_arrive() {
+    let server = Server::start().await;
+    let id = server.connector("followed", every_type_fields()).await;
+    let out = server.path("followed.ndjson");
+    let mut follower = server
+        .cli(ADMIN_TOKEN)
+        .args(["pull", "--connector", &id, "--follow", "-o", p(&out)])
+        .spawn()
+        .unwrap();
+    for (name, range) in [("a.ndjson", 0..300), ("b.ndjson", 300..700)] {
+        let file = server.path(name);
+        write_ndjson(&file, range);
+        server.run(&["push", "--connector", &id, p(&file)]).ok();
+    }
+    let started = Instant::now();
+    let lines = loop {
+        let written = std::fs::read_to_string(&out).unwrap_or_default();
+        if written.lines().count() >= 700 || started.elapsed() > Duration::from_secs(60) {
+            break written;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        follower.try_wait().unwrap(),
+        None,
+        "a following pull does not end"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let mut ns: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..700).collect::<Vec<_>>());
+
+    let refused = server
+        .run(&["pull", "--connector", &id, "--follow", "--format", "json"])
+        .failed();
+    assert!(
+        refused.stderr.contains("--format ndjson"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -247,3 +247,75 @@ async fn a_wrong_token_is_said_in_one_line_without_the_token() {
     assert!(!run.stderr.contains("not_a_real_token"), "{}", run.stderr);
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_a_push_from_stdin_and_the_same_push_again_sends_only_the_rest() {
+    let server = Server::start().await;
+    let id = server.connector("piped", every_type_fields()).await;
+    let file = server.path("records.ndjson");
+    write_ndjson(&file, 0..5_000);
+    let content = std::fs::read(&file).unwrap();
+    let args = [
+        "push",
+        "--connector",
+        id.as_str(),
+        "--chunk-size",
+        "16K",
+        "-",
+    ];
+
+    // Stdin stays open after the first 2 000 records: the push waits for
+    // more until it is interrupted.
+    let mut first = server
+        .cli(ADMIN_TOKEN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cut = content
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1_999)
+        .unwrap()
+        .0
+        + 1;
+    let mut stdin = first.stdin.take().unwrap();
+    stdin.write_all(&content[..cut]).unwrap();
+    let started = Instant::now();
+    while !server.has_records(&id).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let output = first.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted. Run the same command again"),
+        "{stderr}"
+    );
+
+    let run = crate::support::Run::of(
+        server
+            .cli(ADMIN_TOKEN)
+            .args(args)
+            .stdin(std::fs::File::open(&file).unwrap()),
+    )
+    .ok();
+    assert!(run.stdout.contains("5,000 accepted"), "{}", run.stdout);
+    let stored = server.records_once(&id, 5_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stored.len(), server.records(&id).await.len());
+    assert_eq!(each_once(&numbers(&stored), 5_000), Ok(()));
+}

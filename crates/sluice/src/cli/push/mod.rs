@@ -126,6 +126,46 @@ impl Tally {
     fn records(&self) -> u64 {
         self.accepted + self.rejected + self.refused
     }
+
+    /// `data.csv: 1,000 records in 1.2 s (833 records/s): 990 accepted, 10 rejected`.
+    fn summary(&self, name: &str, elapsed: Duration, partial: bool) -> String {
+        let seconds = elapsed.as_secs_f64();
+        let mut summary = format!(
+            "{name}: {} records in {seconds:.1} s ({} records/s): {} accepted",
+            grouped(self.records()),
+            grouped((self.records() as f64 / seconds.max(0.001)) as u64),
+            grouped(self.accepted),
+        );
+        if partial || self.rejected > 0 {
+            summary.push_str(&format!(", {} rejected", grouped(self.rejected)));
+        }
+        if self.refused > 0 {
+            summary.push_str(&format!(", {} refused", grouped(self.refused)));
+        }
+        summary
+    }
+}
+
+/// Reading, cutting and hashing run on a thread of their own, at most one
+/// chunk ahead of the requests: memory stays the same whatever the size of
+/// the input. The thread stops at the first error, which it sends on, or
+/// when the receiver is dropped.
+fn read_ahead(
+    mut chunker: Chunker,
+) -> (
+    mpsc::Receiver<anyhow::Result<Chunk>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (chunks, ready) = mpsc::channel::<anyhow::Result<Chunk>>(1);
+    let reading = std::thread::spawn(move || {
+        while let Some(next) = chunker.next_chunk().transpose() {
+            let failed = next.is_err();
+            if chunks.blocking_send(next).is_err() || failed {
+                break;
+            }
+        }
+    });
+    (ready, reading)
 }
 
 async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow::Result<Ended> {
@@ -141,7 +181,7 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
     };
     let partial = args.mode == Mode::Partial;
     let mode = if partial { "partial" } else { "all_or_nothing" };
-    let mut chunker = Chunker::new(reader, args.chunk_size, mode);
+    let chunker = Chunker::new(reader, args.chunk_size, mode);
     let retried = Arc::new(AtomicU64::new(0));
     let sender = Arc::new(Sender {
         api: api.clone(),
@@ -154,18 +194,7 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
     });
     let mut progress = Progress::new(&name, size, consumed, retried, args.quiet);
 
-    // Reading, cutting and hashing run on a thread of their own, at most
-    // one chunk ahead of the requests: memory stays the same whatever
-    // the size of the file.
-    let (chunks, mut ready) = mpsc::channel::<anyhow::Result<Chunk>>(1);
-    let reading = std::thread::spawn(move || {
-        while let Some(next) = chunker.next_chunk().transpose() {
-            let failed = next.is_err();
-            if chunks.blocking_send(next).is_err() || failed {
-                break;
-            }
-        }
-    });
+    let (mut ready, reading) = read_ahead(chunker);
 
     let concurrency = usize::from(args.concurrency);
     let mut in_flight = JoinSet::new();
@@ -226,25 +255,17 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
     drop(ready);
     let _ = reading.join();
 
-    let seconds = progress.elapsed().as_secs_f64();
     if !args.quiet {
-        let mut summary = format!(
-            "{name}: {} records in {seconds:.1} s ({} records/s): {} accepted",
-            grouped(tally.records()),
-            grouped((tally.records() as f64 / seconds.max(0.001)) as u64),
-            grouped(tally.accepted),
-        );
-        if partial || tally.rejected > 0 {
-            summary.push_str(&format!(", {} rejected", grouped(tally.rejected)));
-        }
-        if tally.refused > 0 {
-            summary.push_str(&format!(", {} refused", grouped(tally.refused)));
-        }
-        println!("{summary}.");
+        println!("{}.", tally.summary(&name, progress.elapsed(), partial));
     }
     if tally.unlisted > 0 {
+        let all = if partial {
+            format!("; GET /v1/connectors/{id}/rejected has every rejected record")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{name}: {} more errors not listed; GET /v1/connectors/{id}/rejected has every rejected record",
+            "{name}: {} more errors not listed{all}",
             grouped(tally.unlisted)
         );
     }
