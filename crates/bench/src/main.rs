@@ -84,9 +84,10 @@ pub(crate) struct Cli {
     #[arg(long)]
     sustained_seconds: Option<f64>,
     /// MiB of the NDJSON file that `sluice push` sends in the push stage
-    /// (default 512, smoke 2); it also pushes one an eighth of the size.
-    /// The stream holds at most SLUICE_STREAM_MAX_BYTES (1 GiB) while no
-    /// read API runs: keep it below that.
+    /// (default 1024, smoke 2); it also pushes one an eighth of the size.
+    /// No read API drains the stream in that stage, which holds at most
+    /// SLUICE_STREAM_MAX_BYTES (1 GiB) of messages (records without their
+    /// keys, smaller than their NDJSON).
     #[arg(long)]
     push_mib: Option<u64>,
     /// Concurrent 1 MiB requests while the gateway's memory is watched.
