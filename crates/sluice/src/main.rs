@@ -17,8 +17,6 @@ use clap::{Parser, Subcommand};
     about = "Sluice: a typed schema becomes a secure HTTP endpoint."
 )]
 struct Cli {
-    #[command(flatten)]
-    remote: cli::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,10 +34,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let Cli { remote, command } = Cli::parse();
+    let Cli { command } = Cli::parse();
     match command {
         Command::Serve => serve::run().await.map(|()| ExitCode::SUCCESS),
-        Command::Client(command) => Ok(cli::run(remote, command).await),
+        Command::Client(command) => Ok(cli::run(command).await),
     }
 }
 

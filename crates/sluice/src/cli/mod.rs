@@ -39,24 +39,38 @@ pub(crate) struct Remote {
 pub(crate) enum Command {
     /// Send CSV, NDJSON or JSON files (gzip too; `-` for stdin) to a
     /// connector, in chunks, resumably and exactly once.
-    Push(push::PushArgs),
+    Push {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        args: push::PushArgs,
+    },
     /// Read a connector's records page by page, to stdout or a file.
-    Pull(pull::PullArgs),
+    Pull {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(flatten)]
+        args: pull::PullArgs,
+    },
     /// List, show, create, edit, duplicate and delete connectors; rotate
     /// their tokens.
-    #[command(subcommand)]
-    Connectors(connectors::ConnectorsCommand),
+    Connectors {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: connectors::ConnectorsCommand,
+    },
     /// Propose a schema for a CSV, NDJSON or JSON file from a sample of it,
     /// printed as JSON to edit and pass to `connectors create --schema`.
     Infer(infer::InferArgs),
 }
 
 /// Runs a client command; its exit status.
-pub(crate) async fn run(remote: Remote, command: Command) -> ExitCode {
+pub(crate) async fn run(command: Command) -> ExitCode {
     let outcome = match command {
-        Command::Push(args) => push::run(&remote, args).await,
-        Command::Pull(args) => pull::run(&remote, args).await,
-        Command::Connectors(command) => connectors::run(&remote, command).await,
+        Command::Push { remote, args } => push::run(&remote, args).await,
+        Command::Pull { remote, args } => pull::run(&remote, args).await,
+        Command::Connectors { remote, command } => connectors::run(&remote, command).await,
         Command::Infer(args) => infer::run(args),
     };
     match outcome {
