@@ -117,8 +117,10 @@ pub(crate) fn propose(
             if header.is_empty() {
                 bail!("{name} is empty: there is no header row to name the fields");
             }
+            // One column a cell, a name given twice included (it is
+            // mended into two names below), so that cells match by place.
             for cell in &header {
-                columns.index_of(cell);
+                columns.add(cell);
             }
             header
         }
@@ -342,16 +344,21 @@ impl Column {
 }
 
 impl Columns {
-    fn index_of(&mut self, name: &str) -> usize {
-        if let Some(&i) = self.by_name.get(name) {
-            return i;
-        }
+    fn add(&mut self, name: &str) -> usize {
         self.columns.push(Column {
             name: name.to_owned(),
             ..Column::default()
         });
         self.by_name.insert(name.to_owned(), self.columns.len() - 1);
         self.columns.len() - 1
+    }
+
+    /// The column of a JSON member's name, added when first seen.
+    fn index_of(&mut self, name: &str) -> usize {
+        match self.by_name.get(name) {
+            Some(&i) => i,
+            None => self.add(name),
+        }
     }
 
     fn see_object(&mut self, object: Members) {
@@ -380,9 +387,14 @@ impl Columns {
                 }
                 let name = field_name(&column.name, &mut taken);
                 if name != column.name {
+                    let why = if FieldName::parse(&column.name, "name").is_ok() {
+                        "is named twice (names ignore case)"
+                    } else {
+                        "is no valid field name"
+                    };
                     notes.push(format!(
-                        "{:?} is no valid field name: proposed {name:?}; the file's \
-                         records must use that name too",
+                        "{:?} {why}: proposed {name:?}; the file's records must use that \
+                         name too",
                         column.name
                     ));
                 }
@@ -565,6 +577,31 @@ mod tests {
         assert_eq!(column("j", &["{\"a\":1}", "[1]"]), FieldType::Json);
         assert_eq!(column("s", &["1", "x"]), FieldType::String);
         assert_eq!(column("e", &["", ""]), FieldType::String);
+    }
+
+    #[test]
+    fn a_csv_column_named_twice_is_two_fields() {
+        let dir = std::env::temp_dir().join(format!("sluice-infer-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("twice.csv");
+        std::fs::write(&file, "a,A,b\n1,x,true\n").unwrap();
+        let proposal = propose(&file, None, 10).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let fields: Vec<(&str, &str)> = proposal
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.ty.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("a", "integer"), ("A_2", "string"), ("b", "boolean")]
+        );
+        assert!(
+            proposal
+                .notes
+                .iter()
+                .any(|n| n.contains("\"A\" is no valid field name"))
+        );
     }
 
     #[test]

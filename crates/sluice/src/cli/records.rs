@@ -139,6 +139,8 @@ impl RecordReader {
 
     /// Consumes the first `n` bytes of the buffer, keeping them in `out`.
     fn take(&mut self, n: usize, out: Option<&mut Vec<u8>>) {
+        // The buffer is filled already (callers looked at it): this reads
+        // nothing, and cannot fail.
         let Ok(buf) = self.reader.fill_buf() else {
             return;
         };
