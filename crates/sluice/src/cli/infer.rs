@@ -600,7 +600,7 @@ mod tests {
             proposal
                 .notes
                 .iter()
-                .any(|n| n.contains("\"A\" is no valid field name"))
+                .any(|n| n.contains("\"A\" is named twice"))
         );
     }
 
