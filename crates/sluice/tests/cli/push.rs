@@ -319,3 +319,35 @@ async fn ctrl_c_stops_a_push_from_stdin_and_the_same_push_again_sends_only_the_r
     assert_eq!(stored.len(), server.records(&id).await.len());
     assert_eq!(each_once(&numbers(&stored), 5_000), Ok(()));
 }
+
+#[tokio::test]
+async fn a_push_waits_out_a_bus_outage_and_stores_every_record_once() {
+    let mut nats = sluice_testkit::PrivateNats::start();
+    let server = Server::start_on_nats(nats.url()).await;
+    let id = server.connector("outage", every_type_fields()).await;
+    let file = server.path("records.ndjson");
+    write_ndjson(&file, 0..20_000);
+
+    // NATS goes down: the gateway answers 503 with Retry-After, and the
+    // push keeps retrying each chunk with its key until NATS is back.
+    nats.stop();
+    let push = server
+        .cli(ADMIN_TOKEN)
+        .args(["push", "--connector", &id, "--chunk-size", "256K", p(&file)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    nats.restart();
+    let output = push.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("20,000 accepted"), "{stdout}");
+    assert!(stdout.contains("requests retried)"), "{stdout}");
+    let stored = server.records_once(&id, 20_000).await;
+    assert_eq!(each_once(&numbers(&stored), 20_000), Ok(()));
+}

@@ -23,7 +23,17 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
-        let env = TestEnv::new().await;
+        Server::start_on(TestEnv::new().await).await
+    }
+
+    /// On a NATS of the test's own, which it may stop and start again.
+    pub async fn start_on_nats(nats_url: String) -> Server {
+        let mut env = TestEnv::new().await;
+        env.nats_url = nats_url;
+        Server::start_on(env).await
+    }
+
+    async fn start_on(env: TestEnv) -> Server {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -192,7 +192,7 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
         retries: args.retries,
         retried: retried.clone(),
     });
-    let mut progress = Progress::new(&name, size, consumed, retried, args.quiet);
+    let mut progress = Progress::new(&name, size, consumed, retried.clone(), args.quiet);
 
     let (mut ready, reading) = read_ahead(chunker);
 
@@ -256,7 +256,12 @@ async fn push_file(api: &Api, id: &str, path: &Path, args: &PushArgs) -> anyhow:
     let _ = reading.join();
 
     if !args.quiet {
-        println!("{}.", tally.summary(&name, progress.elapsed(), partial));
+        let mut summary = tally.summary(&name, progress.elapsed(), partial);
+        let retried = retried.load(std::sync::atomic::Ordering::Relaxed);
+        if retried > 0 {
+            summary.push_str(&format!(" ({} requests retried)", grouped(retried)));
+        }
+        println!("{summary}.");
     }
     if tally.unlisted > 0 {
         let all = if partial {
