@@ -203,7 +203,7 @@ impl Cli {
             },
             push_bytes: self
                 .push_mib
-                .unwrap_or(if self.smoke { 2 } else { 512 })
+                .unwrap_or(if self.smoke { 2 } else { 1024 })
                 .max(1)
                 << 20,
             large_clients: self.large_clients.max(1),
