@@ -83,6 +83,13 @@ pub(crate) struct Cli {
     /// Seconds of each step of the sustained stage (default 30, smoke 1).
     #[arg(long)]
     sustained_seconds: Option<f64>,
+    /// MiB of the NDJSON file that `sluice push` sends in the push stage
+    /// (default 1024, smoke 2); it also pushes one an eighth of the size.
+    /// No read API drains the stream in that stage, which holds at most
+    /// SLUICE_STREAM_MAX_BYTES (1 GiB) of messages (records without their
+    /// keys, smaller than their NDJSON).
+    #[arg(long)]
+    push_mib: Option<u64>,
     /// Concurrent 1 MiB requests while the gateway's memory is watched.
     #[arg(long, default_value_t = 16)]
     large_clients: usize,
@@ -147,6 +154,7 @@ pub(crate) struct Sizes {
     pub freshness_duration: Duration,
     pub sustained_duration: Duration,
     pub sustained_shares: Vec<f64>,
+    pub push_bytes: u64,
     pub large_clients: usize,
     pub large_duration: Duration,
     pub validation_duration: Duration,
@@ -193,6 +201,11 @@ impl Cli {
             } else {
                 vec![0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
             },
+            push_bytes: self
+                .push_mib
+                .unwrap_or(if self.smoke { 2 } else { 1024 })
+                .max(1)
+                << 20,
             large_clients: self.large_clients.max(1),
             large_duration: pick(self.large_seconds, 5.0, 0.0),
             validation_duration: pick(self.validation_seconds, 3.0, 0.2),

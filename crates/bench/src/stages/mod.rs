@@ -8,6 +8,7 @@
 mod freshness;
 mod hostile;
 mod ingest;
+mod push;
 mod read;
 mod store;
 mod sustained;
@@ -238,6 +239,10 @@ async fn pipeline(
     .await?;
     raw_publish.cpu = sampler.finish();
 
+    // Stage 1, from the command line: on an empty stream, which no read
+    // API drains yet.
+    let cli_push = push_stage(sizes, log_dir, js, env, &gateway, &main).await?;
+
     // Stage 2, several connectors at once: the stream holds exactly their
     // records, a share each.
     js.get_stream(ns.records_stream())
@@ -419,6 +424,7 @@ async fn pipeline(
     let results = Results {
         sizes,
         ingest_http: &ingest_http,
+        cli_push: &cli_push,
         large: &large,
         raw_publish: &raw_publish,
         store_sluice: &store_sluice,
@@ -435,6 +441,7 @@ async fn pipeline(
     let rows = results.rows();
     let details = json!({
         "ingest": ingest_http,
+        "cli_push": cli_push,
         "gateway_1mib": large,
         "raw_publish": raw_publish,
         "fill": fill,
@@ -453,6 +460,42 @@ async fn pipeline(
         unreachable!("json! of an object literal is an object")
     };
     Ok((rows, details))
+}
+
+/// `sluice push` of an NDJSON file an eighth of `sizes.push_bytes`, then
+/// of one of the full size, each on an emptied stream.
+async fn push_stage(
+    sizes: &Sizes,
+    log_dir: &Path,
+    js: &jetstream::Context,
+    env: &TestEnv,
+    gateway: &ServiceProcess,
+    main: &Connector,
+) -> anyhow::Result<Vec<push::CliPush>> {
+    let sluice = push::sluice_binary()?;
+    let mut runs = Vec::new();
+    for bytes in [sizes.push_bytes / 8, sizes.push_bytes] {
+        js.get_stream(env.namespace.records_stream())
+            .await?
+            .purge()
+            .await
+            .context("emptying the records stream")?;
+        let file = log_dir.join("push.ndjson");
+        let records = push::write_ndjson(&file, 1 << 40, bytes)?;
+        eprintln!("sluice-bench: sluice push of {} of NDJSON", mib(bytes));
+        let run = push::run(
+            &sluice,
+            &gateway.url(""),
+            &main.id.to_string(),
+            &main.write_token,
+            &file,
+            records,
+        )
+        .await;
+        let _ = std::fs::remove_file(&file);
+        runs.push(run?);
+    }
+    Ok(runs)
 }
 
 async fn create_connector(
@@ -525,6 +568,8 @@ async fn wait_until_gateway_knows(
 struct Results<'a> {
     sizes: &'a Sizes,
     ingest_http: &'a ingest::HttpLoad,
+    /// The small file's run, then the full one's.
+    cli_push: &'a [push::CliPush],
     large: &'a ingest::HttpLoad,
     raw_publish: &'a ingest::RawPublish,
     store_sluice: &'a store::SluiceStore,
@@ -540,6 +585,42 @@ struct Results<'a> {
 }
 
 impl Results<'_> {
+    /// `sluice push` next to the ingest stage's POST loop; met when the
+    /// CLI stays under 50 MiB at both file sizes.
+    fn push_row(&self) -> Row {
+        let (Some(small), Some(full)) = (self.cli_push.first(), self.cli_push.last()) else {
+            unreachable!("the push stage runs twice")
+        };
+        let peak = |run: &push::CliPush| run.peak_rss_bytes.map_or("?".to_owned(), mib);
+        let push_ratio = ratio(full.records_per_s, self.ingest_http.records_per_s);
+        let limit = 50 << 20;
+        Row {
+            stage: format!(
+                "1. push: `sluice push` of a {} NDJSON file",
+                mib(full.file_bytes)
+            ),
+            sluice: format!(
+                "{} rec/s, {:.1} MB/s; CLI peak RSS {} ({} for a {} file)",
+                count(full.records_per_s),
+                full.mb_per_s,
+                peak(full),
+                peak(small),
+                mib(small.file_bytes)
+            ),
+            raw_limit: format!(
+                "stage 1's POST loop: {} rec/s",
+                count(self.ingest_http.records_per_s)
+            ),
+            ratio: push_ratio,
+            target: "CLI peak RSS < 50 MiB".to_owned(),
+            met: Some(
+                self.cli_push
+                    .iter()
+                    .all(|run| run.peak_rss_bytes.is_some_and(|peak| peak < limit)),
+            ),
+        }
+    }
+
     fn rows(&self) -> Vec<Row> {
         let s = self.sizes;
         let at_least = |goal: f64| move |r: Option<f64>| r.map(|r| r >= goal);
@@ -621,6 +702,7 @@ impl Results<'_> {
                 target: "≥ 0.25".to_owned(),
                 met: at_least(0.25)(ingest_ratio),
             },
+            self.push_row(),
             Row {
                 stage: format!(
                     "2. store: {} records from the stream",
