@@ -4,7 +4,9 @@
 mod all_in_one;
 mod backlog;
 mod logs;
+mod nats_cluster;
 mod nats_faults;
+mod pg_replica;
 mod scale_out;
 mod story;
 mod support;

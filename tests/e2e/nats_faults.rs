@@ -49,7 +49,7 @@ impl Deployment {
     }
 }
 
-async fn create(client: &Client) -> Connector {
+pub(crate) async fn create(client: &Client) -> Connector {
     let created = client
         .create(
             "faults",
@@ -63,7 +63,7 @@ async fn create(client: &Client) -> Connector {
 }
 
 /// Records `seq` in `range`, each padded to about `pad` bytes.
-fn records(range: std::ops::Range<usize>, pad: usize) -> String {
+pub(crate) fn records(range: std::ops::Range<usize>, pad: usize) -> String {
     let body: Vec<Value> = range
         .map(|seq| json!({"seq": seq, "pad": "x".repeat(pad)}))
         .collect();
@@ -72,7 +72,7 @@ fn records(range: std::ops::Range<usize>, pad: usize) -> String {
 
 /// POSTs `body` with `Idempotency-Key: key` if given, and `wait=true` if
 /// `wait`. `None` when the connection failed.
-async fn post(
+pub(crate) async fn post(
     client: &Client,
     connector: &Connector,
     key: Option<&str>,
@@ -116,7 +116,7 @@ async fn post_until_served(
 }
 
 /// Every record of the connector (its `seq` alone), from the start.
-async fn read_all(client: &Client, connector: &Connector) -> Vec<Value> {
+pub(crate) async fn read_all(client: &Client, connector: &Connector) -> Vec<Value> {
     let query = [("limit", "10000"), ("fields", "seq")];
     client
         .read_pages(&connector.id.to_string(), &connector.read_token, &query)
@@ -124,7 +124,7 @@ async fn read_all(client: &Client, connector: &Connector) -> Vec<Value> {
 }
 
 /// Each of `0..count` stored exactly once, with `_id`s strictly rising.
-fn assert_exactly_once(records: &[Value], count: usize) {
+pub(crate) fn assert_exactly_once(records: &[Value], count: usize) {
     let mut seen = vec![0usize; count];
     let mut last_id = 0i64;
     for record in records {
@@ -258,7 +258,7 @@ async fn retries_of_requests_cut_short_by_a_nats_restart_are_stored_once() {
 }
 
 /// Records stored for the connector, from its stats.
-async fn stored(client: &Client, connector: &Connector) -> usize {
+pub(crate) async fn stored(client: &Client, connector: &Connector) -> usize {
     let body =
         api::fetch_json(client.admin(Method::GET, &format!("/v1/connectors/{}", connector.id)))
             .await;

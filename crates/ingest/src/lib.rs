@@ -148,7 +148,7 @@ impl Service {
                 let (limiter, namespace, shutdown) = joining.clone();
                 async move {
                     limiter
-                        .join_replicas(&bus.js, &namespace, "ingest", shutdown)
+                        .join_replicas(&bus.js, &namespace, bus.layout.replicas, "ingest", shutdown)
                         .await
                 }
                 .boxed()

@@ -34,6 +34,7 @@ mod partitions;
 mod plan;
 mod records;
 mod render;
+mod replica;
 mod rows;
 mod store;
 
@@ -65,9 +66,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// What every handler and the store loop share.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// Serves GET requests. The store loop has a pool of its own, so that
-    /// slow readers can never starve it of connections.
+    /// The primary: deletions and replays write here, and GET requests
+    /// read here unless a replica is set. The store loop has a pool of its
+    /// own, so that slow readers can never starve it of connections.
     pub pool: PgPool,
+    /// A streaming replica of the primary (`DATABASE_READ_URL`), where GET
+    /// requests read instead (see `replica`).
+    pub replica: Option<PgPool>,
     /// NATS and the connector catalog, once set up (see `Service::start`).
     pub bus: BusSlot,
     pub namespace: Namespace,
@@ -92,6 +97,11 @@ impl FromRef<AppState> for Arc<AuthThrottle> {
 impl AppState {
     pub(crate) fn bus(&self) -> Result<&Bus, ReadError> {
         self.bus.get().ok_or(ReadError::BusUnavailable)
+    }
+
+    /// Where GET requests read: the replica if there is one.
+    pub(crate) fn read_pool(&self) -> &PgPool {
+        self.replica.as_ref().unwrap_or(&self.pool)
     }
 }
 
@@ -120,6 +130,12 @@ impl Service {
         let pool = sluice_runtime::store::connect_and_migrate(&settings.database_url)
             .await
             .context("connecting to PostgreSQL")?;
+        let replica = match &settings.database_read_url {
+            Some(url) => Some(
+                sluice_runtime::store::connect_replica(url).context("reading DATABASE_READ_URL")?,
+            ),
+            None => None,
+        };
         let tasks = TaskTracker::new();
         let partitions = Arc::new(partitions::PartitionCache::new(settings.partition_span));
         let maintenance = maintenance::Maintenance {
@@ -145,6 +161,7 @@ impl Service {
         tasks.close();
         let state = AppState {
             pool,
+            replica,
             bus,
             namespace: settings.namespace.clone(),
             admin_hash: admin_hash(&settings).map(Arc::new),
@@ -172,16 +189,15 @@ impl sluice_runtime::http::Served for Service {
         doc
     }
 
-    /// PostgreSQL answers a query, and NATS is set up (the store loop
-    /// started) and connected.
+    /// PostgreSQL (and the replica, if one is set) answers a query, and
+    /// NATS is set up (the store loop started) and connected.
     async fn readiness(&self) -> Vec<(&'static str, bool)> {
-        let postgres = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&self.state.pool),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        vec![("postgres", postgres), ("nats", self.state.bus.is_ready())]
+        let mut checks = vec![("postgres", answers(&self.state.pool).await)];
+        if let Some(replica) = &self.state.replica {
+            checks.push(("postgres_replica", answers(replica).await));
+        }
+        checks.push(("nats", self.state.bus.is_ready()));
+        checks
     }
 
     /// Resolves once the store loop has finished its in-flight batch after
@@ -189,6 +205,16 @@ impl sluice_runtime::http::Served for Service {
     async fn stopped(&self) {
         self.tasks.wait().await;
     }
+}
+
+/// Whether `pool`'s server answers a query within two seconds.
+async fn answers(pool: &PgPool) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 /// The read API bound to its listener.
@@ -245,7 +271,13 @@ fn store_starter(
         let limiter = Arc::clone(&limiter);
         async move {
             limiter
-                .join_replicas(&bus.js, &namespace, "read", shutdown.clone())
+                .join_replicas(
+                    &bus.js,
+                    &namespace,
+                    bus.layout.replicas,
+                    "read",
+                    shutdown.clone(),
+                )
                 .await
                 .context("joining the read API's replicas")?;
             store::start(&tasks, &pool, &bus, namespace, shutdown, hooks, partitions)

@@ -44,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use sluice_runtime::bus::StoredNotice;
 use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
 use sluice_runtime::rate_limit::{RateLimitHeaders, limited_token};
 use sluice_runtime::store::records_table;
@@ -62,6 +63,7 @@ use crate::error::ReadError;
 use crate::params::{CursorKind, OutputFormat, PageParams, RecordCursor, query_pairs};
 use crate::plan::PagePlan;
 use crate::render::{Cell, PageWriter};
+use crate::replica;
 
 /// The header that carries the next cursor (every format; the only place
 /// NDJSON and CSV have it).
@@ -295,7 +297,7 @@ async fn serve_page(
     let mut deadline = tokio::time::Instant::now() + params.wait;
     let mut notices: Option<async_nats::Subscriber> = None;
     loop {
-        let mut tx = db::begin_snapshot(&state.pool).await?;
+        let mut tx = db::begin_snapshot(state.read_pool()).await?;
         let (plan, bound) = match source {
             Source::Records => {
                 let found = db::open_connector(&mut tx, connector)
@@ -324,11 +326,19 @@ async fn serve_page(
         params.cursor.after = extent.end;
         match notices.as_mut() {
             // Subscribe first, then look again: a record stored between
-            // the look above and the subscription is seen by the look.
+            // the look above and the subscription is seen by the look (on
+            // a replica, once it has replayed what the primary holds now).
             None => {
                 let subject = state.namespace.stored_subject(connector);
                 match state.bus()?.client.subscribe(subject).await {
-                    Ok(subscriber) => notices = Some(subscriber),
+                    Ok(subscriber) => {
+                        notices = Some(subscriber);
+                        if let Some(replica) = &state.replica {
+                            let position = replica::primary_position(&state.pool).await?;
+                            replica::wait_for_replay(replica, position, deadline, &state.shutdown)
+                                .await?;
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "cannot wait for stored notices; answering now");
                         deadline = tokio::time::Instant::now();
@@ -337,7 +347,17 @@ async fn serve_page(
             }
             Some(subscriber) => {
                 tokio::select! {
-                    _ = subscriber.next() => {}
+                    notice = subscriber.next() => {
+                        // On a replica, look once it shows the commit that
+                        // woke us.
+                        let position = notice
+                            .and_then(|m| serde_json::from_slice::<StoredNotice>(&m.payload).ok())
+                            .and_then(|notice| notice.wal_position);
+                        if let (Some(replica), Some(position)) = (&state.replica, position) {
+                            replica::wait_for_replay(replica, position, deadline, &state.shutdown)
+                                .await?;
+                        }
+                    }
                     _ = tokio::time::sleep_until(deadline) => {}
                     _ = state.shutdown.cancelled() => {}
                 }

@@ -16,7 +16,7 @@ use sluice_schema::{
 };
 use uuid::Uuid;
 
-use crate::settings::redact_url;
+use crate::settings::{nats_servers, redact_url};
 use crate::token::{TokenHash, TokenKind};
 
 /// A valid namespace: 1 to 32 characters of `[A-Za-z0-9_-]`, which fit in
@@ -772,6 +772,12 @@ pub struct StoredNotice {
     pub chunk: u32,
     /// The highest `_id` stored by this commit, if it stored any record.
     pub last_id: Option<i64>,
+    /// The primary's WAL position (bytes) taken after the commit: a reader
+    /// on a streaming replica waits until its replica has replayed this
+    /// far before it looks for the records. Absent from older readers'
+    /// notices, and when the position could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_position: Option<i64>,
 }
 
 /// The identity of one message on the records stream: its batch and its
@@ -878,14 +884,17 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to NATS, one attempt: a server that does not answer is an
 /// error ([`crate::startup`] retries), one older than [`MINIMUM_NATS`] is
-/// refused with [`BusError::TooOld`]. Once connected, the client reconnects
-/// by itself whenever the connection drops (see `reconnect_delay`).
+/// refused with [`BusError::TooOld`]. `url` may name several servers,
+/// separated by commas (the nodes of a cluster, see
+/// [`crate::settings::nats_servers`]): the client picks one at random, and
+/// whenever its connection drops reconnects by itself, forever, to any of
+/// them or of the nodes the cluster announces (see `reconnect_delay`).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(CONNECTION_TIMEOUT)
         .reconnect_delay_callback(reconnect_delay)
-        .connect(url)
+        .connect(nats_servers(url))
         .await
         .map_err(|source| BusError::Connect {
             url: redact_url(url),
@@ -903,18 +912,46 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
         .build(client)
 }
 
+/// How the services lay their streams out on JetStream, from the
+/// settings (`SLUICE_STREAM_MAX_BYTES`, `SLUICE_STREAM_REPLICAS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLayout {
+    /// Size limit of the records stream; `None`: the server's own limits.
+    pub max_bytes: Option<i64>,
+    /// Copies of every stream and bucket: 1 on a single server, 3 in a
+    /// cluster of three, so that losing any one node loses nothing and
+    /// stops nothing (JetStream acknowledges a publish once a majority of
+    /// the copies hold it).
+    pub replicas: usize,
+}
+
+impl StreamLayout {
+    /// One copy, no size limit: a test's own streams.
+    pub const SINGLE: StreamLayout = StreamLayout {
+        max_bytes: None,
+        replicas: 1,
+    };
+}
+
 /// Creates the records stream and the dead-letter stream if missing, and
 /// brings their settings up to date if they exist.
 ///
 /// A new `max_bytes` applies to a stream that exists too, also one that
 /// already holds more: JetStream drops nothing of a stream that discards
 /// new messages, it only refuses new ones until the backlog is below the
-/// bound (tested in the read API's `backlog` tests).
+/// bound (tested in the read API's `backlog` tests). A new replica count
+/// applies too: JetStream adds or removes copies of the stream itself. A
+/// single server (not a cluster) refuses more than one copy; the service
+/// then stays unready, logging why.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     ns: &Namespace,
-    max_bytes: Option<i64>,
+    layout: StreamLayout,
 ) -> anyhow::Result<()> {
+    let StreamLayout {
+        max_bytes,
+        replicas,
+    } = layout;
     js.create_or_update_stream(stream::Config {
         name: ns.records_stream(),
         subjects: vec![ns.records_subjects()],
@@ -927,6 +964,7 @@ pub async fn ensure_streams(
         discard: stream::DiscardPolicy::New,
         duplicate_window: DUPLICATE_WINDOW,
         max_bytes: max_bytes.unwrap_or(-1),
+        num_replicas: replicas,
         // Lets the backlog be measured (see `backlog`) by reading a
         // connector's oldest and newest message without a consumer, which
         // a work queue would not allow beside the store's.
@@ -937,48 +975,84 @@ pub async fn ensure_streams(
     .with_context(|| match max_bytes {
         // JetStream reserves the bound on its disk when it makes the stream.
         Some(bytes) => format!(
-            "creating the records stream of at most {bytes} bytes (SLUICE_STREAM_MAX_BYTES)"
+            "creating the records stream of at most {bytes} bytes (SLUICE_STREAM_MAX_BYTES) in {replicas} copies (SLUICE_STREAM_REPLICAS)"
         ),
-        None => "creating the records stream".to_owned(),
+        None => {
+            format!("creating the records stream in {replicas} copies (SLUICE_STREAM_REPLICAS)")
+        }
     })?;
     js.create_or_update_stream(stream::Config {
         name: ns.dead_letter_stream(),
         subjects: vec![format!("{}.dead.>", ns.as_str())],
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
     Ok(())
 }
 
-/// Opens the bucket of connector definitions, creating it if missing.
+/// Opens the bucket of connector definitions, creating it if missing, with
+/// `replicas` copies.
 pub async fn connectors_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
+    replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    open_bucket(js, ns.connectors_bucket()).await
+    open_bucket(js, durable_bucket(ns.connectors_bucket(), replicas)).await
 }
 
-/// Opens the bucket of operator tokens, creating it if missing.
+/// Opens the bucket of operator tokens, creating it if missing, with
+/// `replicas` copies.
 pub async fn operators_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
+    replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    open_bucket(js, ns.operators_bucket()).await
+    open_bucket(js, durable_bucket(ns.operators_bucket(), replicas)).await
 }
 
-async fn open_bucket(js: &jetstream::Context, bucket: String) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_or_update_key_value(kv::Config {
-                bucket,
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await?),
+/// A bucket on disk that keeps the last value of each key.
+fn durable_bucket(bucket: String, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket,
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
     }
+}
+
+/// Opens the bucket `config` describes, creating it if missing; one that
+/// exists is given `config`'s replica count, as streams are (see
+/// [`ensure_streams`]), and keeps its other settings.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> anyhow::Result<kv::Store> {
+    let replicas = config.num_replicas;
+    let Ok(store) = js.get_key_value(&config.bucket).await else {
+        let bucket = config.bucket.clone();
+        return js
+            .create_or_update_key_value(config)
+            .await
+            .with_context(|| {
+                format!("creating bucket {bucket} in {replicas} copies (SLUICE_STREAM_REPLICAS)")
+            });
+    };
+    let backing = format!("KV_{}", config.bucket);
+    let mut stream = js.get_stream(&backing).await?;
+    let mut stream_config = stream.info().await?.config.clone();
+    if stream_config.num_replicas != replicas {
+        stream_config.num_replicas = replicas;
+        js.update_stream(stream_config).await.with_context(|| {
+            format!(
+                "giving bucket {} {replicas} copies (SLUICE_STREAM_REPLICAS)",
+                config.bucket
+            )
+        })?;
+    }
+    Ok(store)
 }
 
 #[cfg(test)]

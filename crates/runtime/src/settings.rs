@@ -25,8 +25,13 @@ pub struct SettingsError {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// One NATS URL, or several separated by commas: the nodes of a
+    /// cluster, any of which the client may use (see [`nats_servers`]).
     pub nats_url: String,
     pub database_url: String,
+    /// `DATABASE_READ_URL`: a streaming replica of `database_url` that the
+    /// read API's GET routes read from; `None`: they read the primary.
+    pub database_read_url: Option<String>,
     pub namespace: Namespace,
     pub admin_token: Option<SecretString>,
     pub public_url: String,
@@ -35,6 +40,10 @@ pub struct Settings {
     /// [`DEFAULT_STREAM_MAX_BYTES`]); when it is full, ingest answers 503
     /// `stream_full`. `None` (`unlimited`): limited only by the server.
     pub stream_max_bytes: Option<i64>,
+    /// Copies JetStream keeps of every stream and bucket the services make
+    /// (`SLUICE_STREAM_REPLICAS`, 1 to 5, default 1); 3 in a cluster of
+    /// three, to ride through the loss of any one node.
+    pub stream_replicas: usize,
     pub http: HttpLimits,
     /// How failed authentication is throttled per client address.
     pub auth_throttle: AuthThrottleSettings,
@@ -64,11 +73,13 @@ impl std::fmt::Debug for Settings {
             listen,
             nats_url,
             database_url,
+            database_read_url,
             namespace,
             admin_token,
             public_url,
             max_body_bytes,
             stream_max_bytes,
+            stream_replicas,
             http,
             auth_throttle,
             ingest_memory_bytes,
@@ -81,11 +92,16 @@ impl std::fmt::Debug for Settings {
             .field("listen", listen)
             .field("nats_url", &redact_url(nats_url))
             .field("database_url", &redact_url(database_url))
+            .field(
+                "database_read_url",
+                &database_read_url.as_deref().map(redact_url),
+            )
             .field("namespace", namespace)
             .field("admin_token", admin_token)
             .field("public_url", public_url)
             .field("max_body_bytes", max_body_bytes)
             .field("stream_max_bytes", stream_max_bytes)
+            .field("stream_replicas", stream_replicas)
             .field("http", http)
             .field("auth_throttle", auth_throttle)
             .field("ingest_memory_bytes", ingest_memory_bytes)
@@ -244,6 +260,9 @@ impl Settings {
                 }
             },
         };
+        let stream_replicas = stream_replicas(&lookup)?;
+        let nats_url = get("NATS_URL", "nats://127.0.0.1:4222");
+        check_nats_servers(&nats_url)?;
         let defaults = HttpLimits::default();
         let positive = |variable: &'static str, default: u64, unit: &str| {
             let value = get(variable, &default.to_string());
@@ -322,8 +341,9 @@ impl Settings {
         )?;
         Ok(Settings {
             listen,
-            nats_url: get("NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url,
             database_url: get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/sluice"),
+            database_read_url: lookup("DATABASE_READ_URL").filter(|v| !v.is_empty()),
             namespace,
             admin_token: lookup("SLUICE_ADMIN_TOKEN")
                 .filter(|v| !v.is_empty())
@@ -331,6 +351,7 @@ impl Settings {
             public_url: public_url.trim_end_matches('/').to_owned(),
             max_body_bytes,
             stream_max_bytes,
+            stream_replicas,
             http,
             auth_throttle: AuthThrottleSettings::from_lookup(&lookup)?,
             ingest_memory_bytes,
@@ -343,6 +364,56 @@ impl Settings {
             },
         })
     }
+}
+
+/// JetStream keeps at most five copies of a stream.
+const MAX_STREAM_REPLICAS: usize = 5;
+
+/// `SLUICE_STREAM_REPLICAS`: 1 to [`MAX_STREAM_REPLICAS`], default 1.
+fn stream_replicas(lookup: &impl Fn(&str) -> Option<String>) -> Result<usize, SettingsError> {
+    let replicas = positive(lookup, "SLUICE_STREAM_REPLICAS", 1usize)?;
+    if replicas > MAX_STREAM_REPLICAS {
+        return Err(SettingsError {
+            variable: "SLUICE_STREAM_REPLICAS",
+            reason: format!(
+                "{replicas} copies: JetStream keeps 1 to {MAX_STREAM_REPLICAS} (3 in a cluster of three nodes)"
+            ),
+        });
+    }
+    Ok(replicas)
+}
+
+/// The servers of a `NATS_URL`: one URL, or several separated by commas
+/// (the nodes of a cluster). The client connects to any of them and moves
+/// to another when its node goes away.
+pub fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
+}
+
+/// Every server of `NATS_URL` is a URL the NATS client takes.
+fn check_nats_servers(url: &str) -> Result<(), SettingsError> {
+    let servers = nats_servers(url);
+    if servers.is_empty() {
+        return Err(SettingsError {
+            variable: "NATS_URL",
+            reason: "no server given".to_owned(),
+        });
+    }
+    for server in servers {
+        if let Err(error) = server.parse::<async_nats::ServerAddr>() {
+            return Err(SettingsError {
+                variable: "NATS_URL",
+                reason: format!(
+                    "{:?} is not a NATS URL like nats://host:4222 ({error}); separate several with commas",
+                    redact_url(server)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A default rate limit: a whole number from 1 to [`RateLimits::MAX`];
@@ -548,6 +619,45 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_is_several_nats_urls_and_a_replica_count() {
+        let with = |variable: &'static str, value: &'static str| {
+            Settings::from_lookup("0.0.0.0:8081", move |n| {
+                (n == variable).then(|| value.to_owned())
+            })
+        };
+        let s = with("SLUICE_STREAM_REPLICAS", "3").unwrap();
+        assert_eq!(s.stream_replicas, 3);
+        assert_eq!(
+            with("NATS_URL", "nats://a:4222").unwrap().stream_replicas,
+            1
+        );
+        for bad in ["0", "6", "three", "-1"] {
+            let err = with("SLUICE_STREAM_REPLICAS", bad).unwrap_err();
+            assert_eq!(err.variable, "SLUICE_STREAM_REPLICAS", "{bad}");
+        }
+
+        let s = with("NATS_URL", "nats://n1:4222, nats://n2:4222,n3").unwrap();
+        assert_eq!(
+            nats_servers(&s.nats_url),
+            ["nats://n1:4222", "nats://n2:4222", "n3"]
+        );
+        for bad in [",", "nats://n1:4222,http://n2:4222", "nats://n1:99999"] {
+            let err = with("NATS_URL", bad).unwrap_err();
+            assert_eq!(err.variable, "NATS_URL", "{bad}");
+        }
+        let err = with("NATS_URL", "nats://u:secret@n1:4222,http://u:secret@n2").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+
+        assert_eq!(s.database_read_url, None);
+        let s = with("DATABASE_READ_URL", "postgres://u:pw@replica/sluice").unwrap();
+        assert_eq!(
+            s.database_read_url.as_deref(),
+            Some("postgres://u:pw@replica/sluice")
+        );
+        assert!(!format!("{s:?}").contains(":pw@"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
-use crate::bus::{self, BusError, Namespace};
+use crate::bus::{self, BusError, Namespace, StreamLayout};
 use crate::catalog::Catalog;
 use crate::token_use;
 
@@ -44,6 +44,9 @@ pub struct Bus {
     /// The operator tokens' bucket (see [`bus::OperatorTokensDoc`]).
     pub operators: kv::Store,
     pub catalog: Catalog,
+    /// How the streams and buckets are laid out: a service that makes a
+    /// bucket of its own gives it `layout.replicas` copies too.
+    pub layout: StreamLayout,
 }
 
 impl Bus {
@@ -92,7 +95,10 @@ pub async fn start_bus(
         url: settings.nats_url.clone(),
         name,
         namespace: settings.namespace.clone(),
-        stream_max_bytes: settings.stream_max_bytes,
+        layout: StreamLayout {
+            max_bytes: settings.stream_max_bytes,
+            replicas: settings.stream_replicas,
+        },
         token_use_interval: settings.token_use_interval,
         shutdown,
         first_attempt: Some(first_attempt),
@@ -109,7 +115,7 @@ struct Startup {
     url: String,
     name: &'static str,
     namespace: Namespace,
-    stream_max_bytes: Option<i64>,
+    layout: StreamLayout,
     token_use_interval: Duration,
     shutdown: CancellationToken,
     /// Told once: the first attempt's outcome, which [`start_bus`] awaits.
@@ -174,14 +180,14 @@ impl Startup {
             .await?;
         let js = &bus::jetstream(client.clone(), REQUEST_TIMEOUT);
         let (namespace, shutdown) = (self.namespace.clone(), self.shutdown.clone());
-        let (namespace, shutdown, max_bytes) = (&namespace, &shutdown, self.stream_max_bytes);
+        let (namespace, shutdown, layout) = (&namespace, &shutdown, self.layout);
         let (bucket, operators, catalog) = self
             .retry(
                 "creating the streams and loading the connectors",
                 || async move {
-                    bus::ensure_streams(js, namespace, max_bytes).await?;
-                    let bucket = bus::connectors_bucket(js, namespace).await?;
-                    let operators = bus::operators_bucket(js, namespace).await?;
+                    bus::ensure_streams(js, namespace, layout).await?;
+                    let bucket = bus::connectors_bucket(js, namespace, layout.replicas).await?;
+                    let operators = bus::operators_bucket(js, namespace, layout.replicas).await?;
                     let catalog =
                         Catalog::start(bucket.clone(), operators.clone(), shutdown.clone()).await?;
                     anyhow::Ok((bucket, operators, catalog))
@@ -201,6 +207,7 @@ impl Startup {
             bucket,
             operators,
             catalog,
+            layout,
         };
         self.retry("the service's last start-up step", || {
             last_step(bus.clone())

@@ -19,17 +19,31 @@ use uuid::Uuid;
 /// and runs the embedded migrations (under PostgreSQL's advisory lock, so
 /// replicas starting together do not migrate twice).
 pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(database_url)?
-        // Timestamps converted to text or JSON in SQL read as UTC.
-        .options([("timezone", "UTC")]);
+    let options = connect_options(database_url)?;
     create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await?;
+    let pool = pool_options().connect_with(options).await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
+}
+
+/// A pool on a streaming replica of the database (`DATABASE_READ_URL`),
+/// for reads alone: nothing is created or migrated there, the replica
+/// replays what the primary did. It connects when first used, so a
+/// replica that is down keeps the service unready rather than stopped.
+pub fn connect_replica(database_url: &str) -> anyhow::Result<PgPool> {
+    Ok(pool_options().connect_lazy_with(connect_options(database_url)?))
+}
+
+fn connect_options(database_url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(database_url)?
+        // Timestamps converted to text or JSON in SQL read as UTC.
+        .options([("timezone", "UTC")]))
+}
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {

@@ -68,8 +68,10 @@ async fn attempt() -> AuthAttempt {
 async fn a_connector_the_watch_has_not_brought_is_authorized_from_the_bucket() {
     let env = TestEnv::new().await;
     let js = bus::jetstream(env.nats().await, Duration::from_secs(5));
-    let bucket = bus::connectors_bucket(&js, &env.namespace).await.unwrap();
-    let operators = bus::operators_bucket(&js, &env.namespace).await.unwrap();
+    let bucket = bus::connectors_bucket(&js, &env.namespace, 1)
+        .await
+        .unwrap();
+    let operators = bus::operators_bucket(&js, &env.namespace, 1).await.unwrap();
     let watching = CancellationToken::new();
     let catalog = Catalog::start(bucket.clone(), operators.clone(), watching.clone())
         .await
@@ -183,8 +185,10 @@ async fn a_connector_the_watch_has_not_brought_is_authorized_from_the_bucket() {
 async fn expired_tokens_are_refused_and_old_definitions_still_read() {
     let env = TestEnv::new().await;
     let js = bus::jetstream(env.nats().await, Duration::from_secs(5));
-    let bucket = bus::connectors_bucket(&js, &env.namespace).await.unwrap();
-    let operators = bus::operators_bucket(&js, &env.namespace).await.unwrap();
+    let bucket = bus::connectors_bucket(&js, &env.namespace, 1)
+        .await
+        .unwrap();
+    let operators = bus::operators_bucket(&js, &env.namespace, 1).await.unwrap();
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let catalog = Catalog::start(bucket.clone(), operators, shutdown)

@@ -12,14 +12,20 @@
 //!
 //! Also what every test crate needs besides: [`api`] to call the services
 //! over HTTP, [`wire`] to see what is on the wire, [`PrivateNats`] for tests
-//! that stop NATS, and [`fake_nats`] for a server too old to use. The
+//! that stop NATS, [`NatsCluster`] for tests that kill a node of a JetStream
+//! cluster, [`PostgresPair`] for tests that read a streaming replica, and
+//! [`fake_nats`] for a server too old to use. The
 //! benchmark (crates/bench) runs on a [`TestEnv`] of its own too.
 
 pub mod api;
 mod fake_nats;
+mod nats_cluster;
+mod postgres_pair;
 pub mod wire;
 
 pub use fake_nats::fake_nats;
+pub use nats_cluster::NatsCluster;
+pub use postgres_pair::PostgresPair;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +35,7 @@ use std::time::Duration;
 use sluice_runtime::Settings;
 use sluice_runtime::bus::{self, Namespace};
 use sluice_runtime::nats_server;
+use sluice_runtime::settings::nats_servers;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -54,9 +61,15 @@ impl TestEnv {
     /// A test's environment: on the PostgreSQL of `SLUICE_TEST_POSTGRES`
     /// and the tests' NATS server ([`nats_url`]).
     pub async fn new() -> TestEnv {
+        TestEnv::on_nats(nats_url()).await
+    }
+
+    /// A test's environment on the PostgreSQL of `SLUICE_TEST_POSTGRES`
+    /// and the NATS server(s) at `nats_url` (a [`NatsCluster`]'s).
+    pub async fn on_nats(nats_url: &str) -> TestEnv {
         let server_url = std::env::var("SLUICE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        TestEnv::create(&server_url, nats_url(), "test")
+        TestEnv::create(&server_url, nats_url, "test")
             .await
             .unwrap_or_else(|e| panic!("{e} (PostgreSQL must answer for the tests, see README)"))
     }
@@ -121,7 +134,7 @@ impl TestEnv {
 
     /// A plain NATS client on this environment's server.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.nats_url)
+        async_nats::connect(nats_servers(&self.nats_url))
             .await
             .expect("connecting to NATS")
     }
@@ -138,7 +151,7 @@ impl TestEnv {
             }
             Err(error) => eprintln!("sluice-testkit: could not drop {}: {error}", self.database),
         }
-        match async_nats::connect(&self.nats_url).await {
+        match async_nats::connect(nats_servers(&self.nats_url)).await {
             Ok(client) => {
                 let js = async_nats::jetstream::new(client);
                 let ns = &self.namespace;

@@ -23,7 +23,7 @@ async fn while_nats_is_down_ingest_answers_503_and_recovers_by_itself() {
 
     // Written to the bucket as the control plane would.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let bucket = bus::connectors_bucket(&js, &settings.namespace)
+    let bucket = bus::connectors_bucket(&js, &settings.namespace, 1)
         .await
         .unwrap();
     let write = NewToken::generate(TokenKind::Write);

@@ -213,7 +213,7 @@ async fn a_token_with_a_wrong_checksum_is_refused_by_its_form() {
         ],
     );
     let js = async_nats::jetstream::new(app.env.nats().await);
-    let bucket = bus::connectors_bucket(&js, &app.settings.namespace)
+    let bucket = bus::connectors_bucket(&js, &app.settings.namespace, 1)
         .await
         .unwrap();
     bucket

@@ -181,7 +181,11 @@ async fn a_bound_below_what_the_stream_holds_loses_nothing() {
     assert_eq!(before.state.messages, 20);
     let bound = i64::try_from(before.state.bytes / 2).unwrap();
 
-    bus::ensure_streams(&app.js, &app.env.namespace, Some(bound))
+    let layout = bus::StreamLayout {
+        max_bytes: Some(bound),
+        replicas: 1,
+    };
+    bus::ensure_streams(&app.js, &app.env.namespace, layout)
         .await
         .expect("the bound applies to the existing stream");
     let after = stream_info(&app).await;

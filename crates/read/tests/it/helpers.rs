@@ -94,7 +94,7 @@ pub async fn spawn_control_only_with(adjust: impl FnOnce(&mut Settings)) -> Test
         .await
         .expect("database");
     let js = bus::jetstream(env.nats().await, Duration::from_secs(5));
-    bus::ensure_streams(&js, &env.namespace, None)
+    bus::ensure_streams(&js, &env.namespace, bus::StreamLayout::SINGLE)
         .await
         .expect("streams");
     TestApp {

@@ -315,22 +315,23 @@ impl RateLimiter {
         taken
     }
 
-    /// Registers this replica in the replicas bucket and counts those of
-    /// its `role` (`ingest`, `read`); then, once, keeps its heartbeat and
-    /// count current in the background until `shutdown`. Part of a
-    /// service's start-up on NATS, so a replica counts itself before it
-    /// serves.
+    /// Registers this replica in the replicas bucket (made with
+    /// `stream_replicas` copies if missing) and counts those of its `role`
+    /// (`ingest`, `read`); then, once, keeps its heartbeat and count
+    /// current in the background until `shutdown`. Part of a service's
+    /// start-up on NATS, so a replica counts itself before it serves.
     pub async fn join_replicas(
         self: &Arc<Self>,
         js: &jetstream::Context,
         namespace: &Namespace,
+        stream_replicas: usize,
         role: &'static str,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         if self.heartbeat_started.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let bucket = replicas::replicas_bucket(js, namespace).await?;
+        let bucket = replicas::replicas_bucket(js, namespace, stream_replicas).await?;
         let heartbeat = Heartbeat {
             bucket,
             key: format!("{role}.{}", Uuid::now_v7().simple()),

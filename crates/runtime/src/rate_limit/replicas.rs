@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Namespace;
+use crate::bus::{self, Namespace};
 
 /// How often a replica renews its heartbeat and counts the others.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -18,26 +18,26 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// (killed) stops counting after this, and the others' shares grow back.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 
-/// Opens the replicas bucket, creating it if missing. Held in memory: a
-/// heartbeat is worth nothing after a restart of NATS, and comes back
-/// within [`HEARTBEAT_INTERVAL`].
+/// Opens the replicas bucket, creating it if missing, with `replicas`
+/// copies. Held in memory: a heartbeat is worth nothing after a restart of
+/// NATS, and comes back within [`HEARTBEAT_INTERVAL`].
 pub(super) async fn replicas_bucket(
     js: &jetstream::Context,
     ns: &Namespace,
+    replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let bucket = ns.replicas_bucket();
-    match js.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => Ok(js
-            .create_or_update_key_value(kv::Config {
-                bucket,
-                history: 1,
-                max_age: HEARTBEAT_TTL,
-                storage: stream::StorageType::Memory,
-                ..Default::default()
-            })
-            .await?),
-    }
+    bus::open_bucket(
+        js,
+        kv::Config {
+            bucket: ns.replicas_bucket(),
+            history: 1,
+            max_age: HEARTBEAT_TTL,
+            storage: stream::StorageType::Memory,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// One replica's entry in the replicas bucket.
