@@ -44,7 +44,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sluice_runtime::bus::StoredNotice;
 use sluice_runtime::http::{BearerAuth, BearerToken, Problem};
 use sluice_runtime::rate_limit::{RateLimitHeaders, limited_token};
 use sluice_runtime::store::records_table;
@@ -324,44 +323,33 @@ async fn serve_page(
         // the wait can go on from there.
         let _ = tx.rollback().await;
         params.cursor.after = extent.end;
-        match notices.as_mut() {
+        let look_again = match notices.as_mut() {
             // Subscribe first, then look again: a record stored between
-            // the look above and the subscription is seen by the look (on
-            // a replica, once it has replayed what the primary holds now).
+            // the look above and the subscription is seen by the look.
             None => {
                 let subject = state.namespace.stored_subject(connector);
                 match state.bus()?.client.subscribe(subject).await {
                     Ok(subscriber) => {
                         notices = Some(subscriber);
-                        if let Some(replica) = &state.replica {
-                            let position = replica::primary_position(&state.pool).await?;
-                            replica::wait_for_replay(replica, position, deadline, &state.shutdown)
-                                .await?;
-                        }
+                        true
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot wait for stored notices; answering now");
                         deadline = tokio::time::Instant::now();
+                        false
                     }
                 }
             }
-            Some(subscriber) => {
-                tokio::select! {
-                    notice = subscriber.next() => {
-                        // On a replica, look once it shows the commit that
-                        // woke us.
-                        let position = notice
-                            .and_then(|m| serde_json::from_slice::<StoredNotice>(&m.payload).ok())
-                            .and_then(|notice| notice.wal_position);
-                        if let (Some(replica), Some(position)) = (&state.replica, position) {
-                            replica::wait_for_replay(replica, position, deadline, &state.shutdown)
-                                .await?;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = state.shutdown.cancelled() => {}
-                }
-            }
+            Some(subscriber) => tokio::select! {
+                notice = subscriber.next() => notice.is_some(),
+                _ = tokio::time::sleep_until(deadline) => false,
+                _ = state.shutdown.cancelled() => false,
+            },
+        };
+        // On a replica, look once it shows what the primary holds now: the
+        // commit that woke us, or one made before we subscribed.
+        if look_again && let Some(replica) = &state.replica {
+            replica::catch_up(&state.pool, replica, deadline, &state.shutdown).await?;
         }
     }
 }

@@ -12,12 +12,12 @@
 //!
 //! What a replica changes is when a commit shows. A long-poll must not sit
 //! until its deadline because it looked before its replica caught up with
-//! the commit that woke it: every stored notice carries the primary's WAL
-//! position taken after the commit ([`primary_position`]), and the reader
-//! waits for its replica to replay that far before it looks again. When it
-//! starts waiting, it also lets its replica catch up with the primary's
-//! position of that moment, for a commit whose notice went out before it
-//! subscribed.
+//! the commit that woke it. A stored notice goes out after its commit, so
+//! when a reader on a replica is woken (or has just subscribed, for a
+//! commit whose notice went out before), it reads the primary's WAL
+//! position and waits for its replica to replay that far before it looks
+//! again ([`catch_up`]). The cost is the reader's, paid only on a replica;
+//! the store loop does nothing more for it.
 
 use std::time::Duration;
 
@@ -29,9 +29,21 @@ use tokio_util::sync::CancellationToken;
 /// waits: replicas on the same network lag by milliseconds.
 const REPLAY_POLL: Duration = Duration::from_millis(5);
 
+/// Waits until `replica` has replayed every commit that `primary` had made
+/// when it was called, `deadline` passes or `shutdown` comes.
+pub(crate) async fn catch_up(
+    primary: &PgPool,
+    replica: &PgPool,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> sqlx::Result<()> {
+    let position = primary_position(primary).await?;
+    wait_for_replay(replica, position, deadline, shutdown).await
+}
+
 /// The primary's WAL position now, in bytes: every commit that has
 /// returned lies at or before it.
-pub(crate) async fn primary_position(primary: &PgPool) -> sqlx::Result<i64> {
+async fn primary_position(primary: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
         .fetch_one(primary)
         .await
@@ -40,7 +52,7 @@ pub(crate) async fn primary_position(primary: &PgPool) -> sqlx::Result<i64> {
 /// Waits until `replica` has replayed the primary's WAL up to `position`,
 /// `deadline` passes or `shutdown` comes. A server that replays nothing
 /// (`DATABASE_READ_URL` naming a primary) has everything already.
-pub(crate) async fn wait_for_replay(
+async fn wait_for_replay(
     replica: &PgPool,
     position: i64,
     deadline: Instant,

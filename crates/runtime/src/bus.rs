@@ -772,12 +772,6 @@ pub struct StoredNotice {
     pub chunk: u32,
     /// The highest `_id` stored by this commit, if it stored any record.
     pub last_id: Option<i64>,
-    /// The primary's WAL position (bytes) taken after the commit: a reader
-    /// on a streaming replica waits until its replica has replayed this
-    /// far before it looks for the records. Absent from older readers'
-    /// notices, and when the position could not be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wal_position: Option<i64>,
 }
 
 /// The identity of one message on the records stream: its batch and its

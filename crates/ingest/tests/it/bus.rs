@@ -92,7 +92,6 @@ async fn fake_reader(app: &TestApp, connector: uuid::Uuid) -> tokio::task::JoinH
                 batch_id: batch.batch_id,
                 chunk: batch.chunk,
                 last_id: Some(1),
-                wal_position: None,
             };
             client
                 .publish(

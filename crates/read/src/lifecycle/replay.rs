@@ -27,7 +27,6 @@ use crate::AppState;
 use crate::db::{self, IdCounters};
 use crate::error::ReadError;
 use crate::partitions::GroupPartitions;
-use crate::replica;
 use crate::rows::RecordInsert;
 
 /// Rejected records looked at per transaction: enough that a replay of
@@ -269,7 +268,6 @@ async fn announce(state: &AppState, connector: Uuid, replay: Uuid, batch: u32, l
         batch_id: replay,
         chunk: batch,
         last_id: Some(last_id),
-        wal_position: replica::primary_position(&state.pool).await.ok(),
     };
     let Ok(payload) = serde_json::to_vec(&notice) else {
         return;

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::partitions::PartitionCache;
-use crate::replica;
 
 use super::commit::{self, Delivered, Group, Outcome, StoreError, Stored};
 use super::{
@@ -293,12 +292,9 @@ impl Store {
                     return Flow::Crash;
                 }
                 // Committed: from here on a failure only means a redelivery,
-                // which finds the chunks applied. Readers on a replica wait
-                // for it to replay this far (see `replica`).
-                let wal_position = replica::primary_position(&self.pool).await.ok();
+                // which finds the chunks applied.
                 for (delivered, stored) in messages.iter().zip(stored) {
-                    self.acknowledge(connector, delivered, stored, wal_position)
-                        .await;
+                    self.acknowledge(connector, delivered, stored).await;
                 }
                 metrics::histogram!("sluice_read_store_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -344,13 +340,7 @@ impl Store {
 
     /// Acks a committed message and announces it. `stored` is what it
     /// stored, `None` for a copy of a chunk stored before.
-    async fn acknowledge(
-        &self,
-        connector: Uuid,
-        delivered: &Delivered,
-        stored: Option<Stored>,
-        wal_position: Option<i64>,
-    ) {
+    async fn acknowledge(&self, connector: Uuid, delivered: &Delivered, stored: Option<Stored>) {
         let message = &delivered.message;
         if let Err(error) = message.ack().await {
             tracing::warn!(%error, "acking a stored message failed; it will come back and be skipped");
@@ -361,7 +351,6 @@ impl Store {
             batch_id: delivered.id.batch_id,
             chunk: delivered.id.chunk,
             last_id: stored.as_ref().and_then(|s| s.last_id),
-            wal_position,
         };
         self.announce(connector, &notice).await;
         let Some(stored) = stored else {
